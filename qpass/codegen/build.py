@@ -1,0 +1,55 @@
+"""Compile the generated C with a small harness and run it on quantized samples (host gcc/clang)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from qpass.errors import CodegenError
+
+WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
+
+HARNESS = """\
+#include <stdio.h>
+#include "{name}.h"
+/* Reads int samples from stdin until EOF, writes each output to stdout, raw bytes. */
+int main(void)
+{{
+    static {in_t} in[{NAME}_INPUT_SIZE];
+    static {out_t} out[{NAME}_OUTPUT_SIZE];
+    while (fread(in, sizeof in, 1, stdin) == 1) {{
+        {name}_run(in, out);
+        if (fwrite(out, sizeof out, 1, stdout) != 1) return 1;
+    }}
+    return 0;
+}}
+"""
+
+
+def compile_and_run(c_file: Path, h_file: Path, name: str, in_t: str, out_t: str, inputs: np.ndarray,
+                    out_dtype: str, out_size: int, cc: str = "gcc") -> np.ndarray:
+    """Build NAME.c + harness with -Werror and all warnings, run it on `inputs` (N x input size)."""
+    if shutil.which(cc) is None:
+        raise CodegenError(f"C compiler {cc!r} not found; install it or set codegen.cc")
+    with tempfile.TemporaryDirectory(prefix="qpass-cc-") as tmp:
+        tmpd = Path(tmp)
+        shutil.copy(c_file, tmpd / c_file.name)
+        shutil.copy(h_file, tmpd / h_file.name)
+        (tmpd / "main.c").write_text(HARNESS.format(name=name, NAME=name.upper(), in_t=in_t, out_t=out_t))
+        exe = tmpd / "model"
+        cmd = [cc, *WARN_FLAGS, "-O2", "-o", str(exe), str(tmpd / c_file.name), str(tmpd / "main.c")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise CodegenError(f"compiling {c_file.name} failed:\n{proc.stderr.strip()[:4000]}")
+        run = subprocess.run([str(exe)], input=np.ascontiguousarray(inputs).tobytes(), capture_output=True,
+                             check=False, timeout=600)
+        if run.returncode != 0:
+            raise CodegenError(f"running the compiled {name} failed with exit code {run.returncode}")
+    out = np.frombuffer(run.stdout, dtype=out_dtype)
+    if out.size != len(inputs) * out_size:
+        raise CodegenError(f"the compiled {name} wrote {out.size} values, expected {len(inputs) * out_size}")
+    return out.reshape(len(inputs), out_size)

@@ -1,0 +1,113 @@
+"""Render a Program as C99 with jinja2: one template per kernel, constants as `static const` arrays.
+
+Every C identifier is generated (qp_*, t<N>, the validated model name); names from the model file
+appear only in comments, after `comment()` has reduced them to a safe character set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from qpass import __version__
+from qpass.codegen.arena import plan_arena
+from qpass.runtime_ref.intmath import QMAX, QMIN
+from qpass.runtime_ref.program import Program
+
+CTYPE = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "uint8": "uint8_t"}
+ARRAY_PARAMS = {  # kernel param → C element type
+    "weight": "int8", "bias": "int32", "mult": "int32", "shift": "uint8", "table": "int8", "exp_table": "int32",
+}
+
+
+@dataclass
+class GeneratedC:
+    c: str
+    h: str
+    arena_bytes: int
+    const_bytes: int
+
+
+def comment(text: str, limit: int = 80) -> str:
+    """A model-supplied name made safe inside a C block comment: no `*/`, no newline, ASCII only."""
+    safe = re.sub(r"[^A-Za-z0-9_.:/\- ]", "?", text)[:limit]
+    return safe.replace("*/", "?/")
+
+
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("qpass.codegen", "templates"), undefined=StrictUndefined,
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+
+
+def _literal(v: float) -> str:
+    return repr(float(np.float32(v))) + "f"
+
+
+def _body(arr: np.ndarray) -> str:
+    items = [str(int(v)) for v in np.asarray(arr).reshape(-1)]
+    return ",".join(items)
+
+
+def render(program: Program, source: str = "model") -> GeneratedC:
+    env = _env()
+    arena = plan_arena(program)
+    constants: list[dict] = []
+    const_bytes = 0
+
+    def add_const(values: np.ndarray, dtype: str) -> str:
+        nonlocal const_bytes
+        cname = f"qp_c{len(constants)}"
+        values = np.asarray(values).reshape(-1)
+        constants.append({"cname": cname, "ctype": CTYPE[dtype], "count": max(1, values.size), "body": _body(values)})
+        const_bytes += values.size * np.dtype(dtype).itemsize
+        return cname
+
+    buf: dict[str, str] = {}
+    for tid, data in program.constants.items():
+        buf[tid] = add_const(data, program.tensors[tid].dtype)
+    in_root, out_root = program.root(program.input), program.root(program.output)
+
+    def expr(tid: str) -> str:
+        t = program.tensors[tid]
+        root = program.root(tid)
+        if root in buf:
+            return buf[root]
+        if root == in_root:
+            return "input"
+        if root == out_root:
+            return "output"
+        return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root]})"
+
+    modules = {}
+    calls = []
+    for step in program.steps:
+        if step.kernel not in modules:
+            modules[step.kernel] = env.get_template(f"kernels/{step.kernel}.c.j2").module
+        consts = {k: add_const(v, ARRAY_PARAMS[k]) for k, v in step.params.items() if k in ARRAY_PARAMS}
+        scalars = {k: int(v) for k, v in step.params.items() if k not in ARRAY_PARAMS}
+        ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]), "c": consts, "p": scalars}
+        calls.append({"comment": comment(f"{step.kernel} <- {step.origin}"),
+                      "code": str(modules[step.kernel].call(ctx)).strip()})
+    tin, tout = program.tensors[program.input], program.tensors[program.output]
+    ctx = {
+        "name": program.name, "NAME": program.name.upper(), "version": __version__, "source": comment(source),
+        "input": tin, "output": tout, "in_ctype": CTYPE[tin.dtype], "out_ctype": CTYPE[tout.dtype],
+        "input_scale": _literal(tin.scale), "output_scale": _literal(tout.scale),
+        "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
+        "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
+        "kernel_defs": [str(m.define()).strip() for m in modules.values()],
+        "constants": constants, "calls": calls,
+    }
+    return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
+                      arena.size, const_bytes)
+
+
+def write(gen: GeneratedC, out_dir: Path, name: str) -> list[Path]:
+    paths = [out_dir / f"{name}.c", out_dir / f"{name}.h"]
+    paths[0].write_text(gen.c, encoding="ascii")
+    paths[1].write_text(gen.h, encoding="ascii")
+    return paths

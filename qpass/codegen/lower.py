@@ -1,0 +1,251 @@
+"""Lowering: a QDQ ONNX graph → an integer `Program` (the short list of kernels runtime_ref and C run).
+
+Every compute node must read DequantizeLinear outputs and feed one QuantizeLinear; the integers and
+scales around it give the kernel's integer constants, computed with runtime_ref.intmath. Because the
+input is standard QDQ, models quantized elsewhere lower too, as long as their ops have an emitter.
+Emitters are registered by ONNX op type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from qpass.errors import UnsupportedOpError
+from qpass.passes._util import const_value
+from qpass.runtime_ref.intmath import (
+    QMAX,
+    QMIN,
+    build_lut,
+    quantize_multiplier,
+    shared_shift_multipliers,
+    softmax_exp_table,
+)
+from qpass.runtime_ref.program import Program, QTensor, Step
+
+Emitter = Callable[["Lowering", ir.Node], None]
+EMITTERS: dict[str, Emitter] = {}
+UNARY_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "Tanh": np.tanh,
+}
+
+
+def emitter(*ops: str) -> Callable[[Emitter], Emitter]:
+    def wrap(fn: Emitter) -> Emitter:
+        for op in ops:
+            EMITTERS[op] = fn
+        return fn
+
+    return wrap
+
+
+class Lowering:
+    def __init__(self, model: ir.Model, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.tensors: dict[str, QTensor] = {}
+        self.steps: list[Step] = []
+        self.by_value: dict[int, QTensor] = {}  # id(ir.Value of a quantized tensor) → QTensor
+
+    # -- tensors --------------------------------------------------------------------------
+    def new_tensor(self, shape, dtype: str, scale: float, zp: int, source: str, alias_of: str | None = None
+                   ) -> QTensor:
+        t = QTensor(f"t{len(self.tensors)}", tuple(int(d) for d in shape), dtype, float(scale), int(zp),
+                    source, alias_of)
+        self.tensors[t.id] = t
+        return t
+
+    def qparams(self, node: ir.Node) -> tuple[float, int, str]:
+        scale = const_value(node.inputs[1])
+        zp = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if scale is None or scale.size != 1:
+            raise UnsupportedOpError(node.name or "", node.op_type, "activation scale must be one constant")
+        dtype = str(zp.dtype) if zp is not None else "uint8"
+        if dtype not in ("int8",):
+            raise UnsupportedOpError(node.name or "", node.op_type, f"{dtype} activations are not supported yet")
+        return float(scale.reshape(())), int(zp.reshape(())), dtype
+
+    def input_of(self, node: ir.Node, i: int) -> QTensor:
+        """The integer tensor behind a node's i-th input, which must come from a DequantizeLinear."""
+        value = node.inputs[i]
+        dq = value.producer() if value is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise UnsupportedOpError(node.name or "", node.op_type, f"input {i} is not quantized (no DequantizeLinear)")
+        src = dq.inputs[0]
+        if id(src) not in self.by_value:
+            if src.const_value is None:
+                raise UnsupportedOpError(node.name or "", node.op_type, f"input {i} was never quantized")
+            scale, zp, dtype = self.qparams(dq)
+            t = self.new_tensor(src.shape, dtype, scale, zp, src.name or "")
+            t_data = src.const_value.numpy()
+            self.constants[t.id] = t_data
+            self.by_value[id(src)] = t
+        return self.by_value[id(src)]
+
+    def output_of(self, node: ir.Node, alias_of: QTensor | None = None) -> QTensor:
+        """The integer tensor a node's output is quantized into by its QuantizeLinear."""
+        value = node.outputs[0]
+        users = value.consumers()
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            raise UnsupportedOpError(node.name or "", node.op_type, "output must feed exactly one QuantizeLinear")
+        q = users[0]
+        scale, zp, dtype = self.qparams(q)
+        root = None
+        if alias_of is not None and (alias_of.scale, alias_of.zero_point, alias_of.dtype) == (scale, zp, dtype):
+            root = alias_of.alias_of or alias_of.id
+        t = self.new_tensor(value.shape, dtype, scale, zp, value.name or "", root)
+        self.by_value[id(q.outputs[0])] = t
+        return t
+
+    def weight(self, node: ir.Node, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Integer constant and its (per-channel) scale behind the node's i-th input."""
+        dq = node.inputs[i].producer() if node.inputs[i] is not None else None
+        q = const_value(dq.inputs[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None:
+            raise UnsupportedOpError(node.name or "", node.op_type, f"input {i} must be a quantized constant")
+        zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
+        if zp is not None and np.any(zp != 0):
+            raise UnsupportedOpError(node.name or "", node.op_type, "weights must be symmetric (zero point 0)")
+        return q, const_value(dq.inputs[1]).astype(np.float64).reshape(-1)
+
+    def step(self, kernel: str, inputs: list[QTensor], output: QTensor, node: ir.Node, **params) -> Step:
+        s = Step(kernel, [t.id for t in inputs], [output.id], params, node.name or node.op_type)
+        self.steps.append(s)
+        return s
+
+    # -- driver ---------------------------------------------------------------------------
+    def run(self) -> Program:
+        self.constants: dict[str, np.ndarray] = {}
+        graph = self.model.graph
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            raise UnsupportedOpError(graph.name or "graph", "Graph", "exactly one input and one output supported")
+        x = graph.inputs[0]
+        qs = [u for u in x.consumers() if u.op_type == "QuantizeLinear"]
+        if len(qs) != 1:
+            raise UnsupportedOpError(x.name or "", "Input", "the graph input must be quantized once")
+        scale, zp, dtype = self.qparams(qs[0])
+        t_in = self.new_tensor(x.shape, dtype, scale, zp, x.name or "")
+        self.by_value[id(qs[0].outputs[0])] = t_in
+        for node in graph:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type == "Constant":
+                continue
+            fn = EMITTERS.get(node.op_type)
+            if fn is None or node.domain not in ("", "ai.onnx"):
+                raise UnsupportedOpError(node.name or "", node.op_type,
+                                         f"no integer kernel for this op (supported: {sorted(EMITTERS)})")
+            fn(self, node)
+        out = graph.outputs[0].producer()
+        if out is None or out.op_type != "DequantizeLinear" or id(out.inputs[0]) not in self.by_value:
+            raise UnsupportedOpError(graph.outputs[0].name or "", "Output", "the graph output must be dequantized")
+        program = Program(self.name, self.tensors, self.steps, t_in.id, self.by_value[id(out.inputs[0])].id)
+        program.constants = self.constants
+        _fuse_clamps(program)
+        return program
+
+
+def lower(model: ir.Model, name: str) -> Program:
+    return Lowering(model, name).run()
+
+
+def _fuse_clamps(program: Program) -> None:
+    """A clamp right after a linear/add whose output nothing else reads moves into that kernel's bounds."""
+    readers: dict[str, int] = {}
+    for s in program.steps:
+        for i in s.inputs:
+            readers[program.root(i)] = readers.get(program.root(i), 0) + 1
+    kept: list[Step] = []
+    for s in program.steps:
+        prev = kept[-1] if kept else None
+        if (s.kernel == "clamp" and prev is not None and prev.kernel in ("linear", "add")
+                and prev.outputs[0] == s.inputs[0] and readers.get(program.root(s.inputs[0]), 0) == 1
+                and program.output != s.inputs[0]):
+            prev.params["lo"] = max(prev.params["lo"], s.params["lo"])
+            prev.params["hi"] = min(prev.params["hi"], s.params["hi"])
+            program.tensors[s.outputs[0]].alias_of = prev.outputs[0]
+            continue
+        kept.append(s)
+    program.steps[:] = kept
+
+
+# -- emitters ---------------------------------------------------------------------------------
+@emitter("Gemm", "MatMul")
+def _linear(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    w, w_scale = lw.weight(node, 1)
+    if node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0 or \
+                node.attributes.get_float("beta", 1.0) != 1.0:
+            raise UnsupportedOpError(node.name or "", "Gemm", "only transA=0, alpha=beta=1 are supported")
+        w_nk = w if node.attributes.get_int("transB", 0) else w.T
+    else:
+        w_nk = w.T
+    n, k = w_nk.shape
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias, _ = lw.weight(node, 2)
+        bias = np.broadcast_to(bias.reshape(-1), (n,))
+    else:
+        bias = np.zeros(n, dtype=np.int32)
+    y = lw.output_of(node)
+    w_scale = np.broadcast_to(w_scale, (n,))
+    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale) for ws in w_scale), strict=True)
+    lw.step("linear", [x], y, node, weight=np.ascontiguousarray(w_nk, dtype=np.int8),
+            bias=np.asarray(bias, dtype=np.int32), mult=np.array(mults, dtype=np.int32),
+            shift=np.array(shifts, dtype=np.int32), in_features=k, out_features=n, rows=x.size // k,
+            x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+@emitter("Add")
+def _add(lw: Lowering, node: ir.Node) -> None:
+    a, b = lw.input_of(node, 0), lw.input_of(node, 1)
+    y = lw.output_of(node)
+    if a.shape != y.shape or b.size not in (1, y.size) and b.shape != y.shape:
+        raise UnsupportedOpError(node.name or "", "Add", f"broadcast {a.shape} + {b.shape} is not supported")
+    (ma, mb), shift = shared_shift_multipliers([a.scale / y.scale, b.scale / y.scale])
+    lw.step("add", [a, b], y, node, a_zp=a.zero_point, b_zp=b.zero_point, a_mult=ma, b_mult=mb,
+            shift=shift, y_zp=y.zero_point, n=y.size, b_n=b.size, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+@emitter("Relu")
+def _relu(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    if (x.scale, x.zero_point) != (y.scale, y.zero_point):
+        raise UnsupportedOpError(node.name or "", "Relu", "input and output must share scale and zero point")
+    lw.step("clamp", [x], y, node, lo=max(y.zero_point, QMIN[y.dtype]), hi=QMAX[y.dtype], n=y.size)
+
+
+@emitter("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+def _view(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node, alias_of=x)
+    if y.alias_of is None:  # the contracts were cut here: an explicit requantize
+        (m,), shift = shared_shift_multipliers([x.scale / y.scale])
+        zero = lw.new_tensor((1,), x.dtype, x.scale, x.zero_point, "zero")
+        lw.constants[zero.id] = np.array([x.zero_point], dtype=x.dtype)
+        lw.step("add", [x, zero], y, node, a_zp=x.zero_point, b_zp=x.zero_point, a_mult=m, b_mult=0,
+                shift=shift, y_zp=y.zero_point, n=y.size, b_n=1, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+@emitter(*UNARY_FUNCTIONS)
+def _lut(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    table = build_lut(UNARY_FUNCTIONS[node.op_type], x.scale, x.zero_point, y.scale, y.zero_point)
+    lw.step("lut", [x], y, node, table=table, n=y.size)
+
+
+@emitter("Softmax")
+def _softmax(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    axis = node.attributes.get_int("axis", -1)
+    if axis not in (-1, len(x.shape) - 1):
+        raise UnsupportedOpError(node.name or "", "Softmax", "only the last axis is supported")
+    if not math.isclose(y.scale, 1 / 256) or y.zero_point != -128 or x.dtype != "int8":
+        raise UnsupportedOpError(node.name or "", "Softmax", "output must be int8 with scale 1/256, zero point -128")
+    n = x.shape[-1]
+    lw.step("softmax", [x], y, node, exp_table=softmax_exp_table(x.scale), n=n, rows=x.size // n)

@@ -1,0 +1,59 @@
+"""Converters: any supported model file → a float `onnx_ir.Model` with static shapes.
+
+Keras `.h5` / `.keras` and SavedModel directories go through tf2onnx; `.onnx` is loaded as is.
+The batch dimension is fixed (1 by default) and shapes are inferred, so later stages see static shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from qpass.errors import ConvertError
+
+
+def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset: int = 17) -> ir.Model:
+    """Load or convert `path` into a float ONNX model with static shapes."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from qpass.converters.keras import convert_keras
+
+        proto = convert_keras(path, batch_size=batch_size, safe_mode=safe_mode, opset=opset)
+    elif path.suffix.lower() == ".onnx":
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
+            raise ConvertError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+        proto = _fix_batch(proto, batch_size)
+    else:
+        raise ConvertError(f"{path}: unknown model format; expected .h5, .keras, .onnx or a SavedModel folder")
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001
+        raise ConvertError(f"{path}: the ONNX graph is not valid: {exc}") from None
+    return ir.serde.deserialize_model(proto)
+
+
+def _fix_batch(proto: onnx.ModelProto, batch_size: int) -> onnx.ModelProto:
+    """Pin a symbolic leading dimension of each graph input to `batch_size`; refuse other symbolic dims."""
+    inits = {i.name for i in proto.graph.initializer}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        for k, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            if k != 0:
+                raise ConvertError(f"input {inp.name!r} has a symbolic dimension {k} ({dim.dim_param!r}); "
+                                   "export the model with static shapes except the batch")
+            dim.Clear()
+            dim.dim_value = batch_size
+    for out in proto.graph.output:  # let shape inference recompute the outputs
+        for dim in out.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return proto

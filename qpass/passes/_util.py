@@ -1,0 +1,50 @@
+"""Small graph helpers shared by the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def const_value(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy array behind an initializer or Constant node output, else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def single_consumer(value: ir.Value) -> ir.Node | None:
+    """The only node that reads `value`, if it has exactly one reader and is not a graph output."""
+    users = value.consumers()
+    if len(users) != 1 or value.is_graph_output():
+        return None
+    return users[0]
+
+
+def new_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Value:
+    """Add a constant to the graph under a fresh name and return its value."""
+    taken = set(graph.initializers)
+    name, i = name_hint, 0
+    while name in taken:
+        i += 1
+        name = f"{name_hint}_{i}"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def bypass(node: ir.Node, keep: ir.Value) -> None:
+    """Remove a single-output node, routing its readers (and a graph output) to `keep`."""
+    out = node.outputs[0]
+    graph = node.graph
+    assert graph is not None
+    if out.is_graph_output():
+        if keep.is_graph_input() or keep.is_initializer() or keep.is_graph_output():
+            return  # the node is the only thing separating an input from an output: leave it
+        ir.convenience.replace_all_uses_with(out, keep, replace_graph_outputs=True)
+        keep.name, out.name = out.name, None
+    else:
+        ir.convenience.replace_all_uses_with(out, keep)
+    graph.remove(node, safe=True)

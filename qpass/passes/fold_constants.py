@@ -1,0 +1,78 @@
+"""fold-constants: evaluate every node whose inputs are all known, and lift Constant nodes.
+
+    s = Shape(x: float[1,64])        c = Constant(value=[1,64])
+    r = Reshape(y, Concat(s, ...))   →   r = Reshape(y, c')      (c' an initializer)
+
+Also folds `Shape` of a tensor whose shape is fully static, and a Cast to the type a tensor already
+has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
+chain of constant nodes folds in a single run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.reference
+import onnx_ir as ir
+import onnx_ir.passes.common
+
+from qpass.passes import QPass, register_pass
+from qpass.passes._util import bypass, const_value, new_initializer
+
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+               "Bernoulli", "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
+
+
+def _static_shape(value: ir.Value) -> list[int] | None:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return [int(d) for d in value.shape]
+
+
+@register_pass("fold-constants")
+class FoldConstantsPass(QPass):
+    """Evaluate nodes whose inputs are all constant; fold Shape of static tensors and no-op Casts."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        lifted = ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
+        modified = lifted(model).modified
+        graph = model.graph
+        before = len(graph)
+        for node in list(graph):
+            if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+                continue
+            arrays = self._fold(node)
+            if arrays is None:
+                continue
+            for out, array in zip(node.outputs, arrays, strict=True):
+                hint = (out.name or "folded").replace(":", "_")
+                const = new_initializer(graph, hint + "_folded", np.asarray(array))
+                if out.is_graph_output():
+                    break  # keep a node that produces a graph output
+                ir.convenience.replace_all_uses_with(out, const)
+            else:
+                graph.remove(node, safe=True)
+                modified = True
+        unused = ir.passes.common.RemoveUnusedNodesPass()(model).modified
+        return ir.passes.PassResult(model, modified or unused or len(graph) != before)
+
+    def _fold(self, node: ir.Node) -> list[np.ndarray] | None:
+        if node.op_type == "Shape" and node.inputs[0] is not None:
+            shape = _static_shape(node.inputs[0])
+            if shape is None or node.attributes:
+                return None
+            return [np.array(shape, dtype=np.int64)]
+        src = node.inputs[0] if node.inputs else None
+        if node.op_type == "Cast" and src is not None and src.dtype is not None:
+            if node.attributes.get_int("to", -1) == src.dtype.value and not node.outputs[0].is_graph_output():
+                bypass(node, src)
+                return None
+        values = [const_value(v) if v is not None else None for v in node.inputs]
+        if any(v is None and inp is not None for v, inp in zip(values, node.inputs, strict=True)) or not node.inputs:
+            return None
+        proto = ir.serde.serialize_node(node)
+        feeds = {inp.name: v for inp, v in zip(node.inputs, values, strict=True) if inp is not None}
+        try:
+            return list(onnx.reference.ReferenceEvaluator(proto).run(None, feeds))
+        except Exception:  # noqa: BLE001 - an op the reference cannot run stays in the graph
+            return None

@@ -1,0 +1,60 @@
+"""The pass runner: the one place that logs, times, cleans up after and dumps every pass."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+import onnx_ir.passes.common
+
+from qpass.errors import PassError, QpassError
+from qpass.passes import resolve_pass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    modified: bool
+    seconds: float
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+
+def op_counts(model: ir.Model) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph).items()))
+
+
+def save(model: ir.Model, path: Path) -> None:
+    ir.save(model, str(path))
+
+
+def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
+               dump_dir: Path | None = None) -> list[PassRecord]:
+    """Apply the named passes in order; after each, drop what became unused and keep graph order."""
+    cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
+                                   ir.passes.common.TopologicalSortPass())
+    records = []
+    for index, (name, options) in enumerate(entries, start=1):
+        cls = resolve_pass(name, base_dir=base_dir)
+        instance = cls(cls.Options.model_validate(options))
+        start = time.perf_counter()
+        try:
+            result = instance(model)
+        except QpassError:
+            raise
+        except Exception as exc:
+            raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        model = result.model
+        cleanup(model)
+        rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
+        log.info("pass %-18s %s in %.3fs  %s", name, "modified" if rec.modified else "no change",
+                 rec.seconds, rec.op_counts)
+        records.append(rec)
+        if dump_dir is not None:
+            save(model, dump_dir / f"{index:02d}_{cls.name or name}.onnx".replace(":", "_").replace("/", "_"))
+    return records

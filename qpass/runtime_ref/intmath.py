@@ -1,0 +1,93 @@
+"""Integer semantics, written once: rounding, requantization, saturation, lookup tables.
+
+runtime_ref's kernels and codegen's constants both come from here; the C templates mirror it and a
+test per kernel proves them bit-for-bit equal.
+
+Requantization by a real multiplier m > 0 is `M · 2^-shift` with M a 31-bit integer in [2^30, 2^31):
+
+    requantize(acc) = (acc · M + 2^(shift−1)) >> shift        (int64 product, arithmetic shift)
+
+i.e. round half up. Saturation clamps to the target type's range and is always explicit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from qpass.errors import SolverError
+
+QMIN = {"int8": -128, "int16": -32768, "int32": -(2**31)}
+QMAX = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}
+MAX_SHIFT = 62
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """m ≈ M · 2^-shift with 2^30 ≤ M < 2^31 and 1 ≤ shift ≤ 62 (M shrinks for tiny m)."""
+    if not (m > 0 and math.isfinite(m)):
+        raise SolverError(f"requantization multiplier {m!r} must be positive and finite")
+    frac, exp = math.frexp(m)  # m = frac · 2^exp, frac in [0.5, 1)
+    mult = round(frac * (1 << 31))
+    if mult == 1 << 31:
+        mult //= 2
+        exp += 1
+    shift = 31 - exp
+    if shift < 1:
+        raise SolverError(f"requantization multiplier {m:g} is too large (>= 2^30)")
+    if shift > MAX_SHIFT:
+        mult = (mult + (1 << (shift - MAX_SHIFT - 1))) >> (shift - MAX_SHIFT)
+        shift = MAX_SHIFT
+    return int(mult), int(shift)
+
+
+def shared_shift_multipliers(ms: list[float]) -> tuple[list[int], int]:
+    """Several multipliers on one shift (for Add): each M_i = round(m_i · 2^shift) < 2^31."""
+    top = max(ms)
+    _, exp = math.frexp(top)
+    shift = min(MAX_SHIFT, 31 - exp)
+    if shift < 1:
+        raise SolverError(f"rescale factor {top:g} is too large")
+    return [round(m * (1 << shift)) for m in ms], shift
+
+
+def requantize(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """(acc · M + 2^(shift−1)) >> shift, elementwise, in int64 (|acc| < 2^31 is proven by the solver)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    mult = np.asarray(mult, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    return (acc * mult + (np.int64(1) << (shift - 1))) >> shift
+
+
+def saturate(x: np.ndarray, dtype: str, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    lo = QMIN[dtype] if lo is None else lo
+    hi = QMAX[dtype] if hi is None else hi
+    return np.clip(x, lo, hi).astype(dtype)
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    """Float → integer, round half to even (as onnx QuantizeLinear), saturated."""
+    q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
+    return saturate(q, dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+
+
+def build_lut(fn: Callable[[np.ndarray], np.ndarray], in_scale: float, in_zp: int, out_scale: float,
+              out_zp: int, in_dtype: str = "int8", out_dtype: str = "int8") -> np.ndarray:
+    """Table of fn over every int8 input code, indexed by q − QMIN (so 0..255)."""
+    codes = np.arange(QMIN[in_dtype], QMAX[in_dtype] + 1, dtype=np.int64)
+    real = fn((codes - in_zp) * in_scale)
+    return quantize(real, out_scale, out_zp, out_dtype)
+
+
+SOFTMAX_ONE = 1 << 15  # exp(0) in the softmax exp table
+
+
+def softmax_exp_table(in_scale: float) -> np.ndarray:
+    """E[d] = round(exp(−d · s_in) · 2^15) for d = max − q in 0..255."""
+    d = np.arange(256, dtype=np.float64)
+    return np.rint(np.exp(-d * in_scale) * SOFTMAX_ONE).astype(np.int32)

@@ -1,0 +1,179 @@
+"""The scale solver: a networkx constraint graph over quantized tensors → a QuantPlan.
+
+Nodes are float activation tensors. Edges are `equal` contracts (the two tensors must share scale and
+zero point so no rescale is needed between them): data-movement ops (Reshape, Flatten, Transpose,
+Squeeze, Unsqueeze, MaxPool, Identity) and ReLU folded into a clamp. Some nodes carry a `fixed`
+contract (Softmax and Sigmoid outputs in [0, 1], Tanh in [−1, 1]). Each connected component is one
+group whose parameters cover the union of its members' ranges; two different fixed ranges in one
+group are a conflict, resolved by cutting the edge (lowering then inserts an explicit requantize).
+Bias scale = input scale × weight scale is derived, not solved. The plan also proves that every
+linear accumulator fits int32 and raises SolverError naming the node where it cannot.
+
+The solver is an analysis: it reads the model and returns a plan; `apply_plan` writes the QDQ graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx_ir as ir
+
+from qpass.errors import SolverError
+from qpass.passes._util import const_value
+from qpass.runtime_ref.intmath import QMAX, QMIN
+from qpass.solver.calibrate import Range, float_values
+
+log = logging.getLogger(__name__)
+
+MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity"}
+FIXED = {  # op → (scale, zero point) of its int8 output
+    "Softmax": (1.0 / 256.0, -128),
+    "Sigmoid": (1.0 / 256.0, -128),
+    "Tanh": (1.0 / 128.0, 0),
+}
+WEIGHT_OPS = {"Gemm": 1, "MatMul": 1, "Conv": 1}  # op → input index of the weight
+
+
+@dataclass
+class TensorQuant:
+    dtype: str
+    scale: float
+    zero_point: int
+    range: Range
+    group: int
+
+
+@dataclass
+class WeightQuant:
+    q: np.ndarray
+    scale: np.ndarray  # per channel (or one element)
+    axis: int
+
+
+@dataclass
+class QuantPlan:
+    activations: dict[str, TensorQuant] = field(default_factory=dict)
+    weights: dict[str, WeightQuant] = field(default_factory=dict)
+    biases: dict[str, WeightQuant] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+    rescales_removed: int = 0
+
+    def to_report(self) -> dict:
+        return {
+            "tensors": {n: {"dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point,
+                            "range": [t.range.lo, t.range.hi], "group": t.group}
+                        for n, t in self.activations.items()},
+            "rescales_removed": self.rescales_removed,
+            "conflicts": self.conflicts,
+        }
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def asymmetric(r: Range, dtype: str = "int8") -> tuple[float, int]:
+    """Scale and zero point covering r ∪ {0} on the full integer range."""
+    lo, hi = min(r.lo, 0.0), max(r.hi, 0.0)
+    qmin, qmax = QMIN[dtype], QMAX[dtype]
+    scale = _f32((hi - lo) / (qmax - qmin)) if hi > lo else 1.0 / (qmax - qmin)
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return scale, zp
+
+
+def build_graph(model: ir.Model, ranges: dict[str, Range]) -> nx.Graph:
+    g = nx.Graph()
+    for v in float_values(model):
+        if v.name in ranges:
+            g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None)
+    for node in model.graph:
+        outs = [o.name for o in node.outputs if o.name in g]
+        if not outs:
+            continue
+        if node.op_type in FIXED:
+            g.nodes[outs[0]]["fixed"] = FIXED[node.op_type]
+        x = node.inputs[0] if node.inputs else None
+        if x is None or x.name not in g:
+            continue
+        if node.op_type in MOVE_OPS:
+            g.add_edge(x.name, outs[0], contract="equal", op=node.op_type, node=node.name)
+        elif node.op_type == "Relu" and len(x.consumers()) == 1 and not x.is_graph_output():
+            # ReLU folded into a clamp: the pre-activation keeps only the post-activation range
+            g.nodes[x.name]["clamped"] = True
+            g.add_edge(x.name, outs[0], contract="equal", op="Relu", node=node.name)
+    return g
+
+
+def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
+    """Cut edges until no component holds two different fixed parameter sets."""
+    for comp in list(nx.connected_components(g)):
+        fixed = {g.nodes[n]["fixed"] for n in comp if g.nodes[n]["fixed"] is not None}
+        if len(fixed) <= 1:
+            continue
+        sub = g.subgraph(comp)
+        for a, b in list(sub.edges):
+            if g.nodes[a]["fixed"] != g.nodes[b]["fixed"] and g.nodes[b]["fixed"] is not None:
+                data = g.edges[a, b]
+                g.remove_edge(a, b)
+                conflicts.append(f"{data['op']} node {data['node']!r}: {a!r} and {b!r} have different fixed "
+                                 "ranges; a requantize stays between them")
+
+
+def solve(model: ir.Model, ranges: dict[str, Range], per_channel: bool = True) -> QuantPlan:
+    plan = QuantPlan()
+    g = build_graph(model, ranges)
+    _resolve_conflicts(g, plan.conflicts)
+    plan.rescales_removed = g.number_of_edges()
+    for gid, comp in enumerate(sorted(nx.connected_components(g), key=lambda c: sorted(c)[0])):
+        fixed = next((g.nodes[n]["fixed"] for n in comp if g.nodes[n]["fixed"] is not None), None)
+        members = [g.nodes[n]["range"] for n in comp if not g.nodes[n]["clamped"]] or [
+            g.nodes[n]["range"] for n in comp]
+        total = members[0]
+        for r in members[1:]:
+            total = total.union(r)
+        scale, zp = (_f32(fixed[0]), fixed[1]) if fixed else asymmetric(total)
+        for n in comp:
+            plan.activations[n] = TensorQuant("int8", scale, zp, g.nodes[n]["range"], gid)
+    for node in model.graph:
+        if node.op_type in WEIGHT_OPS:
+            _plan_linear(node, plan, per_channel)
+    return plan
+
+
+def _plan_linear(node: ir.Node, plan: QuantPlan, per_channel: bool) -> None:
+    w_val = node.inputs[WEIGHT_OPS[node.op_type]]
+    w = const_value(w_val)
+    x = node.inputs[0]
+    if w is None or x is None or x.name not in plan.activations:
+        return  # a MatMul of two activations has no weight to quantize
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+        raise SolverError(f"Gemm node {node.name!r}: transA=1 is not supported")
+    if node.op_type == "Conv" or (node.op_type == "Gemm" and node.attributes.get_int("transB", 0)):
+        axis = 0
+    else:
+        axis = w.ndim - 1
+    reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=reduce_axes) if per_channel else np.full(w.shape[axis], np.abs(w).max())
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    bshape = [1] * w.ndim
+    bshape[axis] = -1
+    wq = np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int8)
+    plan.weights[w_val.name] = WeightQuant(wq, scale, axis)
+    s_x = np.float32(plan.activations[x.name].scale)
+    b_scale = (s_x * scale).astype(np.float32)
+    bias_val = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = const_value(bias_val) if bias_val is not None else None
+    bq = np.zeros(len(scale), dtype=np.int64)
+    if bias is not None:
+        bq = np.rint(bias.reshape(-1).astype(np.float64) / b_scale)
+        plan.biases[bias_val.name] = WeightQuant(bq.astype(np.int32), b_scale, 0)
+    # Overflow proof: |acc| ≤ |b| + Σ|w|·max|x − zp| must fit int32
+    zp_x = plan.activations[x.name].zero_point
+    x_span = max(QMAX["int8"] - zp_x, zp_x - QMIN["int8"])
+    bound = np.abs(bq) + np.abs(wq.astype(np.int64)).sum(axis=reduce_axes) * x_span
+    if bound.max() >= 2**31:
+        raise SolverError(f"{node.op_type} node {node.name!r}: the accumulator may reach {int(bound.max())}, "
+                          "beyond int32; the bias is too large for the input scale x weight scale")
