@@ -1,10 +1,14 @@
-"""matmul-to-gemm: a 2-D MatMul with constant weights, and the bias Add after it, become one Gemm.
+"""matmul-to-gemm: a MatMul with constant 2-D weights, and the bias Add after it, become one Gemm.
 
     y = MatMul(x: [M,K], W: [K,N])
     z = Add(y, b: [N])                  →   z = Gemm(x, W, b)
 
+On an N-D input (Dense on a sequence, TimeDistributed(Dense)) the Gemm sits between two Reshapes,
+which later stages treat as views:
+
+    z = Add(MatMul(x: [B,T,K], W), b)   →   z = Reshape(Gemm(Reshape(x, [B·T, K]), W, b), [B,T,N])
+
 Without a bias Add the Gemm gets a zero bias, so every linear layer reaches the solver in one form.
-MatMuls on 3-D inputs (Dense on a sequence) are left as they are.
 """
 
 from __future__ import annotations
@@ -13,12 +17,24 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import bypass, const_value, new_initializer, single_consumer
+from qpass.passes._util import const_value, new_initializer, single_consumer
+
+
+def _bias_add(y: ir.Value, n: int) -> tuple[ir.Node | None, np.ndarray]:
+    """The Add(y, b) after the MatMul when b is a constant per-output vector, and b."""
+    add = single_consumer(y)
+    if add is None or add.op_type != "Add":
+        return None, np.zeros(n, dtype=np.float32)
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    b = const_value(other)
+    if b is None or b.size not in (1, n) or (b.ndim >= 1 and b.shape[-1] != b.size):
+        return None, np.zeros(n, dtype=np.float32)
+    return add, np.broadcast_to(b.reshape(-1), (n,)).astype(np.float32)
 
 
 @register_pass("matmul-to-gemm")
 class MatMulToGemmPass(QPass):
-    """Turn 2-D MatMul (+ bias Add) with constant weights into Gemm."""
+    """Turn MatMul (+ bias Add) with constant 2-D weights into Gemm (N-D inputs through Reshape)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -28,30 +44,43 @@ class MatMulToGemmPass(QPass):
                 continue
             x, w_val = node.inputs[0], node.inputs[1]
             w = const_value(w_val)
-            if x is None or x.shape is None or len(x.shape) != 2 or w is None or w.ndim != 2:
+            if x is None or x.shape is None or len(x.shape) < 2 or w is None or w.ndim != 2:
                 continue
-            n = w.shape[1]
-            y = node.outputs[0]
-            bias = np.zeros(n, dtype=np.float32)
-            out = y
-            add = single_consumer(y)
-            if add is not None and add.op_type == "Add":
-                other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-                b = const_value(other)
-                if b is not None and b.size in (1, n) and (b.ndim <= 1 or b.shape[-1] == b.size):
-                    bias = np.broadcast_to(b.reshape(-1), (n,)).astype(np.float32)
-                    out = add.outputs[0]
-                else:
-                    add = None
-            else:
-                add = None
+            if not all(isinstance(d, int) for d in x.shape):
+                continue
+            k, n = w.shape
+            add, bias = _bias_add(node.outputs[0], n)
+            last = add if add is not None else node
+            out = last.outputs[0]
             name = (node.name or "gemm").replace("/", "_")
+            ops: list[ir.Node] = []
+            src = x
+            if len(x.shape) != 2:
+                shape_in = new_initializer(graph, name + "_rows", np.array([-1, k], dtype=np.int64))
+                r = self.mark(ir.node("Reshape", [x, shape_in], name=name + "_flatten"))
+                r.outputs[0].shape, r.outputs[0].type = ir.Shape([int(np.prod(x.shape)) // k, k]), x.type
+                ops.append(r)
+                src = r.outputs[0]
             b_val = new_initializer(graph, name + "_bias", bias)
-            gemm = self.mark(ir.node("Gemm", [x, w_val, b_val], name=name + "_gemm"))
-            gemm.outputs[0].shape, gemm.outputs[0].type = out.shape, out.type
-            graph.insert_after(add if add is not None else node, [gemm])
-            bypass(add if add is not None else node, gemm.outputs[0])
+            gemm = self.mark(ir.node("Gemm", [src, w_val, b_val], name=name + "_gemm"))
+            gemm.outputs[0].shape = ir.Shape([src.shape[0], n])
+            gemm.outputs[0].type = out.type
+            ops.append(gemm)
+            result = gemm.outputs[0]
+            if len(x.shape) != 2:
+                shape_out = new_initializer(graph, name + "_unflatten_shape",
+                                            np.array([*x.shape[:-1], n], dtype=np.int64))
+                r2 = self.mark(ir.node("Reshape", [result, shape_out], name=name + "_unflatten"))
+                r2.outputs[0].shape, r2.outputs[0].type = out.shape, out.type
+                ops.append(r2)
+                result = r2.outputs[0]
+            graph.insert_after(last, ops)
+            was_output = out.is_graph_output()
+            ir.convenience.replace_all_uses_with(out, result, replace_graph_outputs=True)
+            if was_output:
+                result.name, out.name = out.name, None
             if add is not None:
-                graph.remove(node, safe=True)
+                graph.remove(add, safe=True)
+            graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)
