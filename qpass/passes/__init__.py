@@ -127,5 +127,7 @@ from qpass.passes import (  # noqa: E402,F401
     fold_batchnorm,
     fold_constants,
     matmul_to_gemm,
+    simplify_layout,
+    squeeze_conv2d,
     strip_dropout,
 )
