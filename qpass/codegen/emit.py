@@ -14,14 +14,17 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
-from qpass.codegen.arena import plan_arena
+from qpass.codegen.arena import BYTES, plan_arena
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
 CTYPE = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "uint8": "uint8_t"}
 ARRAY_PARAMS = {  # kernel param → C element type
     "weight": "int8", "bias": "int32", "mult": "int32", "shift": "uint8", "table": "int8", "exp_table": "int32",
+    "dims": "int32", "strides": "int32", "weight_h": "int8", "gate_lut": "int8", "tanh_table": "int16",
+    "mx": "int32", "mh": "int32",
 }
+SCALAR_TYPES = (int, np.integer)
 
 
 @dataclass
@@ -73,14 +76,11 @@ def render(program: Program, source: str = "model") -> GeneratedC:
 
     def expr(tid: str) -> str:
         t = program.tensors[tid]
-        root = program.root(tid)
-        if root in buf:
-            return buf[root]
-        if root == in_root:
-            return "input"
-        if root == out_root:
-            return "output"
-        return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root]})"
+        root, offset = program.view(tid)
+        base = buf.get(root) or ("input" if root == in_root else "output" if root == out_root else None)
+        if base is not None:
+            return f"({base} + {offset})" if offset else base
+        return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root] + offset * BYTES[t.dtype]})"
 
     modules = {}
     calls = []
@@ -88,8 +88,9 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         if step.kernel not in modules:
             modules[step.kernel] = env.get_template(f"kernels/{step.kernel}.c.j2").module
         consts = {k: add_const(v, ARRAY_PARAMS[k]) for k, v in step.params.items() if k in ARRAY_PARAMS}
-        scalars = {k: int(v) for k, v in step.params.items() if k not in ARRAY_PARAMS}
-        ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]), "c": consts, "p": scalars}
+        scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
+        ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
+               "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
         calls.append({"comment": comment(f"{step.kernel} <- {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
     tin, tout = program.tensors[program.input], program.tensors[program.output]

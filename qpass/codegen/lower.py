@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402  (after Lowering's deps)
 from qpass.errors import UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import (
@@ -65,7 +66,7 @@ class Lowering:
         if scale is None or scale.size != 1:
             raise UnsupportedOpError(node.name or "", node.op_type, "activation scale must be one constant")
         dtype = str(zp.dtype) if zp is not None else "uint8"
-        if dtype not in ("int8",):
+        if dtype not in ("int8", "int16"):
             raise UnsupportedOpError(node.name or "", node.op_type, f"{dtype} activations are not supported yet")
         return float(scale.reshape(())), int(zp.reshape(())), dtype
 
@@ -130,8 +131,20 @@ class Lowering:
         scale, zp, dtype = self.qparams(qs[0])
         t_in = self.new_tensor(x.shape, dtype, scale, zp, x.name or "")
         self.by_value[id(qs[0].outputs[0])] = t_in
+        groups: dict[tuple[str, str], list[ir.Node]] = {}
+        for node in graph:
+            key = group_key(node)
+            if key is not None:
+                groups.setdefault(key, []).append(node)
+        done: set[tuple[str, str]] = set()
         for node in graph:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type == "Constant":
+                continue
+            key = group_key(node)
+            if key is not None:
+                if key not in done:
+                    done.add(key)
+                    lower_lstm(self, groups[key])
                 continue
             fn = EMITTERS.get(node.op_type)
             if fn is None or node.domain not in ("", "ai.onnx"):
@@ -249,3 +262,69 @@ def _softmax(lw: Lowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Softmax", "output must be int8 with scale 1/256, zero point -128")
     n = x.shape[-1]
     lw.step("softmax", [x], y, node, exp_table=softmax_exp_table(x.scale), n=n, rows=x.size // n)
+
+
+def _conv_dims(node: ir.Node, x: QTensor, y: QTensor, k: int) -> dict:
+    def ints(name: str, default: list[int]) -> list[int]:
+        attr = node.attributes.get(name)
+        return list(attr.as_ints()) if attr is not None else default
+
+    if len(x.shape) != 3 or x.shape[0] != 1:
+        raise UnsupportedOpError(node.name or "", node.op_type, f"only 1-D, batch 1 is supported; input {x.shape}")
+    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or \
+            node.attributes.get_int("ceil_mode", 0):
+        raise UnsupportedOpError(node.name or "", node.op_type, "auto_pad SAME_* and ceil_mode are not supported")
+    pads = ints("pads", [0, 0])
+    p = {"c_in": x.shape[1], "l_in": x.shape[2], "c_out": y.shape[1], "l_out": y.shape[2], "k": k,
+         "stride": ints("strides", [1])[0], "dilation": ints("dilations", [1])[0], "pad_left": pads[0],
+         "groups": node.attributes.get_int("group", 1)}
+    p["dims"] = np.array([p["c_in"], p["l_in"], p["c_out"], p["l_out"], k, p["stride"], p["dilation"],
+                          p["pad_left"], p["groups"]], dtype=np.int32)
+    return p
+
+
+@emitter("Conv")
+def _conv(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    w, w_scale = lw.weight(node, 1)
+    if w.ndim != 3:
+        raise UnsupportedOpError(node.name or "", "Conv", "only 1-D convolution is supported (run squeeze-conv2d)")
+    y = lw.output_of(node)
+    c_out = w.shape[0]
+    bias = lw.weight(node, 2)[0].reshape(-1) if len(node.inputs) > 2 and node.inputs[2] is not None else \
+        np.zeros(c_out, dtype=np.int32)
+    w_scale = np.broadcast_to(w_scale, (c_out,))
+    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale) for ws in w_scale), strict=True)
+    lw.step("conv1d", [x], y, node, **_conv_dims(node, x, y, w.shape[2]),
+            weight=np.ascontiguousarray(w, dtype=np.int8), bias=np.asarray(bias, dtype=np.int32),
+            mult=np.array(mults, dtype=np.int32), shift=np.array(shifts, dtype=np.int32),
+            x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+@emitter("MaxPool")
+def _maxpool(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    if (x.scale, x.zero_point) != (y.scale, y.zero_point) or len(node.outputs) > 1:
+        raise UnsupportedOpError(node.name or "", "MaxPool", "input and output must share scale and zero point")
+    k = list(node.attributes["kernel_shape"].as_ints())
+    if len(k) != 1:
+        raise UnsupportedOpError(node.name or "", "MaxPool", "only 1-D pooling is supported (run squeeze-conv2d)")
+    lw.step("maxpool1d", [x], y, node, **_conv_dims(node, x, y, k[0]))
+
+
+@emitter("Transpose")
+def _transpose(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    if (x.scale, x.zero_point) != (y.scale, y.zero_point):
+        raise UnsupportedOpError(node.name or "", "Transpose", "input and output must share scale and zero point")
+    rank = len(x.shape)
+    perm = list(node.attributes.get_ints("perm", list(range(rank))[::-1]))
+    if rank > 6:
+        raise UnsupportedOpError(node.name or "", "Transpose", "rank above 6 is not supported")
+    in_strides = [int(np.prod(x.shape[i + 1:])) for i in range(rank)]
+    dims = [x.shape[p] for p in perm] + [1] * (6 - rank)
+    strides = [in_strides[p] for p in perm] + [0] * (6 - rank)
+    lw.step("transpose", [x], y, node, in_dims=list(x.shape), perm=perm,
+            dims=np.array(dims, dtype=np.int32), strides=np.array(strides, dtype=np.int32))

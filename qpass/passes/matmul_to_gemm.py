@@ -9,6 +9,7 @@ which later stages treat as views:
     z = Add(MatMul(x: [B,T,K], W), b)   →   z = Reshape(Gemm(Reshape(x, [B·T, K]), W, b), [B,T,N])
 
 Without a bias Add the Gemm gets a zero bias, so every linear layer reaches the solver in one form.
+MatMuls that `unroll-lstm` made (tagged `qpass.lstm`) are left alone: the lowering re-rolls them.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class MatMulToGemmPass(QPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
-                continue
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or "qpass.lstm" in node.metadata_props:
+                continue  # an unrolled LSTM's projections keep their form for the lowering
             x, w_val = node.inputs[0], node.inputs[1]
             w = const_value(w_val)
             if x is None or x.shape is None or len(x.shape) < 2 or w is None or w.ndim != 2:

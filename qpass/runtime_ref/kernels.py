@@ -75,3 +75,91 @@ def softmax(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     assert int(total.max()) < 2**31 and SOFTMAX_ONE * 256 < 2**31
     y = (e * 256 + total // 2) // total - 128
     return saturate(y, out.dtype)
+
+
+def _taps(p: dict) -> np.ndarray:
+    """Input positions read by output position o and tap k: o·stride − pad_left + k·dilation, [L_out, K]."""
+    o = np.arange(p["l_out"])[:, None]
+    k = np.arange(p["k"])[None, :]
+    return o * p["stride"] - p["pad_left"] + k * p["dilation"]
+
+
+@kernel("conv1d")
+def conv1d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y[m,o] = clamp(zp_y + rq_m(bias[m] + Σ_{c,k} (x[c, o·s − p + k·d] − zp_x)·w[m,c,k])); padding adds 0."""
+    p = step.params
+    x = inputs[0].astype(np.int64).reshape(p["c_in"], p["l_in"]) - p["x_zp"]
+    pos = _taps(p)
+    valid = (pos >= 0) & (pos < p["l_in"])
+    patches = np.where(valid[None], x[:, np.clip(pos, 0, p["l_in"] - 1)], 0)  # [C_in, L_out, K]
+    w = p["weight"].astype(np.int64).reshape(p["c_out"], p["c_in"] // p["groups"], p["k"])
+    cin_g, cout_g = p["c_in"] // p["groups"], p["c_out"] // p["groups"]
+    acc = np.zeros((p["c_out"], p["l_out"]), dtype=np.int64)
+    for g in range(p["groups"]):
+        xs = patches[g * cin_g:(g + 1) * cin_g]
+        ws = w[g * cout_g:(g + 1) * cout_g]
+        acc[g * cout_g:(g + 1) * cout_g] = np.einsum("mck,cok->mo", ws, xs)
+    acc += p["bias"].astype(np.int64)[:, None]
+    y = requantize(acc, p["mult"][:, None], p["shift"][:, None]) + p["y_zp"]
+    return saturate(y, out.dtype, p["lo"], p["hi"])
+
+
+@kernel("maxpool1d")
+def maxpool1d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y[c,o] = max over valid taps k of x[c, o·stride − pad_left + k·dilation] (same scale in and out)."""
+    p = step.params
+    x = inputs[0].reshape(p["c_in"], p["l_in"]).astype(np.int64)
+    pos = _taps(p)
+    valid = (pos >= 0) & (pos < p["l_in"])
+    vals = np.where(valid[None], x[:, np.clip(pos, 0, p["l_in"] - 1)], np.iinfo(np.int64).min)
+    return vals.max(axis=2)
+
+
+@kernel("transpose")
+def transpose(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y = transpose(x, perm); the C walks the output in order with permuted input strides."""
+    p = step.params
+    return np.transpose(inputs[0].reshape(tuple(p["in_dims"])), tuple(p["perm"]))
+
+
+def tanh16(c: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """tanh of an int16 tensor through a 257-entry table (Q15 output) with linear interpolation → int8 /128."""
+    u = c.astype(np.int64) + 32768
+    k, frac = u >> 8, u & 255
+    lo, hi = table.astype(np.int64)[k], table.astype(np.int64)[np.minimum(k + 1, 256)]
+    v = lo + (((hi - lo) * frac + 128) >> 8)
+    return np.clip((v + 128) >> 8, -128, 127)
+
+
+@kernel("lstm")
+def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t.
+
+    gate_q[r] = clamp8(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + Σ R(h − zp_h)·MH[r] + 2^(s_r−1)) >> s_r)
+    i, o, f = σ-table[gate]   g = tanh-table[gate]            (int8, scales 1/256 and 1/128)
+    c = clamp16(rq((f+128)·c, fc) + rq((i+128)·g, ig))       (int16 cell state, zero point 0)
+    h = clamp8(zp_h + rq((o+128)·tanh16(c), h))
+    """
+    p = step.params
+    t_len, n_in, hid = p["t"], p["n_in"], p["hidden"]
+    x = inputs[0].astype(np.int64).reshape(t_len, n_in) - p["x_zp"]
+    wx, wh = p["weight"].astype(np.int64), p["weight_h"].astype(np.int64)
+    luts = p["gate_lut"].reshape(4, 256).astype(np.int64)
+    gate_zp = np.repeat(np.array(p["gate_zp"], dtype=np.int64), hid)
+    shift = p["shift"].astype(np.int64)
+    hseq = np.zeros((t_len, hid), dtype=np.int64)
+    h = np.full(hid, p["h_zp"], dtype=np.int64)
+    c = np.zeros(hid, dtype=np.int64)
+    order = range(t_len - 1, -1, -1) if p["reverse"] else range(t_len)
+    for t in order:
+        acc_x = wx @ x[t] + p["bias"].astype(np.int64)
+        acc_h = wh @ (h - p["h_zp"])
+        pre = (acc_x * p["mx"] + acc_h * p["mh"] + (np.int64(1) << (shift - 1))) >> shift
+        g = np.clip(pre + gate_zp, -128, 127).reshape(4, hid) + 128
+        gi, go, gf, gc = (luts[k][g[k]] for k in range(4))
+        c = np.clip(requantize((gf + 128) * c, p["fc_mult"], p["fc_shift"])
+                    + requantize((gi + 128) * gc, p["ig_mult"], p["ig_shift"]), -32768, 32767)
+        tc = tanh16(c, p["tanh_table"])
+        h = np.clip(requantize((go + 128) * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], -128, 127)
+        hseq[t] = h
+    return hseq

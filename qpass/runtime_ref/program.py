@@ -22,6 +22,7 @@ class QTensor:
     zero_point: int
     source: str = ""
     alias_of: str | None = None  # a view: same bytes as another tensor
+    alias_offset: int = 0  # ... starting this many elements into it
 
     @property
     def size(self) -> int:
@@ -47,9 +48,15 @@ class Program:
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # tensor id → integer data
 
     def root(self, tid: str) -> str:
+        return self.view(tid)[0]
+
+    def view(self, tid: str) -> tuple[str, int]:
+        """The tensor that owns tid's bytes, and tid's element offset into it."""
+        offset = 0
         while self.tensors[tid].alias_of is not None:
+            offset += self.tensors[tid].alias_offset
             tid = self.tensors[tid].alias_of
-        return tid
+        return tid, offset
 
 
 def run(program: Program, x_q: np.ndarray, keep: bool = False) -> dict[str, np.ndarray] | np.ndarray:
@@ -61,11 +68,14 @@ def run(program: Program, x_q: np.ndarray, keep: bool = False) -> dict[str, np.n
     values[program.input] = np.asarray(x_q).astype(tin.dtype).reshape(tin.shape)
 
     def get(tid: str) -> np.ndarray:
-        return values[program.root(tid)].reshape(program.tensors[tid].shape)
+        root, offset = program.view(tid)
+        t = program.tensors[tid]
+        return values[root].reshape(-1)[offset:offset + t.size].reshape(t.shape)
 
     for step in program.steps:
         out = program.tensors[step.outputs[0]]
         result = KERNELS[step.kernel](step, [get(i) for i in step.inputs], out)
+        assert program.view(out.id)[1] == 0, "a kernel writes a whole tensor"
         values[program.root(out.id)] = result.astype(out.dtype).reshape(out.shape)
     for tid, t in program.tensors.items():  # views (fused clamps, reshapes) read their root's bytes
         if t.alias_of is not None:

@@ -28,7 +28,9 @@ from qpass.solver.calibrate import Range, float_values
 
 log = logging.getLogger(__name__)
 
-MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity"}
+MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather"}
+LSTM_KEY, ROLE_KEY, DIR_KEY = "qpass.lstm", "qpass.lstm.role", "qpass.lstm.direction"
+WIDE_ROLES = {"c", "fc", "ig", "c0", "peep_i_mul", "peep_f_mul", "peep_o_mul"}  # the cell state: int16
 FIXED = {  # op → (scale, zero point) of its int8 output
     "Softmax": (1.0 / 256.0, -128),
     "Sigmoid": (1.0 / 256.0, -128),
@@ -84,11 +86,17 @@ def asymmetric(r: Range, dtype: str = "int8") -> tuple[float, int]:
     return scale, zp
 
 
+def symmetric(r: Range, dtype: str = "int16") -> float:
+    """Scale for a zero-point-0 tensor covering r."""
+    amax = max(abs(r.lo), abs(r.hi))
+    return _f32(amax / QMAX[dtype]) if amax > 0 else 1.0 / QMAX[dtype]
+
+
 def build_graph(model: ir.Model, ranges: dict[str, Range]) -> nx.Graph:
     g = nx.Graph()
     for v in float_values(model):
         if v.name in ranges:
-            g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None)
+            g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None, wide=False)
     for node in model.graph:
         outs = [o.name for o in node.outputs if o.name in g]
         if not outs:
@@ -100,11 +108,35 @@ def build_graph(model: ir.Model, ranges: dict[str, Range]) -> nx.Graph:
             continue
         if node.op_type in MOVE_OPS:
             g.add_edge(x.name, outs[0], contract="equal", op=node.op_type, node=node.name)
+        elif node.op_type == "Concat":
+            for other in node.inputs:
+                if other is not None and other.name in g:
+                    g.add_edge(other.name, outs[0], contract="equal", op="Concat", node=node.name)
         elif node.op_type == "Relu" and len(x.consumers()) == 1 and not x.is_graph_output():
             # ReLU folded into a clamp: the pre-activation keeps only the post-activation range
             g.nodes[x.name]["clamped"] = True
             g.add_edge(x.name, outs[0], contract="equal", op="Relu", node=node.name)
+    _tie_timesteps(model, g)
     return g
+
+
+def _tie_timesteps(model: ir.Model, g: nx.Graph) -> None:
+    """Across time: every step of an unrolled LSTM shares the parameters of each role's tensors."""
+    first: dict[tuple[str, str, str, int], str] = {}
+    for node in model.graph:
+        key = node.metadata_props.get(LSTM_KEY)
+        role = node.metadata_props.get(ROLE_KEY)
+        if key is None or role is None:
+            continue
+        for idx, out in enumerate(node.outputs):
+            if out.name not in g:
+                continue
+            g.nodes[out.name]["wide"] = role in WIDE_ROLES
+            tag = (key, node.metadata_props.get(DIR_KEY, "0"), role, idx)
+            if tag in first:
+                g.add_edge(first[tag], out.name, contract="equal", op="time", node=key)
+            else:
+                first[tag] = out.name
 
 
 def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
@@ -134,13 +166,41 @@ def solve(model: ir.Model, ranges: dict[str, Range], per_channel: bool = True) -
         total = members[0]
         for r in members[1:]:
             total = total.union(r)
-        scale, zp = (_f32(fixed[0]), fixed[1]) if fixed else asymmetric(total)
+        dtype = "int16" if any(g.nodes[n]["wide"] for n in comp) and not fixed else "int8"
+        if fixed:
+            scale, zp = _f32(fixed[0]), fixed[1]
+        elif dtype == "int16":
+            scale, zp = symmetric(total, dtype), 0
+        else:
+            scale, zp = asymmetric(total, dtype)
         for n in comp:
-            plan.activations[n] = TensorQuant("int8", scale, zp, g.nodes[n]["range"], gid)
+            plan.activations[n] = TensorQuant(dtype, scale, zp, g.nodes[n]["range"], gid)
     for node in model.graph:
         if node.op_type in WEIGHT_OPS:
             _plan_linear(node, plan, per_channel)
+    for node in model.graph:
+        if node.metadata_props.get(ROLE_KEY) == "gates":
+            _plan_lstm_bias(node, plan)
     return plan
+
+
+def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:
+    """An unrolled LSTM's gate bias: int32 at scale s_x × s_W, the scale of the input projection."""
+    xh = node.inputs[0].producer() if node.inputs[0] is not None else None
+    xw = xh.inputs[0].producer() if xh is not None and xh.inputs[0] is not None else None
+    b_val = node.inputs[1]
+    bias = const_value(b_val)
+    if xw is None or xw.op_type != "MatMul" or bias is None or b_val.name in plan.biases:
+        return
+    w = plan.weights.get(xw.inputs[1].name)
+    x = xw.inputs[0]
+    if w is None or x is None or x.name not in plan.activations:
+        return
+    b_scale = (np.float32(plan.activations[x.name].scale) * w.scale).astype(np.float32)
+    bq = np.rint(bias.reshape(-1).astype(np.float64) / b_scale)
+    if np.abs(bq).max() >= 2**31:
+        raise SolverError(f"LSTM gate bias {b_val.name!r} does not fit int32 at scale s_x*s_w")
+    plan.biases[b_val.name] = WeightQuant(bq.astype(np.int32), b_scale, 0)
 
 
 def _plan_linear(node: ir.Node, plan: QuantPlan, per_channel: bool) -> None:

@@ -19,6 +19,7 @@ from qpass.passes._util import new_initializer
 from qpass.solver.plan import QuantPlan
 
 PROVENANCE = {"qpass.pass": "quantize"}
+QDQ_OPSET = 21  # int16 QuantizeLinear/DequantizeLinear
 
 
 def _node(op: str, inputs: list[ir.Value], name: str, **attrs) -> ir.Node:
@@ -30,6 +31,7 @@ def _node(op: str, inputs: list[ir.Value], name: str, **attrs) -> ir.Node:
 def apply_plan(model: ir.Model, plan: QuantPlan) -> ir.Model:
     """A new model (the float one is left as it is) with the plan written as Q/DQ pairs."""
     qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    qdq.opset_imports[""] = max(qdq.opset_imports.get("", 0), QDQ_OPSET)
     graph = qdq.graph
     by_name = {v.name: v for v in graph.inputs}
     by_name.update({v.name: v for n in graph for v in n.outputs})
