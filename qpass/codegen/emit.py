@@ -91,7 +91,7 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
-        calls.append({"comment": comment(f"{step.kernel} <- {step.origin}"),
+        calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
     tin, tout = program.tensors[program.input], program.tensors[program.output]
     ctx = {

@@ -1,0 +1,86 @@
+"""ONNX LSTM models (as PyTorch and other exporters write them) through the whole integer pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qpass.config import load_pipeline
+from qpass.pipeline import run_pipeline
+
+H, I_IN, CLASSES = 8, 6, 4
+
+
+def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, a: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(a.astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["xt", "W", "R", "B"], ["Y", "Y_h"], hidden_size=H, direction=direction),
+        helper.make_node("Reshape", ["Y_h", "shape"], ["h"]),
+        helper.make_node("Gemm", ["h", "Wd", "bd"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["prob"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t_len, I_IN])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, CLASSES])],
+        [init("W", rng.normal(0, 0.4, (1, 4 * H, I_IN))), init("R", rng.normal(0, 0.4, (1, 4 * H, H))),
+         init("B", rng.normal(0, 0.2, (1, 8 * H))), init("Wd", rng.normal(0, 0.8, (H, CLASSES))),
+         init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, H], np.int64), "shape")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.normal(0, 1, (160, t_len, I_IN)).astype(np.float32)
+    np.savez(path.parent / "calib.npz", x=x[:80])
+    np.savez(path.parent / "test.npz", x=x[80:])
+    (path.parent / "pipeline.yaml").write_text(
+        "model: lstm.onnx\ncalibration: {path: calib.npz, key: x}\n"
+        "passes: [unroll-lstm, fold-constants, simplify-layout, matmul-to-gemm]\n"
+        "codegen: {name: seq, output_dir: out}\ncompare: {path: test.npz, key: x}\n")
+
+
+def _run(tmp: Path, t_len: int, direction: str) -> tuple[dict, Path]:
+    tmp.mkdir(parents=True)
+    _lstm_model(tmp / "lstm.onnx", t_len, direction)
+    report = run_pipeline(load_pipeline(tmp / "pipeline.yaml"))
+    return report, tmp / "out"
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_lstm_is_bit_exact_and_one_loop(tmp_path: Path, direction: str) -> None:
+    report, out = _run(tmp_path / direction, 20, direction)
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    assert report["comparisons"]["c_vs_float"]["argmax_agreement"] >= 0.95
+    assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.05
+    assert report["kernels"].count("lstm") == 1
+    assert report["op_counts"]["converted"]["LSTM"] == 1 and "LSTM" not in report["op_counts"]["final"]
+    source = (out / "seq.c").read_text()
+    assert source.count("qp_lstm(") == 2  # the definition and one call: one loop body for every step
+    plan = json.loads((out / "report.json").read_text())["plan"]["tensors"]
+    assert any(t["dtype"] == "int16" for t in plan.values()), "the cell state is int16"
+
+
+def _flash(c_file: Path, tmp: Path) -> int:
+    obj = tmp / "m.o"
+    subprocess.run(["gcc", "-std=c99", "-Os", "-c", str(c_file), "-o", str(obj)], check=True)
+    out = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines()
+               if line.startswith((".text", ".rodata")))
+
+
+@pytest.mark.skipif(shutil.which("size") is None, reason="binutils `size` not installed")
+def test_code_size_does_not_grow_with_sequence_length(tmp_path: Path) -> None:
+    sizes = {}
+    for t_len in (10, 100):
+        report, out = _run(tmp_path / f"t{t_len}", t_len, "forward")
+        assert report["c_equals_runtime_ref"]
+        sizes[t_len] = _flash(out / "seq.c", tmp_path / f"t{t_len}")
+    assert abs(sizes[100] - sizes[10]) <= 16, sizes
