@@ -130,4 +130,5 @@ from qpass.passes import (  # noqa: E402,F401
     simplify_layout,
     squeeze_conv2d,
     strip_dropout,
+    unroll_lstm,
 )

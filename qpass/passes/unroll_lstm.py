@@ -1,0 +1,369 @@
+"""unroll-lstm: replace every ONNX LSTM by its per-timestep primitive ops, tagged so codegen can re-roll them.
+
+    Y, Y_h, Y_c = LSTM(X, W, R, B, seq_lens, h0, c0, P)        for each direction d, step s = 0..T-1:
+                                                                  t  = s (forward) or T-1-s (reverse half)
+                                                                  x  = Gather(X, t, axis=layout)       [B, I]
+                                                                  gates = x·Wᵀ + h·Rᵀ + (Wb + Rb)      [B, 4H]
+                                                     →            i, o, f, c̃ = Split(gates)            [B, H] ×4
+                                                                  i = σ(i + Pi⊙c)   f = σ(f + Pf⊙c)   g = tanh(c̃)
+                                                                  c = f⊙c + i⊙g
+                                                                  o = σ(o + Po⊙c)   h = o⊙tanh(c)
+                                                                Y   = Concat(Unsqueeze(h) in time order)
+                                                                Y_h = Unsqueeze(last h)   Y_c = Unsqueeze(last c)
+
+Per step and direction the nodes are exactly, with the role each carries in `qpass.lstm.role`:
+
+    x      Gather(X, t: int64 scalar, axis = 0 (layout 0) | 1 (layout 1))
+    xw     MatMul(x, Wt)          Wt = W[d]ᵀ  [I, 4H]  (ONNX gate order i, o, f, c kept)
+    hr     MatMul(h_prev, Rt)     Rt = R[d]ᵀ  [H, 4H]
+    xh     Add(xw, hr)
+    gates  Add(xh, Bsum)          Bsum = B[d, :4H] + B[d, 4H:]  (zeros without B)
+    split  Split(gates, [H, H, H, H], axis=1) → gi, go, gf, gc
+    peep_i_mul, peep_i   gi = Add(gi, Mul(c_prev, Pi))             (only with P)
+    peep_f_mul, peep_f   gf = Add(gf, Mul(c_prev, Pf))             (only with P)
+    clip_i, clip_f, clip_c   Clip(·, -clip, clip)                  (only with `clip`)
+    i, f, g  Sigmoid(gi), Sigmoid(gf), Tanh(gc)
+    fc, ig, c  Mul(f, c_prev), Mul(i, g), Add(fc, ig)
+    peep_o_mul, peep_o   go = Add(go, Mul(c, Po))                  (only with P; uses the new c)
+    clip_o   Clip(go, -clip, clip)                                 (only with `clip`)
+    o      Sigmoid(go)
+    tc, h  Tanh(c), Mul(o, tc)
+
+Before step 0, h_prev/c_prev are `Gather(initial_h, d, axis=layout)` (roles "h0"/"c0", step "0") or, without
+initial_h/initial_c, a constant zero initializer [B, H] (one per direction and state; no node). Matching ONNX
+and onnxruntime, a peephole is added before the clip and the clip is applied to the activations' inputs.
+
+The outputs are built only if used (a reader or a graph output), with step "-1":
+    y    Unsqueeze each h to [1, 1, B, H] (layout 0) or [B, 1, 1, H] (layout 1), Concat them in time order
+         (skipped when T = 1), then for two directions Concat the halves on the direction axis
+    y_h  Unsqueeze the last processed h to [1, B, H] / [B, 1, H]; for two directions Concat the halves
+    y_c  the same with c
+A node that joins both directions carries direction "-1". The LSTM's output names move to the new values.
+
+Every created node carries metadata_props `qpass.pass` = "unroll-lstm", `qpass.lstm` (the LSTM's name, or a
+generated one), `qpass.lstm.direction`, `qpass.lstm.step`, `qpass.lstm.role`. Weights are shared by all steps
+of a direction, so a later lowering can run one loop body for all of them.
+
+Refused with UnsupportedOpError: unknown T/B/I/H, non-constant W/R/B/P, sequence_lens not a constant equal to
+T everywhere, activations other than Sigmoid/Tanh/Tanh, input_forget=1, a model opset below 13 (the rewrite uses
+the opset-13 forms of Split and Unsqueeze). activation_alpha/beta are ignored: Sigmoid and Tanh take none.
+Only the main graph is rewritten (an LSTM inside a Loop/If/Scan body is left as is).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qpass.errors import UnsupportedOpError
+from qpass.passes import QPass, register_pass
+from qpass.passes._util import const_value, new_initializer
+
+LSTM_KEY = "qpass.lstm"
+DIRECTION_KEY = "qpass.lstm.direction"
+STEP_KEY = "qpass.lstm.step"
+ROLE_KEY = "qpass.lstm.role"
+
+_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+_MIN_OPSET = 13
+
+
+def _is_used(value: ir.Value | None) -> bool:
+    return value is not None and (bool(value.uses()) or value.is_graph_output())
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if len(node.inputs) > index else None
+
+
+def _output(node: ir.Node, index: int) -> ir.Value | None:
+    return node.outputs[index] if len(node.outputs) > index else None
+
+
+@dataclass
+class _Lstm:
+    """An LSTM node checked for support, with its constants in the compute dtype."""
+
+    node: ir.Node
+    name: str  # the node's name, or a generated unique one
+    dirs: int
+    reverse: tuple[bool, ...]  # per direction: does it walk time backwards
+    layout: int
+    steps: int
+    batch: int
+    inputs: int
+    hidden: int
+    dtype: np.dtype
+    w: np.ndarray  # [dirs, 4H, I]
+    r: np.ndarray  # [dirs, 4H, H]
+    bias: np.ndarray  # [dirs, 4H]: Wb + Rb
+    peep: np.ndarray | None  # [dirs, 3H] in order i, o, f
+    clip: float | None
+
+
+def _parse(node: ir.Node, name: str) -> _Lstm:
+    """Read an LSTM node, or raise UnsupportedOpError saying why it cannot be unrolled."""
+
+    def refuse(message: str) -> UnsupportedOpError:
+        return UnsupportedOpError(node.name or name, "LSTM", f"unroll-lstm: {message}")
+
+    attrs = node.attributes
+    direction = attrs.get_string("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise refuse(f"unknown direction {direction!r}")
+    dirs = 2 if direction == "bidirectional" else 1
+    layout = attrs.get_int("layout", 0)
+    if layout not in (0, 1):
+        raise refuse(f"unknown layout {layout}")
+    if attrs.get_int("input_forget", 0) != 0:
+        raise refuse("input_forget=1 (coupled input and forget gates) is not supported")
+    acts = attrs.get_strings("activations", None)
+    if acts is not None and tuple(a.lower() for a in acts) != _DEFAULT_ACTIVATIONS * dirs:
+        raise refuse(f"activations {list(acts)} are not the defaults Sigmoid, Tanh, Tanh")
+
+    x = _input(node, 0)
+    if x is None or x.shape is None or len(x.shape) != 3 or not all(isinstance(d, int) for d in x.shape):
+        raise refuse(f"X must have a static 3-D shape, got {None if x is None else x.shape}")
+    steps, batch, n_in = (x.shape[0], x.shape[1], x.shape[2]) if layout == 0 else (x.shape[1], x.shape[0],
+                                                                                   x.shape[2])
+    w, r = const_value(_input(node, 1)), const_value(_input(node, 2))
+    if w is None or r is None:
+        raise refuse("W and R must be constants")
+    if w.ndim != 3 or r.ndim != 3 or w.shape[0] != dirs or r.shape[0] != dirs or r.shape[1] != 4 * r.shape[2]:
+        raise refuse(f"W {w.shape} / R {r.shape} do not fit direction {direction!r}")
+    hidden = r.shape[2]
+    if attrs.get_int("hidden_size", hidden) != hidden or w.shape[1] != 4 * hidden or w.shape[2] != n_in:
+        raise refuse(f"W {w.shape}, R {r.shape}, hidden_size and X {x.shape} disagree")
+    if steps < 1 or batch < 1:
+        raise refuse(f"empty sequence or batch: X {x.shape}")
+
+    dtype = x.dtype.numpy() if x.dtype is not None else w.dtype
+    b_in = _input(node, 3)
+    if b_in is None:
+        bias = np.zeros((dirs, 4 * hidden), dtype)
+    else:
+        b = const_value(b_in)
+        if b is None or b.shape != (dirs, 8 * hidden):
+            raise refuse(f"B must be a constant [{dirs}, {8 * hidden}]")
+        bias = b[:, : 4 * hidden] + b[:, 4 * hidden:]
+
+    seq_in = _input(node, 4)
+    if seq_in is not None:
+        seq = const_value(seq_in)
+        if seq is None or seq.size != batch or not np.all(seq == steps):
+            raise refuse(f"sequence_lens must be a constant equal to T={steps} for every batch entry")
+
+    state_shape = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
+    for k, what in ((5, "initial_h"), (6, "initial_c")):
+        state = _input(node, k)
+        if state is not None and (state.shape is None or tuple(state.shape) != state_shape):
+            raise refuse(f"{what} must have the static shape {list(state_shape)}, got {state.shape}")
+
+    peep = None
+    p_in = _input(node, 7)
+    if p_in is not None:
+        peep = const_value(p_in)
+        if peep is None or peep.shape != (dirs, 3 * hidden):
+            raise refuse(f"P must be a constant [{dirs}, {3 * hidden}]")
+
+    clip = attrs.get_float("clip", None)
+    reverse = (False, True) if dirs == 2 else (direction == "reverse",)
+    return _Lstm(node, name, dirs, reverse, layout, steps, batch, n_in, hidden, np.dtype(dtype),
+                 w.astype(dtype), r.astype(dtype), bias.astype(dtype),
+                 None if peep is None else peep.astype(dtype), clip)
+
+
+class _Builder:
+    """Creates the nodes of one LSTM's unrolling, each tagged and named, in a list to insert at once."""
+
+    def __init__(self, qpass: QPass, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
+        self.qpass, self.graph, self.lstm, self.taken = qpass, graph, lstm, taken
+        self.base = re.sub(r"[^0-9A-Za-z_.]", "_", lstm.name)
+        self.type = ir.TensorType(ir.DataType.from_numpy(lstm.dtype))
+        self.nodes: list[ir.Node] = []
+
+    def const(self, hint: str, array: np.ndarray) -> ir.Value:
+        return new_initializer(self.graph, _unique(self.taken, f"{self.base}_{hint}"), array)
+
+    def op(self, op_type: str, inputs: list[ir.Value], shape: tuple[int, ...], *, d: int, s: int, role: str,
+           attrs: dict[str, int] | None = None, names: tuple[str, ...] = ("",), tag: str = "") -> list[ir.Value]:
+        """Append one tagged node named `{lstm}_d{d}_s{s}_{role}{tag}`; one output per entry of `names` (a
+        suffix to the node name), each with `shape` and the LSTM's dtype. d = -1 / s = -1 read "dall" / no step."""
+        where = f"d{d}" if d >= 0 else "dall"
+        name = _unique(self.taken, f"{self.base}_{where}_s{s}_{role}{tag}" if s >= 0
+                       else f"{self.base}_{where}_{role}{tag}")
+        values = [ir.Value(name=_unique(self.taken, name + suffix) if suffix else name, shape=ir.Shape(shape),
+                           type=self.type) for suffix in names]
+        node = ir.node(op_type, inputs, attrs, outputs=values, name=name, metadata_props={
+            LSTM_KEY: self.lstm.name, DIRECTION_KEY: str(d), STEP_KEY: str(s), ROLE_KEY: role})
+        self.nodes.append(self.qpass.mark(node))
+        return values
+
+
+@register_pass("unroll-lstm")
+class UnrollLstmPass(QPass):
+    """Unroll every LSTM into per-timestep MatMul/Add/Split/Sigmoid/Tanh/Mul ops tagged for re-rolling."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        lstms = [n for n in graph if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+        if not lstms:
+            return ir.passes.PassResult(model, False)
+        taken = _all_names(graph)
+        parsed = []
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        for node in lstms:
+            name = node.name or _unique(taken, "LSTM")
+            if opset < _MIN_OPSET:
+                raise UnsupportedOpError(node.name or name, "LSTM",
+                                         f"unroll-lstm needs opset >= {_MIN_OPSET}, the model has {opset}")
+            parsed.append(_parse(node, name))  # check every LSTM before changing anything
+        for lstm in parsed:
+            self._unroll(graph, lstm, taken)
+        return ir.passes.PassResult(model, True)
+
+    def _unroll(self, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
+        node, H, T = lstm.node, lstm.hidden, lstm.steps
+        b = _Builder(self, graph, lstm, taken)
+        x, h_init, c_init = node.inputs[0], _input(node, 5), _input(node, 6)
+        split = b.const("split", np.array([H] * 4, np.int64))
+        clip = None if lstm.clip is None else (b.const("clip_lo", np.array(-lstm.clip, lstm.dtype)),
+                                               b.const("clip_hi", np.array(lstm.clip, lstm.dtype)))
+        time_index = [b.const(f"t{t}", np.array(t, np.int64)) for t in range(T)]
+        hs: list[list[ir.Value]] = []  # per direction, h in processing order
+        last_c: list[ir.Value] = []
+        for d in range(lstm.dirs):
+            wt = b.const(f"d{d}_Wt", np.ascontiguousarray(lstm.w[d].T))
+            rt = b.const(f"d{d}_Rt", np.ascontiguousarray(lstm.r[d].T))
+            bsum = b.const(f"d{d}_Bsum", lstm.bias[d])
+            peep = None if lstm.peep is None else tuple(
+                b.const(f"d{d}_P{g}", lstm.peep[d, k * H:(k + 1) * H]) for k, g in enumerate("iof"))
+            index = None if h_init is None and c_init is None else b.const(f"dir{d}", np.array(d, np.int64))
+            h = self._initial(b, h_init, index, d, "h0")
+            c = self._initial(b, c_init, index, d, "c0")
+            hs.append([])
+            for s in range(T):
+                t = T - 1 - s if lstm.reverse[d] else s
+                h, c = self._step(b, d, s, x, time_index[t], h, c, wt, rt, bsum, split, peep, clip)
+                hs[d].append(h)
+            last_c.append(c)
+
+        results: dict[int, ir.Value] = {}
+        if _is_used(_output(node, 0)):
+            results[0] = self._stack_y(b, hs)
+        if _is_used(_output(node, 1)):
+            results[1] = self._stack_last(b, [h[-1] for h in hs], "y_h")
+        if _is_used(_output(node, 2)):
+            results[2] = self._stack_last(b, last_c, "y_c")
+
+        graph.insert_before(node, b.nodes)
+        for index, new in results.items():
+            old = node.outputs[index]
+            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+            if old.name:
+                taken.discard(new.name)
+                new.name, old.name = old.name, None
+        graph.remove(node, safe=True)
+
+    @staticmethod
+    def _initial(b: _Builder, init: ir.Value | None, index: ir.Value | None, d: int, role: str) -> ir.Value:
+        """h_prev / c_prev of step 0: Gather(init, d) from initial_h / initial_c, or a constant zero [B, H]."""
+        lstm = b.lstm
+        if init is None or index is None:
+            return b.const(f"d{d}_{role}_zeros", np.zeros((lstm.batch, lstm.hidden), lstm.dtype))
+        return b.op("Gather", [init, index], (lstm.batch, lstm.hidden), d=d, s=0, role=role,
+                    attrs={"axis": lstm.layout})[0]
+
+    @staticmethod
+    def _step(b: _Builder, d: int, s: int, x: ir.Value, t: ir.Value, h_prev: ir.Value, c_prev: ir.Value,
+              wt: ir.Value, rt: ir.Value, bsum: ir.Value, split: ir.Value,
+              peep: tuple[ir.Value, ir.Value, ir.Value] | None,
+              clip: tuple[ir.Value, ir.Value] | None) -> tuple[ir.Value, ir.Value]:
+        """One cell update; returns (h_t, c_t)."""
+        lstm = b.lstm
+        bh, b4h = (lstm.batch, lstm.hidden), (lstm.batch, 4 * lstm.hidden)
+
+        def op(op_type: str, inputs: list[ir.Value], role: str, shape: tuple[int, ...] = bh, **kw) -> ir.Value:
+            return b.op(op_type, inputs, shape, d=d, s=s, role=role, **kw)[0]
+
+        def peephole(gate: ir.Value, c: ir.Value, p: ir.Value, g: str) -> ir.Value:
+            return op("Add", [gate, op("Mul", [c, p], f"peep_{g}_mul")], f"peep_{g}")
+
+        def clipped(gate: ir.Value, g: str) -> ir.Value:
+            return gate if clip is None else op("Clip", [gate, *clip], f"clip_{g}")
+
+        x_t = op("Gather", [x, t], "x", (lstm.batch, lstm.inputs), attrs={"axis": lstm.layout})
+        xw = op("MatMul", [x_t, wt], "xw", b4h)
+        hr = op("MatMul", [h_prev, rt], "hr", b4h)
+        xh = op("Add", [xw, hr], "xh", b4h)
+        gates = op("Add", [xh, bsum], "gates", b4h)
+        gi, go, gf, gc = b.op("Split", [gates, split], bh, d=d, s=s, role="split", attrs={"axis": 1},
+                              names=("_i", "_o", "_f", "_c"))
+        if peep is not None:
+            gi = peephole(gi, c_prev, peep[0], "i")
+            gf = peephole(gf, c_prev, peep[2], "f")
+        i = op("Sigmoid", [clipped(gi, "i")], "i")
+        f = op("Sigmoid", [clipped(gf, "f")], "f")
+        g = op("Tanh", [clipped(gc, "c")], "g")
+        c = op("Add", [op("Mul", [f, c_prev], "fc"), op("Mul", [i, g], "ig")], "c")
+        if peep is not None:
+            go = peephole(go, c, peep[1], "o")
+        o = op("Sigmoid", [clipped(go, "o")], "o")
+        h = op("Mul", [o, op("Tanh", [c], "tc")], "h")
+        return h, c
+
+    @staticmethod
+    def _stack_y(b: _Builder, hs: list[list[ir.Value]]) -> ir.Value:
+        """Y: [T, dirs, B, H] (layout 0) or [B, T, dirs, H] (layout 1) from each direction's h in time order."""
+        lstm = b.lstm
+        T, B, H = lstm.steps, lstm.batch, lstm.hidden
+        layout = lstm.layout
+        axes = b.const("y_axes", np.array([0, 1] if layout == 0 else [1, 2], np.int64))
+        one = (1, 1, B, H) if layout == 0 else (B, 1, 1, H)
+        per_dir = (T, 1, B, H) if layout == 0 else (B, T, 1, H)
+        halves = []
+        for d, h_steps in enumerate(hs):
+            in_time = h_steps[::-1] if lstm.reverse[d] else h_steps
+            parts = [b.op("Unsqueeze", [h, axes], one, d=d, s=-1, role="y", tag=f"_t{t}")[0]
+                     for t, h in enumerate(in_time)]
+            halves.append(parts[0] if T == 1 else b.op("Concat", parts, per_dir, d=d, s=-1, role="y",
+                                                       attrs={"axis": layout})[0])
+        if len(halves) == 1:
+            return halves[0]
+        full = (T, 2, B, H) if layout == 0 else (B, T, 2, H)
+        return b.op("Concat", halves, full, d=-1, s=-1, role="y", attrs={"axis": layout + 1})[0]
+
+    @staticmethod
+    def _stack_last(b: _Builder, last: list[ir.Value], role: str) -> ir.Value:
+        """Y_h / Y_c: [dirs, B, H] (layout 0) or [B, dirs, H] (layout 1)."""
+        lstm = b.lstm
+        B, H, layout = lstm.batch, lstm.hidden, lstm.layout
+        axes = b.const(f"{role}_axes", np.array([layout], np.int64))
+        one = (1, B, H) if layout == 0 else (B, 1, H)
+        parts = [b.op("Unsqueeze", [v, axes], one, d=d, s=-1, role=role)[0] for d, v in enumerate(last)]
+        if len(parts) == 1:
+            return parts[0]
+        full = (2, B, H) if layout == 0 else (B, 2, H)
+        return b.op("Concat", parts, full, d=-1, s=-1, role=role, attrs={"axis": layout})[0]
+
+
+def _all_names(graph: ir.Graph) -> set[str]:
+    """Every value and node name in the graph and its subgraphs, so new names can avoid them."""
+    names = {v.name for v in graph.inputs if v.name} | set(graph.initializers)
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        names.update(v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name)
+        if node.name:
+            names.add(node.name)
+    return names
+
+
+def _unique(taken: set[str], hint: str) -> str:
+    name, i = hint, 0
+    while name in taken:
+        i += 1
+        name = f"{hint}_{i}"
+    taken.add(name)
+    return name
