@@ -43,10 +43,24 @@ class PassEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+Bits = Literal["int8", "int16"]
+
+
+class PrecisionOverride(_Strict):
+    match: str = Field(description="a node name, `re:<regex>` over node names, or `op:<OpType>`; an "
+                                   "unrolled LSTM's nodes also match its LSTM's name and `op:LSTM`")
+    activations: Bits | None = None
+    weights: Bits | None = None
+
+
 class QuantSection(_Strict):
-    activations: Literal["int8"] = "int8"
-    weights: Literal["int8"] = "int8"
-    per_channel: bool = True
+    activations: Bits = Field("int8", description="int8 asymmetric or int16 symmetric activations")
+    weights: Bits = Field("int8", description="symmetric weights")
+    per_channel: bool = Field(True, description="one weight scale per output channel")
+    requant: Literal["multiplier", "pow2"] = Field(
+        "multiplier", description="rescale by fixed-point multiplier + shift, or by power-of-two scales and "
+                                  "shifts only")
+    overrides: list[PrecisionOverride] = Field(default_factory=list, description="mixed precision, first match wins")
 
 
 class CodegenSection(_Strict):

@@ -85,7 +85,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
                        yaml_key="calibration.key")
     check_samples(calib, in_shape[1:], yaml_file=file, yaml_key="calibration.path")
     ranges = calibrate(model, batches(calib, pipe.calibration.batch_size, pipe.calibration.limit))
-    plan = solve(model, ranges, per_channel=pipe.quantization.per_channel)
+    plan = solve(model, ranges, pipe.quantization)
     qdq = apply_plan(model, plan)
     save(qdq, stage / f"{name}.qdq.onnx")
     if dump_dir:
@@ -124,8 +124,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         "qpass_version": __version__,
         "model": str(model_path),
         "name": name,
-        "precision": {"activations": pipe.quantization.activations, "weights": pipe.quantization.weights,
-                      "per_channel": pipe.quantization.per_channel},
+        "precision": pipe.quantization.model_dump(),
         "samples": n,
         "comparisons": {
             "qdq_vs_float": metrics(y_float, y_qdq),

@@ -18,10 +18,11 @@ from qpass.codegen.arena import BYTES, plan_arena
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
-CTYPE = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "uint8": "uint8_t"}
-ARRAY_PARAMS = {  # kernel param → C element type
-    "weight": "int8", "bias": "int32", "mult": "int32", "shift": "uint8", "table": "int8", "exp_table": "int32",
-    "dims": "int32", "strides": "int32", "weight_h": "int8", "gate_lut": "int8", "tanh_table": "int16",
+CTYPE = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t", "uint8": "uint8_t"}
+ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integer type)
+    "weight": None, "bias": "int32", "bias_shift": "uint8", "mult": "int32", "shift": "uint8", "table": None,
+    "exp_table": "int32",
+    "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
@@ -55,6 +56,21 @@ def _body(arr: np.ndarray) -> str:
     return ",".join(items)
 
 
+def _types(program: Program, step) -> tuple[dict[str, str], str]:
+    """C element types a kernel instance works on, and its function name (one definition per type set)."""
+    ins = [program.tensors[i].dtype for i in step.inputs]
+    out = program.tensors[step.outputs[0]].dtype
+    t = {"x": ins[0], "y": out}
+    if len(ins) > 1:
+        t["a"], t["b"] = ins[0], ins[1]
+    if "weight" in step.params:
+        t["w"] = str(np.asarray(step.params["weight"]).dtype)
+    if "acc_bits" in step.params:
+        t["acc"] = "int64" if step.params["acc_bits"] > 32 else "int32"
+    suffix = "_".join(f"{k}{v.replace('int', '')}" for k, v in sorted(t.items()))
+    return {k: CTYPE[v] for k, v in t.items()}, f"qp_{step.kernel}_{suffix}"
+
+
 def render(program: Program, source: str = "model") -> GeneratedC:
     env = _env()
     arena = plan_arena(program)
@@ -82,14 +98,19 @@ def render(program: Program, source: str = "model") -> GeneratedC:
             return f"({base} + {offset})" if offset else base
         return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root] + offset * BYTES[t.dtype]})"
 
-    modules = {}
+    modules: dict[str, object] = {}
+    defs: dict[str, str] = {}
     calls = []
     for step in program.steps:
         if step.kernel not in modules:
             modules[step.kernel] = env.get_template(f"kernels/{step.kernel}.c.j2").module
-        consts = {k: add_const(v, ARRAY_PARAMS[k]) for k, v in step.params.items() if k in ARRAY_PARAMS}
+        types, fn = _types(program, step)
+        if fn not in defs:
+            defs[fn] = str(modules[step.kernel].define(fn, types)).strip()
+        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(np.asarray(v).dtype))
+                  for k, v in step.params.items() if k in ARRAY_PARAMS}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
-        ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
+        ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
         calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
@@ -100,7 +121,7 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         "input_scale": _literal(tin.scale), "output_scale": _literal(tout.scale),
         "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
-        "kernel_defs": [str(m.define()).strip() for m in modules.values()],
+        "kernel_defs": list(defs.values()),
         "constants": constants, "calls": calls,
     }
     return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),

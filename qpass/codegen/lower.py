@@ -8,6 +8,7 @@ Emitters are registered by ONNX op type.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -15,12 +16,13 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402  (after Lowering's deps)
-from qpass.errors import UnsupportedOpError
+from qpass.errors import SolverError, UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import (
     QMAX,
     QMIN,
     build_lut,
+    build_lut16,
     quantize_multiplier,
     shared_shift_multipliers,
     softmax_exp_table,
@@ -28,6 +30,8 @@ from qpass.runtime_ref.intmath import (
 from qpass.runtime_ref.program import Program, QTensor, Step
 
 Emitter = Callable[["Lowering", ir.Node], None]
+SOFTMAX_OUT = {"int8": (256, -128), "int16": (32768, 0)}  # 1/scale and zero point of a softmax output
+log = logging.getLogger(__name__)
 EMITTERS: dict[str, Emitter] = {}
 UNARY_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
@@ -197,18 +201,53 @@ def _linear(lw: Lowering, node: ir.Node) -> None:
     else:
         w_nk = w.T
     n, k = w_nk.shape
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        bias, _ = lw.weight(node, 2)
-        bias = np.broadcast_to(bias.reshape(-1), (n,))
-    else:
-        bias = np.zeros(n, dtype=np.int32)
+    bias = _bias(lw, node, n)
     y = lw.output_of(node)
+    lw.step("linear", [x], y, node, **_requant_params(node, x, y, w_nk, w_scale, bias),
+            weight=np.ascontiguousarray(w_nk), in_features=k, out_features=n, rows=x.size // k)
+
+
+def _bias(lw: Lowering, node: ir.Node, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias and its per-channel left shift k: bias scale = s_x · s_w · 2^k (k > 0 only when needed)."""
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    bias, b_scale = lw.weight(node, 2)
+    x_scale = lw.input_of(node, 0).scale
+    _, w_scale = lw.weight(node, 1)
+    ratio = np.broadcast_to(b_scale, (n,)) / (np.float32(x_scale) * np.broadcast_to(w_scale, (n,)).astype(np.float32))
+    k = np.rint(np.log2(ratio)).astype(np.int32)
+    if np.any(k < 0) or not np.allclose(ratio, np.exp2(k), rtol=1e-5):
+        raise UnsupportedOpError(node.name or "", node.op_type, "bias scale must be input scale x weight scale "
+                                 "(times a power of two)")
+    return np.broadcast_to(bias.reshape(-1), (n,)).astype(np.int32), k
+
+
+def _requant_params(node: ir.Node, x: QTensor, y: QTensor, w: np.ndarray, w_scale: np.ndarray,
+                    bias: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Per-output-channel multipliers, bias and the accumulator width, from the proven bound.
+
+    |acc| ≤ |bias| + Σ|w|·max|x − zp_x|; beyond int32 the accumulator widens to int64 and the
+    multiplier loses bits so that acc·M still fits int64.
+    """
+    n = w.shape[0]
+    bias, bias_shift = bias
+    span = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    b_abs = np.abs(bias.astype(np.int64)) << bias_shift.astype(np.int64)
+    bound = int((b_abs + np.abs(w.reshape(n, -1).astype(np.int64)).sum(axis=1) * span).max())
+    acc_bits, bits = 32, 31
+    if bound >= 2**31:
+        acc_bits, bits = 64, min(31, 62 - bound.bit_length())
+        if bits < 12:
+            raise SolverError(f"{node.op_type} node {node.name!r}: accumulator bound {bound} leaves too few "
+                              "multiplier bits; use narrower weights or activations")
+        log.info("%s %r: accumulator widened to int64 (bound %d)", node.op_type, node.name, bound)
     w_scale = np.broadcast_to(w_scale, (n,))
-    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale) for ws in w_scale), strict=True)
-    lw.step("linear", [x], y, node, weight=np.ascontiguousarray(w_nk, dtype=np.int8),
-            bias=np.asarray(bias, dtype=np.int32), mult=np.array(mults, dtype=np.int32),
-            shift=np.array(shifts, dtype=np.int32), in_features=k, out_features=n, rows=x.size // k,
-            x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale, bits) for ws in w_scale),
+                        strict=True)
+    return {"bias": np.asarray(bias, dtype=np.int32), "bias_shift": np.asarray(bias_shift, dtype=np.int32),
+            "mult": np.array(mults, dtype=np.int32),
+            "shift": np.array(shifts, dtype=np.int32), "acc_bits": acc_bits, "acc_bound": bound,
+            "x_zp": x.zero_point, "y_zp": y.zero_point, "lo": QMIN[y.dtype], "hi": QMAX[y.dtype]}
 
 
 @emitter("Add")
@@ -247,7 +286,13 @@ def _view(lw: Lowering, node: ir.Node) -> None:
 def _lut(lw: Lowering, node: ir.Node) -> None:
     x = lw.input_of(node, 0)
     y = lw.output_of(node)
-    table = build_lut(UNARY_FUNCTIONS[node.op_type], x.scale, x.zero_point, y.scale, y.zero_point)
+    fn = UNARY_FUNCTIONS[node.op_type]
+    if x.dtype == "int8":
+        table = build_lut(fn, x.scale, x.zero_point, y.scale, y.zero_point, "int8", y.dtype)
+    elif x.zero_point == 0:
+        table = build_lut16(fn, x.scale, y.scale, y.zero_point, y.dtype)
+    else:
+        raise UnsupportedOpError(node.name or "", node.op_type, "int16 inputs must be symmetric (zero point 0)")
     lw.step("lut", [x], y, node, table=table, n=y.size)
 
 
@@ -258,10 +303,14 @@ def _softmax(lw: Lowering, node: ir.Node) -> None:
     axis = node.attributes.get_int("axis", -1)
     if axis not in (-1, len(x.shape) - 1):
         raise UnsupportedOpError(node.name or "", "Softmax", "only the last axis is supported")
-    if not math.isclose(y.scale, 1 / 256) or y.zero_point != -128 or x.dtype != "int8":
-        raise UnsupportedOpError(node.name or "", "Softmax", "output must be int8 with scale 1/256, zero point -128")
+    one, zp = SOFTMAX_OUT[y.dtype]
+    if not math.isclose(y.scale, 1 / one) or y.zero_point != zp:
+        raise UnsupportedOpError(node.name or "", "Softmax", f"{y.dtype} output must have scale 1/{one}, "
+                                 f"zero point {zp}")
     n = x.shape[-1]
-    lw.step("softmax", [x], y, node, exp_table=softmax_exp_table(x.scale), n=n, rows=x.size // n)
+    table, sh = softmax_exp_table(x.scale, x.dtype)
+    lw.step("softmax", [x], y, node, exp_table=table, sh=sh, one=one, y_zp=zp, lo=QMIN[y.dtype],
+            hi=QMAX[y.dtype], n=n, rows=x.size // n)
 
 
 def _conv_dims(node: ir.Node, x: QTensor, y: QTensor, k: int) -> dict:
@@ -291,14 +340,9 @@ def _conv(lw: Lowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Conv", "only 1-D convolution is supported (run squeeze-conv2d)")
     y = lw.output_of(node)
     c_out = w.shape[0]
-    bias = lw.weight(node, 2)[0].reshape(-1) if len(node.inputs) > 2 and node.inputs[2] is not None else \
-        np.zeros(c_out, dtype=np.int32)
-    w_scale = np.broadcast_to(w_scale, (c_out,))
-    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale) for ws in w_scale), strict=True)
+    bias = _bias(lw, node, c_out)
     lw.step("conv1d", [x], y, node, **_conv_dims(node, x, y, w.shape[2]),
-            weight=np.ascontiguousarray(w, dtype=np.int8), bias=np.asarray(bias, dtype=np.int32),
-            mult=np.array(mults, dtype=np.int32), shift=np.array(shifts, dtype=np.int32),
-            x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+            **_requant_params(node, x, y, w, w_scale, bias), weight=np.ascontiguousarray(w))
 
 
 @emitter("MaxPool")

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 def _quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TF's start-up banner; weights are unaffected
     import tensorflow as tf
 
     tf.get_logger().setLevel(logging.ERROR)

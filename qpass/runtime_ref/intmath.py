@@ -24,16 +24,19 @@ QMAX = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}
 MAX_SHIFT = 62
 
 
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """m ≈ M · 2^-shift with 2^30 ≤ M < 2^31 and 1 ≤ shift ≤ 62 (M shrinks for tiny m)."""
+def quantize_multiplier(m: float, bits: int = 31) -> tuple[int, int]:
+    """m ≈ M · 2^-shift with 2^(bits−1) ≤ M < 2^bits and 1 ≤ shift ≤ 62 (M shrinks for tiny m).
+
+    Fewer `bits` keep acc · M inside int64 when the accumulator itself is wider than 32 bits.
+    """
     if not (m > 0 and math.isfinite(m)):
         raise SolverError(f"requantization multiplier {m!r} must be positive and finite")
     frac, exp = math.frexp(m)  # m = frac · 2^exp, frac in [0.5, 1)
-    mult = round(frac * (1 << 31))
-    if mult == 1 << 31:
+    mult = round(frac * (1 << bits))
+    if mult == 1 << bits:
         mult //= 2
         exp += 1
-    shift = 31 - exp
+    shift = bits - exp
     if shift < 1:
         raise SolverError(f"requantization multiplier {m:g} is too large (>= 2^30)")
     if shift > MAX_SHIFT:
@@ -84,10 +87,22 @@ def build_lut(fn: Callable[[np.ndarray], np.ndarray], in_scale: float, in_zp: in
     return quantize(real, out_scale, out_zp, out_dtype)
 
 
-SOFTMAX_ONE = 1 << 15  # exp(0) in the softmax exp table
+SOFTMAX_ONE = 1 << 15  # exp(0) in the softmax exp table (Q15)
+SOFTMAX_RANGE = 10.4  # exp(-10.4) < 2^-15: beyond it the Q15 table is 0
 
 
-def softmax_exp_table(in_scale: float) -> np.ndarray:
-    """E[d] = round(exp(−d · s_in) · 2^15) for d = max − q in 0..255."""
-    d = np.arange(256, dtype=np.float64)
-    return np.rint(np.exp(-d * in_scale) * SOFTMAX_ONE).astype(np.int32)
+def softmax_exp_table(in_scale: float, in_dtype: str = "int8") -> tuple[np.ndarray, int]:
+    """E[k] = round(exp(−k·2^sh·s_in) · 2^15), k = 0..256, and sh: 257 entries span max − x up to ~10.4."""
+    sh = 0
+    if in_dtype != "int8":
+        while (255 << sh) * in_scale < SOFTMAX_RANGE and sh < 15:
+            sh += 1
+    d = np.arange(257, dtype=np.float64) * (1 << sh)
+    return np.rint(np.exp(-d * in_scale) * SOFTMAX_ONE).astype(np.int32), sh
+
+
+def build_lut16(fn: Callable[[np.ndarray], np.ndarray], in_scale: float, out_scale: float, out_zp: int,
+                out_dtype: str) -> np.ndarray:
+    """257 samples of fn at x = k·256 − 32768 (int16 input, zero point 0), interpolated by the kernel."""
+    codes = np.arange(257, dtype=np.float64) * 256 - 32768
+    return quantize(fn(codes * in_scale), out_scale, out_zp, out_dtype)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qpass.runtime_ref.intmath import SOFTMAX_ONE, requantize, saturate
+from qpass.runtime_ref.intmath import requantize, saturate
 from qpass.runtime_ref.program import QTensor, Step
 
 Kernel = Callable[[Step, list[np.ndarray], QTensor], np.ndarray]
@@ -30,7 +30,7 @@ def linear(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """y[m,n] = clamp(zp_y + rq(bias[n] + Σ_k (x[m,k] − zp_x)·w[n,k]), lo, hi)."""
     p = step.params
     x = inputs[0].astype(np.int64).reshape(-1, p["in_features"]) - p["x_zp"]
-    acc = x @ p["weight"].astype(np.int64).T + p["bias"].astype(np.int64)
+    acc = x @ p["weight"].astype(np.int64).T + (p["bias"].astype(np.int64) << p["bias_shift"])
     y = requantize(acc, p["mult"], p["shift"]) + p["y_zp"]
     return saturate(y, out.dtype, p["lo"], p["hi"])
 
@@ -60,21 +60,36 @@ def copy(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
 
 @kernel("lut")
 def lut(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """y = table[x − QMIN]: any element-wise function of an int8 tensor."""
-    return step.params["table"][inputs[0].astype(np.int64) + 128]
+    """int8: y = table[x + 128]. int16: 257-entry table at x = k·256 − 32768, interpolated linearly."""
+    table = step.params["table"].astype(np.int64)
+    x = inputs[0].astype(np.int64)
+    if table.size == 256:
+        return table[x + 128]
+    u = x + 32768
+    k, frac = u >> 8, u & 255
+    lo, hi = table[k], table[np.minimum(k + 1, 256)]
+    return lo + (((hi - lo) * frac + 128) >> 8)
+
+
+def softmax_exp(d: np.ndarray, table: np.ndarray, sh: int) -> np.ndarray:
+    """E at d / 2^sh, linearly interpolated; E[256] beyond the table."""
+    table = table.astype(np.int64)
+    k, frac = d >> sh, d & ((1 << sh) - 1)
+    inside = k < 256
+    kk = np.minimum(k, 255)
+    e = table[kk] + (((table[kk + 1] - table[kk]) * frac) >> sh)
+    return np.where(inside, e, table[256])
 
 
 @kernel("softmax")
 def softmax(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """Per row: e_i = E[max − x_i], y_i = clamp(round(e_i·256 / Σe) − 128). Output scale 1/256, zp −128."""
+    """Per row: e_i = E(max − x_i), y_i = clamp(round(e_i·one / Σe) + y_zp) (one 256 for int8, 32768 for int16)."""
     p = step.params
-    n = p["n"]
-    x = inputs[0].astype(np.int64).reshape(-1, n)
-    e = p["exp_table"].astype(np.int64)[x.max(axis=1, keepdims=True) - x]
+    x = inputs[0].astype(np.int64).reshape(-1, p["n"])
+    e = softmax_exp(x.max(axis=1, keepdims=True) - x, p["exp_table"], p["sh"])
     total = e.sum(axis=1, keepdims=True)
-    assert int(total.max()) < 2**31 and SOFTMAX_ONE * 256 < 2**31
-    y = (e * 256 + total // 2) // total - 128
-    return saturate(y, out.dtype)
+    y = (e * p["one"] + total // 2) // total + p["y_zp"]
+    return saturate(y, out.dtype, p["lo"], p["hi"])
 
 
 def _taps(p: dict) -> np.ndarray:
@@ -99,7 +114,7 @@ def conv1d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         xs = patches[g * cin_g:(g + 1) * cin_g]
         ws = w[g * cout_g:(g + 1) * cout_g]
         acc[g * cout_g:(g + 1) * cout_g] = np.einsum("mck,cok->mo", ws, xs)
-    acc += p["bias"].astype(np.int64)[:, None]
+    acc += (p["bias"].astype(np.int64) << p["bias_shift"])[:, None]
     y = requantize(acc, p["mult"][:, None], p["shift"][:, None]) + p["y_zp"]
     return saturate(y, out.dtype, p["lo"], p["hi"])
 

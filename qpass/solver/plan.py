@@ -15,12 +15,15 @@ The solver is an analysis: it reads the model and returns a plan; `apply_plan` w
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
+from qpass.config import QuantSection
 from qpass.errors import SolverError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import QMAX, QMIN
@@ -31,11 +34,12 @@ log = logging.getLogger(__name__)
 MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather"}
 LSTM_KEY, ROLE_KEY, DIR_KEY = "qpass.lstm", "qpass.lstm.role", "qpass.lstm.direction"
 WIDE_ROLES = {"c", "fc", "ig", "c0", "peep_i_mul", "peep_f_mul", "peep_o_mul"}  # the cell state: int16
-FIXED = {  # op → (scale, zero point) of its int8 output
-    "Softmax": (1.0 / 256.0, -128),
-    "Sigmoid": (1.0 / 256.0, -128),
-    "Tanh": (1.0 / 128.0, 0),
+FIXED = {  # op → {dtype: (scale, zero point)} of its output: the known range of a LUT's function
+    "Softmax": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
+    "Sigmoid": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
+    "Tanh": {"int8": (1.0 / 128.0, 0), "int16": (1.0 / 32768.0, 0)},
 }
+WIDTH = {"int8": 8, "int16": 16}
 WEIGHT_OPS = {"Gemm": 1, "MatMul": 1, "Conv": 1}  # op → input index of the weight
 
 
@@ -62,6 +66,7 @@ class QuantPlan:
     biases: dict[str, WeightQuant] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     rescales_removed: int = 0
+    widened: list[str] = field(default_factory=list)
 
     def to_report(self) -> dict:
         return {
@@ -70,6 +75,7 @@ class QuantPlan:
                         for n, t in self.activations.items()},
             "rescales_removed": self.rescales_removed,
             "conflicts": self.conflicts,
+            "widened_accumulators": self.widened,
         }
 
 
@@ -92,17 +98,21 @@ def symmetric(r: Range, dtype: str = "int16") -> float:
     return _f32(amax / QMAX[dtype]) if amax > 0 else 1.0 / QMAX[dtype]
 
 
-def build_graph(model: ir.Model, ranges: dict[str, Range]) -> nx.Graph:
+def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None = None) -> nx.Graph:
+    quant = quant or QuantSection()
     g = nx.Graph()
     for v in float_values(model):
         if v.name in ranges:
-            g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None, wide=False)
+            g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None, wide=False,
+                       dtype=quant.activations)
     for node in model.graph:
         outs = [o.name for o in node.outputs if o.name in g]
         if not outs:
             continue
+        for o in outs:
+            g.nodes[o]["dtype"] = precision(node, quant)[0]
         if node.op_type in FIXED:
-            g.nodes[outs[0]]["fixed"] = FIXED[node.op_type]
+            g.nodes[outs[0]]["fixed"] = node.op_type
         x = node.inputs[0] if node.inputs else None
         if x is None or x.name not in g:
             continue
@@ -154,30 +164,56 @@ def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
                                  "ranges; a requantize stays between them")
 
 
-def solve(model: ir.Model, ranges: dict[str, Range], per_channel: bool = True) -> QuantPlan:
+def precision(node: ir.Node, quant: QuantSection) -> tuple[str, str]:
+    """(activation dtype, weight dtype) for a node: the first matching override, else the defaults."""
+    names = [node.name or "", node.metadata_props.get(LSTM_KEY, "")]
+    ops = [node.op_type] + (["LSTM"] if LSTM_KEY in node.metadata_props else [])
+    for rule in quant.overrides:
+        m = rule.match
+        hit = (m.startswith("op:") and m[3:] in ops) or (m.startswith("re:") and any(
+            re.search(m[3:], n) for n in names if n)) or m in names
+        if hit:
+            return rule.activations or quant.activations, rule.weights or quant.weights
+    return quant.activations, quant.weights
+
+
+def _pow2(scale: float) -> float:
+    """The smallest power of two ≥ scale: every rescale becomes an exact shift."""
+    return float(2.0 ** math.ceil(math.log2(scale)))
+
+
+def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None = None) -> QuantPlan:
+    quant = quant or QuantSection()
+    pow2 = quant.requant == "pow2"
     plan = QuantPlan()
-    g = build_graph(model, ranges)
+    g = build_graph(model, ranges, quant)
     _resolve_conflicts(g, plan.conflicts)
     plan.rescales_removed = g.number_of_edges()
     for gid, comp in enumerate(sorted(nx.connected_components(g), key=lambda c: sorted(c)[0])):
-        fixed = next((g.nodes[n]["fixed"] for n in comp if g.nodes[n]["fixed"] is not None), None)
         members = [g.nodes[n]["range"] for n in comp if not g.nodes[n]["clamped"]] or [
             g.nodes[n]["range"] for n in comp]
         total = members[0]
         for r in members[1:]:
             total = total.union(r)
-        dtype = "int16" if any(g.nodes[n]["wide"] for n in comp) and not fixed else "int8"
-        if fixed:
-            scale, zp = _f32(fixed[0]), fixed[1]
-        elif dtype == "int16":
+        wide = any(g.nodes[n]["wide"] for n in comp)
+        dtype = max((g.nodes[n]["dtype"] for n in comp), key=WIDTH.__getitem__)
+        fixed_op = next((g.nodes[n]["fixed"] for n in comp if g.nodes[n]["fixed"] is not None), None)
+        if fixed_op:
+            scale, zp = FIXED[fixed_op][dtype]
+        elif wide or dtype == "int16":
+            dtype = "int16"
             scale, zp = symmetric(total, dtype), 0
+            scale = _pow2(scale) if pow2 else scale
         else:
             scale, zp = asymmetric(total, dtype)
+            if pow2:
+                scale = _pow2(scale)
+                zp = int(np.clip(round(QMIN[dtype] - min(total.lo, 0.0) / scale), QMIN[dtype], QMAX[dtype]))
         for n in comp:
-            plan.activations[n] = TensorQuant(dtype, scale, zp, g.nodes[n]["range"], gid)
+            plan.activations[n] = TensorQuant(dtype, _f32(scale), zp, g.nodes[n]["range"], gid)
     for node in model.graph:
         if node.op_type in WEIGHT_OPS:
-            _plan_linear(node, plan, per_channel)
+            _plan_linear(node, plan, quant)
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
@@ -203,7 +239,7 @@ def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:
     plan.biases[b_val.name] = WeightQuant(bq.astype(np.int32), b_scale, 0)
 
 
-def _plan_linear(node: ir.Node, plan: QuantPlan, per_channel: bool) -> None:
+def _plan_linear(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:
     w_val = node.inputs[WEIGHT_OPS[node.op_type]]
     w = const_value(w_val)
     x = node.inputs[0]
@@ -215,25 +251,34 @@ def _plan_linear(node: ir.Node, plan: QuantPlan, per_channel: bool) -> None:
         axis = 0
     else:
         axis = w.ndim - 1
+    w_dtype = precision(node, quant)[1]
+    qmax = QMAX[w_dtype]
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=reduce_axes) if per_channel else np.full(w.shape[axis], np.abs(w).max())
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    amax = np.abs(w).max(axis=reduce_axes) if quant.per_channel else np.full(w.shape[axis], np.abs(w).max())
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    if quant.requant == "pow2":
+        scale = np.array([_pow2(float(s)) for s in scale], dtype=np.float32)
     bshape = [1] * w.ndim
     bshape[axis] = -1
-    wq = np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int8)
+    wq = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(w_dtype)
     plan.weights[w_val.name] = WeightQuant(wq, scale, axis)
-    s_x = np.float32(plan.activations[x.name].scale)
-    b_scale = (s_x * scale).astype(np.float32)
+    xq = plan.activations[x.name]
+    b_scale = (np.float32(xq.scale) * scale).astype(np.float32)
     bias_val = node.inputs[2] if len(node.inputs) > 2 else None
     bias = const_value(bias_val) if bias_val is not None else None
     bq = np.zeros(len(scale), dtype=np.int64)
     if bias is not None:
-        bq = np.rint(bias.reshape(-1).astype(np.float64) / b_scale)
+        exact = np.abs(bias.reshape(-1).astype(np.float64) / b_scale)
+        # A bias too large for int32 at s_x·s_w (int16 × int16) is stored at s_x·s_w·2^k, k ≥ 0 per channel;
+        # the kernel shifts it back into its (then int64) accumulator. Ratios of 2^k are exact in float32.
+        k = np.maximum(0, np.ceil(np.log2(np.maximum(exact, 1) / (2**31 - 1)))).astype(np.int64)
+        if k.max() > 0:
+            b_scale = (b_scale * np.exp2(k)).astype(np.float32)
+        bq = np.rint(bias.reshape(-1).astype(np.float64) / b_scale).astype(np.int64)
         plan.biases[bias_val.name] = WeightQuant(bq.astype(np.int32), b_scale, 0)
-    # Overflow proof: |acc| ≤ |b| + Σ|w|·max|x − zp| must fit int32
-    zp_x = plan.activations[x.name].zero_point
-    x_span = max(QMAX["int8"] - zp_x, zp_x - QMIN["int8"])
-    bound = np.abs(bq) + np.abs(wq.astype(np.int64)).sum(axis=reduce_axes) * x_span
-    if bound.max() >= 2**31:
-        raise SolverError(f"{node.op_type} node {node.name!r}: the accumulator may reach {int(bound.max())}, "
-                          "beyond int32; the bias is too large for the input scale x weight scale")
+        bq = bq << k
+    # Overflow proof: |acc| ≤ |b| + Σ|w|·max|x − zp|; past int32 the lowering widens to int64
+    x_span = max(QMAX[xq.dtype] - xq.zero_point, xq.zero_point - QMIN[xq.dtype])
+    bound = int((np.abs(bq) + np.abs(wq.astype(np.int64)).sum(axis=reduce_axes) * x_span).max())
+    if bound >= 2**31:
+        plan.widened.append(f"{node.op_type} node {node.name!r}: accumulator bound {bound} > int32; int64")
