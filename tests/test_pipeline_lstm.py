@@ -19,7 +19,7 @@ from qpass.pipeline import run_pipeline
 H, I_IN, CLASSES = 8, 6, 4
 
 
-def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0) -> None:
+def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: str = "{}") -> None:
     rng = np.random.default_rng(seed)
 
     def init(name: str, a: np.ndarray) -> onnx.TensorProto:
@@ -45,12 +45,13 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0) -> None:
     (path.parent / "pipeline.yaml").write_text(
         "model: lstm.onnx\ncalibration: {path: calib.npz, key: x}\n"
         "passes: [unroll-lstm, fold-constants, simplify-layout, matmul-to-gemm]\n"
-        "codegen: {name: seq, output_dir: out}\ncompare: {path: test.npz, key: x}\n")
+        "codegen: {name: seq, output_dir: out}\ncompare: {path: test.npz, key: x}\n"
+        f"quantization: {quant}\n")
 
 
-def _run(tmp: Path, t_len: int, direction: str) -> tuple[dict, Path]:
+def _run(tmp: Path, t_len: int, direction: str, quant: str = "{}") -> tuple[dict, Path]:
     tmp.mkdir(parents=True)
-    _lstm_model(tmp / "lstm.onnx", t_len, direction)
+    _lstm_model(tmp / "lstm.onnx", t_len, direction, quant=quant)
     report = run_pipeline(load_pipeline(tmp / "pipeline.yaml"))
     return report, tmp / "out"
 
@@ -86,3 +87,22 @@ def test_code_size_does_not_grow_with_sequence_length(tmp_path: Path) -> None:
         assert report["c_equals_runtime_ref"]
         sizes[t_len] = _flash(out / "seq.c", tmp_path / f"t{t_len}")
     assert abs(sizes[100] - sizes[10]) <= 16, sizes
+
+
+@pytest.mark.parametrize(("quant", "want"), [
+    ("{activations: int16}", {"int16"}),
+    ("{activations: int16, weights: int16}", {"int16"}),
+    ("{activations: int8, overrides: [{match: 'op:LSTM', activations: int16}]}", {"int8", "int16"}),
+    ("{activations: int8, requant: pow2}", {"int8", "int16"}),
+])
+def test_lstm_precisions_are_bit_exact(tmp_path: Path, quant: str, want: set[str]) -> None:
+    report, out = _run(tmp_path / "q", 20, "forward", quant)
+    assert report["c_equals_runtime_ref"], quant
+    assert report["comparisons"]["c_vs_float"]["argmax_agreement"] >= 0.95
+    dtypes = {t["dtype"] for t in report["plan"]["tensors"].values()}
+    assert dtypes == want
+    if "int16}" in quant and "int8" not in quant:
+        assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.01
+    if "pow2" in quant:
+        scales = [t["scale"] for t in report["plan"]["tensors"].values()]
+        assert all(float(np.log2(sc)).is_integer() for sc in scales)

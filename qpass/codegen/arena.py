@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from qpass.runtime_ref.program import Program
 
 ALIGN = 4
-BYTES = {"int8": 1, "int16": 2, "int32": 4}
+BYTES = {"int8": 1, "int16": 2, "int32": 4, "float32": 4}  # float32: the float C baseline (float_c.py)
 
 
 @dataclass

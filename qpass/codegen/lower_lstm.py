@@ -17,14 +17,21 @@ import onnx_ir as ir
 
 from qpass.errors import UnsupportedOpError
 from qpass.passes._util import const_value
-from qpass.runtime_ref.intmath import QMAX, quantize_multiplier, shared_shift_multipliers
+from qpass.runtime_ref.intmath import (
+    QMAX,
+    QMIN,
+    build_lut,
+    build_lut16,
+    quantize_multiplier,
+    shared_shift_multipliers,
+)
+from qpass.solver.plan import FIXED
 
 if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
 LSTM_KEY, DIR_KEY, STEP_KEY, ROLE_KEY = "qpass.lstm", "qpass.lstm.direction", "qpass.lstm.step", "qpass.lstm.role"
 UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "h0", "c0"}
-SIGMOID, TANH = (1.0 / 256.0, -128), (1.0 / 128.0, 0)
 
 
 def group_key(node: ir.Node) -> tuple[str, str] | None:
@@ -69,39 +76,63 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     if c_q[2] != "int16" or c_q[1] != 0:
         raise UnsupportedOpError(name, "LSTM", "the cell state must be int16 with zero point 0")
     gates = [_q_after(lw, first["split"], i) for i in range(4)]  # i, o, f, c pre-activations
-    for role, want in (("i", SIGMOID), ("o", SIGMOID), ("f", SIGMOID), ("g", TANH), ("tc", TANH)):
-        got = _q_after(lw, first[role])[:2]
-        if not np.isclose(got[0], want[0]) or got[1] != want[1]:
-            raise UnsupportedOpError(name, "LSTM", f"{role} must be quantized with scale {want[0]}, zp {want[1]}")
+    g_dtype = gates[0][2]
+    if any(g[2] != g_dtype for g in gates) or (g_dtype == "int16" and any(g[1] for g in gates)):
+        raise UnsupportedOpError(name, "LSTM", "the four gates must share one type (int16 gates: zero point 0)")
+    acts = {role: _q_after(lw, first[role]) for role in ("i", "o", "f", "g", "tc")}
+    a_dtype = acts["i"][2]
+    for role, (scale, zp, dtype) in acts.items():
+        want = FIXED["Tanh" if role in ("g", "tc") else "Sigmoid"][dtype]
+        if dtype != a_dtype or not np.isclose(scale, want[0]) or zp != want[1]:
+            raise UnsupportedOpError(name, "LSTM", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
 
+    # gate pre-activation: acc_x·MX + acc_h·MH >> s, with the accumulators' proven bounds
+    span_x = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + np.abs(bias.astype(np.int64))
+    bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
+    acc_bound = int(max(bound_x.max(), bound_h.max()))
+    bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
     mx, mh, shifts = [], [], []
     for r in range(four_h):
         s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / s_gate, h_q[0] * float(sr[r]) / s_gate])
+        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / s_gate, h_q[0] * float(sr[r]) / s_gate],
+                                              bits)
         mx.append(a), mh.append(b), shifts.append(sh)
+    if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
+        raise UnsupportedOpError(name, "LSTM", "the gate rescale may overflow int64")
+
     luts = []
     for k, (s_g, zp_g, _) in enumerate(gates):
-        codes = (np.arange(-128, 128) - zp_g) * s_g
-        fn = np.tanh(codes) if k == 3 else 1.0 / (1.0 + np.exp(-codes))
-        scale, zp = TANH if k == 3 else SIGMOID
-        luts.append(np.clip(np.rint(fn / scale) + zp, -128, 127))
-    fc_m, fc_s = quantize_multiplier(SIGMOID[0])  # (f+128)/256 · c: c keeps its scale
-    ig_m, ig_s = quantize_multiplier(SIGMOID[0] * TANH[0] / c_q[0])
-    h_m, h_s = quantize_multiplier(SIGMOID[0] * TANH[0] / h_q[0])
-    _check_accumulators(name, wx, wh, bias, mx, mh, x.zero_point, h_q[1])
+        fn = np.tanh if k == 3 else (lambda v: 1.0 / (1.0 + np.exp(-v)))
+        scale, zp = FIXED["Tanh" if k == 3 else "Sigmoid"][a_dtype]
+        if g_dtype == "int8":
+            luts.append(build_lut(fn, s_g, zp_g, scale, zp, "int8", a_dtype))
+        else:
+            luts.append(build_lut16(fn, s_g, scale, zp, a_dtype))
+    s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
+    fc_m, fc_s = quantize_multiplier(s_sig)  # a_f · c: c keeps its scale
+    ig_m, ig_s = quantize_multiplier(s_sig * s_tanh / c_q[0])
+    h_m, h_s = quantize_multiplier(s_sig * s_tanh / h_q[0])
+    tc_shift = 8 if a_dtype == "int8" else 0
 
-    hseq = lw.new_tensor((t_len, 1, hid), "int8", h_q[0], h_q[1], f"{name} h")
+    hseq = lw.new_tensor((t_len, 1, hid), h_q[2], h_q[0], h_q[1], f"{name} h")
     cell = lw.new_tensor((hid,), "int16", c_q[0], 0, f"{name} c (scratch)")
-    dims = [t_len, n_in, hid, x.zero_point, h_q[1], int(reverse), fc_m, fc_s, ig_m, ig_s, h_m, h_s,
-            *(g[1] for g in gates)]
-    step = lw.step("lstm", [x], hseq, nodes[0], t=t_len, n_in=n_in, hidden=hid, x_zp=x.zero_point,
-                   h_zp=h_q[1], reverse=int(reverse), weight=np.ascontiguousarray(wx.T, dtype=np.int8),
-                   weight_h=np.ascontiguousarray(wh.T, dtype=np.int8), bias=np.asarray(bias, dtype=np.int32),
+    params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x.zero_point, "h_zp": h_q[1], "reverse": int(reverse),
+              "fc_mult": fc_m, "fc_shift": fc_s, "ig_mult": ig_m, "ig_shift": ig_s, "h_mult": h_m, "h_shift": h_s,
+              "gate_zp": [g[1] for g in gates], "act_zp": [acts[r][1] for r in ("i", "o", "f", "g")],
+              "tc_shift": tc_shift, "g_lo": QMIN[g_dtype], "g_hi": QMAX[g_dtype], "h_lo": QMIN[h_q[2]],
+              "h_hi": QMAX[h_q[2]], "lut_n": luts[0].size, "tc_lo": QMIN[a_dtype], "tc_hi": QMAX[a_dtype]}
+    dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
+                                "ig_mult", "ig_shift", "h_mult", "h_shift")]
+    dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
+        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")]
+    step = lw.step("lstm", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
+                   weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=np.asarray(bias, dtype=np.int32),
                    mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
-                   shift=np.array(shifts, dtype=np.int32), gate_zp=[g[1] for g in gates],
-                   gate_lut=np.concatenate(luts).astype(np.int8), tanh_table=tanh_table(c_q[0]),
-                   fc_mult=fc_m, fc_shift=fc_s, ig_mult=ig_m, ig_shift=ig_s, h_mult=h_m, h_shift=h_s,
-                   dims=np.array(dims, dtype=np.int32))
+                   shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
+                   tanh_table=tanh_table(c_q[0]), dims=np.array(dims, dtype=np.int32),
+                   acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
     _map_outputs(lw, steps, hseq, hid, nodes)
@@ -117,17 +148,6 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     if not users:
         raise UnsupportedOpError(node.name or "", node.op_type, "LSTM tensor is not quantized")
     return lw.qparams(users[0])
-
-
-def _check_accumulators(name: str, wx, wh, bias, mx, mh, x_zp: int, h_zp: int) -> None:
-    """Prove the int64 gate sum cannot overflow: (|acc_x| + |b|)·MX + |acc_h|·MH < 2^63."""
-    span_x, span_h = max(127 - x_zp, x_zp + 128), max(127 - h_zp, h_zp + 128)
-    acc_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + np.abs(bias.astype(np.int64))
-    acc_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
-    if acc_x.max() >= 2**31 or acc_h.max() >= 2**31:
-        raise UnsupportedOpError(name, "LSTM", "a gate accumulator may overflow int32")
-    if int((acc_x * np.array(mx) + acc_h * np.array(mh)).max()) >= 2**62:
-        raise UnsupportedOpError(name, "LSTM", "the gate rescale may overflow int64")
 
 
 def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int,
@@ -169,4 +189,4 @@ def _read_outside(q_val: ir.Value, members: set[int]) -> bool:
     return False
 
 
-__all__ = ["QMAX", "group_key", "lower_lstm"]
+__all__ = ["group_key", "lower_lstm"]

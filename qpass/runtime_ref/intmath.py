@@ -45,11 +45,11 @@ def quantize_multiplier(m: float, bits: int = 31) -> tuple[int, int]:
     return int(mult), int(shift)
 
 
-def shared_shift_multipliers(ms: list[float]) -> tuple[list[int], int]:
-    """Several multipliers on one shift (for Add): each M_i = round(m_i · 2^shift) < 2^31."""
+def shared_shift_multipliers(ms: list[float], bits: int = 31) -> tuple[list[int], int]:
+    """Several multipliers on one shift (for Add, LSTM gates): each M_i = round(m_i · 2^shift) < 2^bits."""
     top = max(ms)
     _, exp = math.frexp(top)
-    shift = min(MAX_SHIFT, 31 - exp)
+    shift = min(MAX_SHIFT, bits - exp)
     if shift < 1:
         raise SolverError(f"rescale factor {top:g} is too large")
     return [round(m * (1 << shift)) for m in ms], shift

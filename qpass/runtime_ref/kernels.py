@@ -137,30 +137,44 @@ def transpose(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     return np.transpose(inputs[0].reshape(tuple(p["in_dims"])), tuple(p["perm"]))
 
 
-def tanh16(c: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """tanh of an int16 tensor through a 257-entry table (Q15 output) with linear interpolation → int8 /128."""
+def tanh16(c: np.ndarray, table: np.ndarray, out_shift: int, lo: int, hi: int) -> np.ndarray:
+    """tanh of the int16 cell state: 257-entry Q15 table, interpolated, then >> out_shift (8 → int8 /128)."""
     u = c.astype(np.int64) + 32768
     k, frac = u >> 8, u & 255
-    lo, hi = table.astype(np.int64)[k], table.astype(np.int64)[np.minimum(k + 1, 256)]
-    v = lo + (((hi - lo) * frac + 128) >> 8)
-    return np.clip((v + 128) >> 8, -128, 127)
+    a, b = table.astype(np.int64)[k], table.astype(np.int64)[np.minimum(k + 1, 256)]
+    v = a + (((b - a) * frac + 128) >> 8)
+    if out_shift:
+        v = (v + (1 << (out_shift - 1))) >> out_shift
+    return np.clip(v, lo, hi)
+
+
+def _gate_act(q: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """A gate's activation: 256-entry table for int8 pre-activations, 257 interpolated for int16."""
+    table = table.astype(np.int64)
+    if table.size == 256:
+        return table[q + 128]
+    u = q + 32768
+    k, frac = u >> 8, u & 255
+    return table[k] + (((table[np.minimum(k + 1, 256)] - table[k]) * frac + 128) >> 8)
 
 
 @kernel("lstm")
 def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t.
 
-    gate_q[r] = clamp8(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + Σ R(h − zp_h)·MH[r] + 2^(s_r−1)) >> s_r)
-    i, o, f = σ-table[gate]   g = tanh-table[gate]            (int8, scales 1/256 and 1/128)
-    c = clamp16(rq((f+128)·c, fc) + rq((i+128)·g, ig))       (int16 cell state, zero point 0)
-    h = clamp8(zp_h + rq((o+128)·tanh16(c), h))
+    gate_q[r] = clamp(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + Σ R(h − zp_h)·MH[r] + 2^(s_r−1)) >> s_r)
+    a_i, a_o, a_f = σ-table[gate] − zp    a_g = tanh-table[gate]      (fixed scales 1/256 | 1/32768, 1/128)
+    c = clamp16(rq(a_f·c, fc) + rq(a_i·a_g, ig))                       (int16 cell state, zero point 0)
+    h = clamp(zp_h + rq(a_o·tanh16(c), h))
     """
     p = step.params
     t_len, n_in, hid = p["t"], p["n_in"], p["hidden"]
     x = inputs[0].astype(np.int64).reshape(t_len, n_in) - p["x_zp"]
     wx, wh = p["weight"].astype(np.int64), p["weight_h"].astype(np.int64)
-    luts = p["gate_lut"].reshape(4, 256).astype(np.int64)
+    lut_n = p["lut_n"]
+    luts = p["gate_lut"].reshape(4, lut_n)
     gate_zp = np.repeat(np.array(p["gate_zp"], dtype=np.int64), hid)
+    act_zp = np.array(p["act_zp"], dtype=np.int64)[:, None]
     shift = p["shift"].astype(np.int64)
     hseq = np.zeros((t_len, hid), dtype=np.int64)
     h = np.full(hid, p["h_zp"], dtype=np.int64)
@@ -170,11 +184,12 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         acc_x = wx @ x[t] + p["bias"].astype(np.int64)
         acc_h = wh @ (h - p["h_zp"])
         pre = (acc_x * p["mx"] + acc_h * p["mh"] + (np.int64(1) << (shift - 1))) >> shift
-        g = np.clip(pre + gate_zp, -128, 127).reshape(4, hid) + 128
-        gi, go, gf, gc = (luts[k][g[k]] for k in range(4))
-        c = np.clip(requantize((gf + 128) * c, p["fc_mult"], p["fc_shift"])
-                    + requantize((gi + 128) * gc, p["ig_mult"], p["ig_shift"]), -32768, 32767)
-        tc = tanh16(c, p["tanh_table"])
-        h = np.clip(requantize((go + 128) * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], -128, 127)
+        g = np.clip(pre + gate_zp, p["g_lo"], p["g_hi"]).reshape(4, hid)
+        act = np.stack([_gate_act(g[k], luts[k]) for k in range(4)]) - act_zp
+        ai, ao, af, ag = act
+        c = np.clip(requantize(af * c, p["fc_mult"], p["fc_shift"])
+                    + requantize(ai * ag, p["ig_mult"], p["ig_shift"]), -32768, 32767)
+        tc = tanh16(c, p["tanh_table"], p["tc_shift"], p["tc_lo"], p["tc_hi"])
+        h = np.clip(requantize(ao * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
         hseq[t] = h
     return hseq
