@@ -42,6 +42,9 @@ def quantize_multiplier(m: float, bits: int = 31) -> tuple[int, int]:
     if shift > MAX_SHIFT:
         mult = (mult + (1 << (shift - MAX_SHIFT - 1))) >> (shift - MAX_SHIFT)
         shift = MAX_SHIFT
+    lg = int(mult).bit_length() - 1
+    if mult == 1 << lg and shift - lg >= 1:  # an exact power of two: the same value as a pure shift
+        return 1, int(shift - lg)
     return int(mult), int(shift)
 
 
