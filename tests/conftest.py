@@ -1,0 +1,262 @@
+"""Shared fixtures: real Keras models converted once per session, tiny ONNX graphs from text, and
+helpers that run a pass and check it against onnxruntime.
+
+TensorFlow is imported only when a test asks for a Keras model, and every Keras model is built, saved
+and converted at most once per session (`keras_zoo`); tests get a fresh `onnx_ir.Model` each time, so a
+pass that edits in place cannot leak into another test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import onnx.shape_inference
+import onnx_ir as ir
+import pytest
+
+from qpass.ort import session
+from qpass.passes import resolve_pass
+
+RTOL = ATOL = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- onnx helpers
+
+
+def ort_run(model: ir.Model | onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of `model` on `x` (an array for the first graph input, or a feed dict)."""
+    sess = session(model)
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
+    return sess.run(None, feeds)[0]
+
+
+def parse_onnx(text: str, **constants: np.ndarray) -> ir.Model:
+    """A model from `onnx.parser` text; the names in `constants` become initializers.
+
+    The text names the weights (as graph inputs or simply as free names) and the values come as numpy
+    arrays, so the text stays readable while the weights are random. Shapes are inferred (strictly), as
+    the converters do, and the result passes the checker.
+    """
+    proto = onnx.parser.parse_model(text)
+    graph = proto.graph
+    kept = [i for i in graph.input if i.name not in constants]
+    del graph.input[:]
+    graph.input.extend(kept)
+    for name, array in constants.items():
+        graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def op_counts(model: ir.Model) -> Counter:
+    return Counter(node.op_type for node in model.graph)
+
+
+def apply_pass(name: str, model: ir.Model, **options) -> ir.passes.PassResult:
+    """Resolve a pass by its registered name and run it once on `model` (in place)."""
+    cls = resolve_pass(name)
+    return cls(cls.Options.model_validate(options))(model)
+
+
+@dataclass
+class PassCheck:
+    """What `check_pass` saw: the results of the first and second runs and the outputs."""
+
+    first: ir.passes.PassResult
+    second: ir.passes.PassResult
+    before: Counter
+    after: Counter
+    expected: np.ndarray
+    actual: np.ndarray
+
+
+def check_pass(name: str, model: ir.Model, x: np.ndarray | dict[str, np.ndarray], *, modified: bool | None,
+               **options) -> PassCheck:
+    """Run pass `name` twice on `model` and check the invariants every float pass keeps.
+
+    - onnxruntime outputs before and after agree (rtol = atol = 1e-5);
+    - the first run's `modified` is `modified` (None: either), and it is honest: the graph did (or did
+      not) change;
+    - the second run changes nothing and says so;
+    - the result is a valid ONNX model.
+    """
+    expected = ort_run(model, x)
+    before_proto = ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    before = op_counts(model)
+    first = apply_pass(name, model, **options)
+    assert first.model is model, "an in-place pass returns the model it was given"
+    after_proto = ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    if modified is not None:
+        assert first.modified is modified, f"{name}: expected modified={modified}, got {first.modified}"
+    assert (before_proto != after_proto) is first.modified, f"{name}: modified={first.modified} is not honest"
+    onnx.checker.check_model(ir.serde.serialize_model(model))
+    actual = ort_run(model, x)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+    second = apply_pass(name, model, **options)
+    assert second.modified is False, f"{name}: a second run reported a change"
+    again = ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    assert again == after_proto, f"{name}: a second run changed the graph"
+    return PassCheck(first, second, before, op_counts(model), expected, actual)
+
+
+@pytest.fixture(name="ort_run")
+def ort_run_fixture() -> Callable[..., np.ndarray]:
+    return ort_run
+
+
+@pytest.fixture(name="parse_onnx")
+def parse_onnx_fixture() -> Callable[..., ir.Model]:
+    return parse_onnx
+
+
+@pytest.fixture(name="check_pass")
+def check_pass_fixture() -> Callable[..., PassCheck]:
+    return check_pass
+
+
+@pytest.fixture(name="apply_pass")
+def apply_pass_fixture() -> Callable[..., ir.passes.PassResult]:
+    return apply_pass
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------------------------------------- Keras models
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as qpass.converters.keras does
+    import tensorflow as tf
+
+    return tf
+
+
+def _randomize(model, rng: np.random.Generator) -> None:
+    """Give every weight a non-trivial value: BN folding with γ=1, β=0, μ=0, σ²=1 would prove nothing."""
+    for layer in model.layers:
+        values = []
+        for var in layer.weights:
+            shape = tuple(var.shape)
+            if "gamma" in var.path or "moving_variance" in var.path:
+                values.append(rng.uniform(0.5, 2.0, shape))
+            elif "moving_mean" in var.path or "beta" in var.path or "bias" in var.path:
+                values.append(rng.normal(0.0, 1.0, shape))
+            else:
+                values.append(rng.normal(0.0, 0.5, shape))
+        if values:
+            layer.set_weights([v.astype(np.float32) for v in values])
+
+
+def _build(name: str):
+    """The Keras models the tests use. Each is small; the names say what tf2onnx makes of them."""
+    _tf()
+    import keras
+
+    L = keras.layers
+    if name == "dense_bn":  # Gemm → Mul → Add (the BN) → Gemm → Relu; the Dropout vanishes in tf2onnx
+        return keras.Sequential([keras.Input((16,)), L.Dense(8), L.BatchNormalization(), L.Dropout(0.5),
+                                 L.Dense(4, activation="relu")])
+    if name == "dense_nobias_bn":  # MatMul → Mul → Add → Gemm
+        return keras.Sequential([keras.Input((16,)), L.Dense(8, use_bias=False), L.BatchNormalization(),
+                                 L.Dense(4)])
+    if name == "conv1d_bn":  # Unsqueeze/Transpose → Conv → Squeeze → Add → Mul → Add → Relu → ... → Gemm
+        return keras.Sequential([keras.Input((20, 3)), L.Conv1D(6, 3), L.BatchNormalization(), L.ReLU(),
+                                 L.Flatten(), L.Dense(4)])
+    if name == "bn_first":  # a BN with no linear op before it: Mul → Add → Gemm
+        return keras.Sequential([keras.Input((16,)), L.BatchNormalization(), L.Dense(4)])
+    if name == "seq_dense_flatten":  # Dense on [batch, 4, 6] (Reshape → MatMul → Reshape), Flatten, Dense
+        return keras.Sequential([keras.Input((4, 6)), L.Dense(3), L.Flatten(), L.Dense(2)])
+    if name == "lambda":
+        return keras.Sequential([keras.Input((8,)), L.Lambda(lambda t: t * 2.0 + 1.0), L.Dense(2)])
+    raise KeyError(name)
+
+
+class KerasZoo:
+    """Real Keras models, built, saved and converted lazily, at most once per session."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._keras: dict[str, object] = {}
+        self._files: dict[tuple[str, str], Path] = {}
+        self._converted: dict[tuple, bytes] = {}
+
+    def keras(self, name: str):
+        """The (randomized, deterministic) Keras model."""
+        if name not in self._keras:
+            model = _build(name)
+            _randomize(model, np.random.default_rng(sum(map(ord, name))))
+            self._keras[name] = model
+        return self._keras[name]
+
+    def predict(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The Keras model's own inference output, the reference a converter must reproduce."""
+        return np.asarray(self.keras(name)(x, training=False))
+
+    def path(self, name: str, fmt: str) -> Path:
+        """`name` saved as `fmt`: "h5", "keras", "savedmodel" (a `model.export` folder) or "onnx".
+
+        "onnx" is tf2onnx's output with a symbolic batch and tf2onnx's own optimizer turned off, as
+        an ONNX file exported elsewhere may look: Shape → Gather/Slice → Concat → Reshape chains,
+        Identity nodes, MatMul without Gemm fusion.
+        """
+        key = (name, fmt)
+        if key not in self._files:
+            model = self.keras(name)
+            if fmt == "savedmodel":
+                out = self.root / f"{name}_savedmodel"
+                model.export(str(out), verbose=False)
+            elif fmt == "onnx":
+                out = self.root / f"{name}.onnx"
+                onnx.save(self._unoptimized_onnx(model), str(out))
+            else:
+                out = self.root / f"{name}.{fmt}"
+                model.save(str(out))
+            self._files[key] = out
+        return self._files[key]
+
+    @staticmethod
+    def _unoptimized_onnx(model) -> onnx.ModelProto:
+        from unittest import mock
+
+        tf = _tf()
+        import tf2onnx
+        import tf2onnx.optimizer
+
+        specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name="x") for t in model.inputs]
+
+        @tf.function(input_signature=specs)
+        def traced(x):
+            return {"y": model(x, training=False)}
+
+        with mock.patch.object(tf2onnx.optimizer, "_get_optimizers", dict):
+            proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=17)
+        return proto
+
+    def converted(self, name: str, fmt: str = "keras", **kwargs) -> ir.Model:
+        """A fresh `onnx_ir.Model` from `qpass.converters.load_model` (conversion cached)."""
+        from qpass.converters import load_model
+
+        key = (name, fmt, tuple(sorted(kwargs.items())))
+        if key not in self._converted:
+            model = load_model(self.path(name, fmt), **kwargs)
+            self._converted[key] = ir.serde.serialize_model(model).SerializeToString()
+        return ir.serde.deserialize_model(onnx.ModelProto.FromString(self._converted[key]))
+
+
+@pytest.fixture(scope="session")
+def keras_zoo(tmp_path_factory) -> KerasZoo:
+    return KerasZoo(tmp_path_factory.mktemp("keras_zoo"))
