@@ -68,6 +68,11 @@ def format_report(report: dict, out_dir: Path) -> str:
     ops = report["op_counts"]
     lines.append(f"ops: converted {sum(ops['converted'].values())} {ops['converted']}")
     lines.append(f"     final     {sum(ops['final'].values())} {ops['final']}")
+    layers = [row for row in report.get("layers", []) if row["sqnr_db"] != float("inf")]
+    if layers:
+        worst = sorted(layers, key=lambda row: row["sqnr_db"])[:3]
+        lines.append("lowest SQNR: " + ", ".join(f"{w['kernel']} {w['node'][:32]} {w['sqnr_db']:.1f} dB"
+                                                   for w in worst))
     mem = report["memory"]
     lines.append(f"memory: arena {mem['arena_bytes']} B, constants {mem['const_bytes']} B")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from qpass import __version__
 from qpass.codegen.build import compile_and_run
 from qpass.codegen.emit import CTYPE, render, write
 from qpass.codegen.lower import lower
-from qpass.compare import accuracy, metrics
+from qpass.compare import accuracy, metrics, per_layer
 from qpass.config import Pipeline
 from qpass.converters import load_model
 from qpass.data import batches, check_samples, load_array
@@ -132,6 +132,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
             "c_vs_float": metrics(y_float, y_c),
         },
         "c_equals_runtime_ref": mismatches == 0,
+        "layers": per_layer(model, program, x, in_shape),
         "c_mismatched_samples": mismatches,
         "accuracy": None if labels is None else {
             "float": accuracy(y_float, labels), "qdq": accuracy(y_qdq, labels),
