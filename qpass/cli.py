@@ -74,7 +74,8 @@ def format_report(report: dict, out_dir: Path) -> str:
         lines.append("lowest SQNR: " + ", ".join(f"{w['kernel']} {w['node'][:32]} {w['sqnr_db']:.1f} dB"
                                                    for w in worst))
     mem = report["memory"]
-    lines.append(f"memory: arena {mem['arena_bytes']} B, constants {mem['const_bytes']} B")
+    lines.append(f"memory: arena {mem['arena_bytes']} B (lower bound {mem['arena_lower_bound']} B, one buffer "
+                 f"per tensor {mem['arena_naive']} B), constants {mem['const_bytes']} B")
     return "\n".join(lines)
 
 

@@ -34,6 +34,8 @@ class GeneratedC:
     h: str
     arena_bytes: int
     const_bytes: int
+    arena_lower_bound: int = 0
+    arena_naive: int = 0
 
 
 def comment(text: str, limit: int = 80) -> str:
@@ -127,7 +129,7 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         "constants": constants, "calls": calls,
     }
     return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
-                      arena.size, const_bytes)
+                      arena.size, const_bytes, arena.lower_bound, arena.naive)
 
 
 def write(gen: GeneratedC, out_dir: Path, name: str) -> list[Path]:
