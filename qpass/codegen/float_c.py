@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -407,7 +408,8 @@ def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[
     """h_t, the Unsqueezes of Y and Y_h and Y's Concat become views of the h sequence; nothing else may leave."""
     members = {id(n) for n in nodes}
     for s in range(max(steps) + 1):
-        fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=_time(steps[s]["x"]) * hid)
+        if "h" in steps[s]:  # the last h is gone when only Y_c was read
+            fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=_time(steps[s]["x"]) * hid)
     for node in nodes:  # in graph order: an Unsqueeze's h is mapped before it
         role = node.metadata_props.get(ROLE_KEY, "")
         if role in ("y", "y_h") and node.op_type == "Unsqueeze":
@@ -442,7 +444,8 @@ def float_literal(v: float) -> str:
 def render(program: Program, source: str = "model") -> GeneratedC:
     """NAME_float.c and NAME_float.h for a float32 program."""
     env = _env()
-    arena = plan_arena(program)
+    # the planner sizes tensors by element width; float32 is as wide as int32
+    arena = plan_arena(replace(program, tensors={k: replace(t, dtype="int32") for k, t in program.tensors.items()}))
     constants: list[dict] = []
     const_bytes = 0
 
