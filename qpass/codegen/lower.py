@@ -101,7 +101,7 @@ class Lowering:
         scale, zp, dtype = self.qparams(q)
         root = None
         if alias_of is not None and (alias_of.scale, alias_of.zero_point, alias_of.dtype) == (scale, zp, dtype):
-            root = alias_of.alias_of or alias_of.id
+            root = alias_of.id  # a view of a view: offsets add up through program.view
         t = self.new_tensor(value.shape, dtype, scale, zp, value.name or "", root)
         self.by_value[id(q.outputs[0])] = t
         return t
@@ -177,7 +177,7 @@ def _fuse_clamps(program: Program) -> None:
     kept: list[Step] = []
     for s in program.steps:
         prev = kept[-1] if kept else None
-        if (s.kernel == "clamp" and prev is not None and prev.kernel in ("linear", "add")
+        if (s.kernel == "clamp" and prev is not None and prev.kernel in ("linear", "conv1d", "add")
                 and prev.outputs[0] == s.inputs[0] and readers.get(program.root(s.inputs[0]), 0) == 1
                 and program.output != s.inputs[0]):
             prev.params["lo"] = max(prev.params["lo"], s.params["lo"])
