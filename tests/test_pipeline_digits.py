@@ -86,19 +86,19 @@ def test_run_prints_the_summary(digits, report):
 def test_report_has_the_documented_keys(report):
     documented = _readme_report_keys()
     assert {"qpass_version", "samples", "comparisons", "plan", "files"} <= documented  # the parse worked
-    assert set(report) == documented
+    assert set(report) == documented  # top level: exactly the README's table; below: at least these
     assert set(report["precision"]) >= {"activations", "weights", "per_channel"}
-    assert set(report["comparisons"]) == {"qdq_vs_float", "runtime_ref_vs_float", "c_vs_float"}
+    assert set(report["comparisons"]) >= {"qdq_vs_float", "runtime_ref_vs_float", "c_vs_float"}
     for m in report["comparisons"].values():
-        assert set(m) == {"argmax_agreement", "max_abs_error", "mean_abs_error", "samples"}
+        assert set(m) >= {"argmax_agreement", "max_abs_error", "mean_abs_error", "samples"}
         assert 0.0 <= m["argmax_agreement"] <= 1.0 and m["samples"] == report["samples"]
-    assert set(report["accuracy"]) == {"float", "qdq", "runtime_ref", "c"}
-    assert set(report["op_counts"]) == {"converted", "final"}
+    assert set(report["accuracy"]) >= {"float", "qdq", "runtime_ref", "c"}
+    assert set(report["op_counts"]) >= {"converted", "final"}
     assert [p["name"] for p in report["passes"]] == ["strip-dropout", "fold-constants", "fold-batchnorm",
                                                      "matmul-to-gemm"]
     for p in report["passes"]:
-        assert set(p) == {"name", "modified", "seconds", "op_counts"}
-    assert set(report["memory"]) == {"arena_bytes", "const_bytes"}
+        assert set(p) >= {"name", "modified", "seconds", "op_counts"}
+    assert set(report["memory"]) >= {"arena_bytes", "const_bytes"}
     assert set(report["plan"]) >= {"tensors", "rescales_removed", "conflicts"}
     for t in report["plan"]["tensors"].values():
         assert set(t) >= {"dtype", "scale", "zero_point", "range", "group"}
