@@ -66,8 +66,8 @@ class SimplifyLayoutPass(QPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.graph is None or node.op_type not in LAYOUT_OPS:
-                continue
+            if node.graph is None or node.op_type not in LAYOUT_OPS or "qpass.lstm" in node.metadata_props:
+                continue  # an unrolled LSTM keeps its tagged form for the lowering
             prev = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
             if prev is not None and prev.op_type in LAYOUT_OPS and single_consumer(prev.outputs[0]) is node:
                 continue  # not the head of its chain
