@@ -26,6 +26,8 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "mx": "int32", "mh": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
+NEEDS_REQUANTIZE = {"linear", "conv1d", "lstm"}  # kernels that call qp_requantize
+NO_CLAMP = {"copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
 
 
 @dataclass
@@ -111,10 +113,11 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         types, fn = _types(program, step)
         if fn not in defs:
             defs[fn] = str(modules[step.kernel].define(fn, types)).strip()
-        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(np.asarray(v).dtype))
-                  for k, v in step.params.items() if k in ARRAY_PARAMS}
+        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype))
+                  for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
+               "n": program.tensors[step.outputs[0]].size,
                "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
         calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
@@ -126,6 +129,8 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
+        "need_requantize": bool(modules.keys() & NEEDS_REQUANTIZE),
+        "need_clamp": bool(modules.keys() - NO_CLAMP),
         "constants": constants, "calls": calls,
     }
     return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),

@@ -53,6 +53,8 @@ def shared_shift_multipliers(ms: list[float], bits: int = 31) -> tuple[list[int]
     top = max(ms)
     _, exp = math.frexp(top)
     shift = min(MAX_SHIFT, bits - exp)
+    if shift >= 1 and round(top * (1 << shift)) >= 1 << bits:  # top rounds up to 2^bits: one bit less
+        shift -= 1
     if shift < 1:
         raise SolverError(f"rescale factor {top:g} is too large")
     return [round(m * (1 << shift)) for m in ms], shift

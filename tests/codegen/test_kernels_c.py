@@ -16,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pytest
 
 from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import WARN_FLAGS, compile_and_run
 from qpass.codegen.emit import CTYPE, render, write
-from qpass.errors import CodegenError
 from qpass.runtime_ref import Program, QTensor, Step, run
 from qpass.runtime_ref.intmath import (
     MAX_SHIFT,
@@ -669,15 +667,7 @@ CASES: dict[str, dict[str, Case]] = {
              "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything)},
 }
 
-KNOWN_BUGS = {
-    "add": pytest.mark.xfail(strict=True, raises=CodegenError,
-                             reason="BUG codegen/emit.py render(): 'shift' is in ARRAY_PARAMS, so add's scalar "
-                             "shift is also emitted as an unused `static const uint8_t qp_cN[1]`, which gcc "
-                             "-Werror rejects (-Wunused-const-variable); any program with an add fails to build"),
-    "copy": pytest.mark.xfail(strict=True, raises=jinja2.exceptions.TemplateNotFound,
-                              reason="BUG: runtime_ref registers a 'copy' kernel but codegen has no "
-                              "templates/kernels/copy.c.j2"),
-}
+KNOWN_BUGS: dict = {}
 
 
 def _params():
@@ -714,9 +704,6 @@ def test_compile_flags_are_strict():
         assert flag in WARN_FLAGS
 
 
-@pytest.mark.xfail(strict=True, raises=CodegenError,
-                   reason="BUG codegen/templates/model.c.j2: `static int32_t qp_arena[1]` is emitted even when the "
-                   "arena is empty; gcc -Werror rejects it as unused (a one-layer model does not compile)")
 def test_program_without_arena_compiles(tmp_path):
     x, y = _t("t0", (8,)), _t("t1", (8,))
     program = Program("k_bare", {"t0": x, "t1": y}, [_identity_linear(x, "t1")], "t0", "t1")
@@ -724,10 +711,6 @@ def test_program_without_arena_compiles(tmp_path):
     _check_c_equals_ref(program, _samples(np.random.default_rng(3), 8), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=CodegenError,
-                   reason="BUG codegen/templates/model.c.j2: static qp_requantize() (and qp_clamp() for lut-only "
-                   "programs) is defined unconditionally; gcc -Werror rejects it as unused when no step uses it "
-                   "(e.g. a model that is only a softmax or a sigmoid)")
 def test_program_without_linear_compiles(tmp_path):
     table = np.arange(-128, 128)[::-1].astype(np.int8)
     program = Program("k_two_luts", {"t0": _t("t0", (8,)), "t1": _t("t1", (8,)), "t2": _t("t2", (8,))},

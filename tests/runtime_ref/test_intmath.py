@@ -137,9 +137,6 @@ def test_shared_shift_multipliers_known_values():
     assert shared_shift_multipliers([1.0, 0.5], 16) == ([2**15, 2**14], 15)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG intmath.shared_shift_multipliers: when the largest m has a "
-                   "mantissa that rounds up (m = 1 - 2^-40) M becomes 2^bits (2^31), which overflows the int32 "
-                   "multiplier in C; renormalize as quantize_multiplier does (shift -= 1)")
 def test_shared_shift_multipliers_never_reach_2_pow_bits():
     for ms in ([1 - 2**-40], [0.75, 1 - 2**-35], [2.0**-10 * (1 - 2**-33)]):
         mults, shift = shared_shift_multipliers(ms)
