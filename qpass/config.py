@@ -7,12 +7,14 @@ turns every problem into one ConfigError naming the file and the key path.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from qpass.data import callable_spec, load_callable
 from qpass.errors import ConfigError
 
 DATA_SUFFIXES = (".npy", ".npz")
@@ -36,6 +38,24 @@ class DataSection(_Strict):
     labels_key: str | None = Field(None, description="labels array inside the .npz, for test accuracy")
     limit: int | None = Field(None, ge=1, description="use at most this many samples")
     batch_size: int = Field(64, ge=1, description="samples per onnxruntime call (bounds memory)")
+
+
+class CalibrationSection(DataSection):
+    path: str = Field(description="a .npy/.npz file, or `module:function` / `file.py:function` returning an "
+                                  "iterable of float32 batches shaped (n, *input_shape[1:])")
+    method: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="range per tensor: observed min/max, symmetric-tail percentile, or the clip range "
+                              "minimizing the expected quantization + clipping squared error")
+    percentile: float = Field(99.99, gt=50, le=100, description="with method: percentile, the share of samples "
+                                                                "kept; (100 - p)/2 % is cut from each tail")
+
+    # the callable `path` names, loaded once by load_pipeline
+    _function: Callable[[], Any] | None = PrivateAttr(None)
+
+    @property
+    def function(self) -> Callable[[], Any] | None:
+        """The data callable when `path` names one and load_pipeline has loaded it, else None."""
+        return self._function
 
 
 class PassEntry(_Strict):
@@ -80,7 +100,7 @@ class CodegenSection(_Strict):
 
 class Pipeline(_Strict):
     model: ModelSection
-    calibration: DataSection
+    calibration: CalibrationSection
     passes: list[PassEntry] = Field(default_factory=list)
     quantization: QuantSection = Field(default_factory=QuantSection)
     codegen: CodegenSection = Field(default_factory=CodegenSection)
@@ -172,13 +192,31 @@ def _check_files(pipe: Pipeline, file: str) -> None:
         raise ConfigError(file, "model.path", f"{model.name}: expected one of {MODEL_SUFFIXES} "
                           "or a SavedModel directory")
     for key, section in (("calibration", pipe.calibration), ("compare", pipe.compare)):
-        if section is None:
+        if section is None or (key == "calibration" and callable_spec(section.path)):
             continue
         data = pipe.resolve(section.path)
         if not data.is_file():
             raise ConfigError(file, f"{key}.path", f"{data} does not exist")
         if data.suffix.lower() not in DATA_SUFFIXES:
             raise ConfigError(file, f"{key}.path", f"{data.name}: data must be one of {DATA_SUFFIXES}")
+    _check_calibration(pipe, file)
+
+
+def _check_calibration(pipe: Pipeline, file: str) -> None:
+    """A data callable is loaded now, so a typo fails before the model converts; keys that do nothing fail."""
+    calib = pipe.calibration
+    if "percentile" in calib.model_fields_set and calib.method != "percentile":
+        raise ConfigError(file, "calibration.percentile", f"only used with `method: percentile` (method is "
+                          f"{calib.method!r})")
+    if callable_spec(calib.path) is None:
+        return
+    for key in ("key", "labels_key"):
+        if getattr(calib, key) is not None:
+            raise ConfigError(file, f"calibration.{key}", "names an array in a .npz; calibration.path is a callable")
+    if pipe.compare is None:
+        raise ConfigError(file, "compare", "required when calibration.path is a callable: the comparison needs "
+                          f"a data file ({' or '.join(DATA_SUFFIXES)})")
+    calib._function = load_callable(calib.path, pipe.source.parent, yaml_file=file, yaml_key="calibration.path")
 
 
 def _check_passes(pipe: Pipeline, file: str) -> None:

@@ -23,13 +23,14 @@ from qpass.codegen.lower import lower
 from qpass.compare import accuracy, metrics, per_layer
 from qpass.config import Pipeline
 from qpass.converters import load_model
-from qpass.data import batches, check_samples, load_array
+from qpass.data import calibration_batches, check_samples, load_array
 from qpass.errors import ConfigError
 from qpass.ort import session
 from qpass.passes.runner import op_counts, run_passes, save
 from qpass.runtime_ref import run as run_ref
 from qpass.runtime_ref.intmath import dequantize, quantize
 from qpass.solver import apply_plan, calibrate, solve
+from qpass.solver.calibrate import activation_bits
 
 log = logging.getLogger(__name__)
 MARKER = "report.json"
@@ -81,10 +82,9 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
                          dump_dir=dump_dir)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
-    calib = load_array(pipe.resolve(pipe.calibration.path), pipe.calibration.key, yaml_file=file,
-                       yaml_key="calibration.key")
-    check_samples(calib, in_shape[1:], yaml_file=file, yaml_key="calibration.path")
-    ranges = calibrate(model, batches(calib, pipe.calibration.batch_size, pipe.calibration.limit))
+    calib = calibration_batches(pipe.calibration, in_shape[1:], base_dir=pipe.source.parent, yaml_file=file)
+    ranges = calibrate(model, calib, method=pipe.calibration.method, percentile=pipe.calibration.percentile,
+                       bits=activation_bits(model, pipe.quantization), total=calib.total)
     plan = solve(model, ranges, pipe.quantization)
     qdq = apply_plan(model, plan)
     save(qdq, stage / f"{name}.qdq.onnx")
