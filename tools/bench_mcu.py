@@ -1,0 +1,449 @@
+"""Cortex-M benchmark: the integer C against the float C of the same graph, on Cortex-M0/M3/M4, emulated.
+
+    python tools/bench_mcu.py [--examples digits har] [--cores m0 m3 m4] [--opts O2 Os] [--json out.json]
+
+For every examples/*/pipeline.yaml: run the qpass pipeline into a temporary folder (a pipeline that fails is
+skipped with one line saying why), take its integer C (NAME.c) and the float C of the float graph after the
+passes (qpass.codegen.float_c, NAME_float.c), and build each with arm-none-eabi-gcc for each core and
+optimization level: -mthumb -mfloat-abi=soft, freestanding (-ffreestanding -nostdlib, then libgcc, and
+newlib's libm for expf/tanhf in the float build), a small startup (vector table, .data copy, .bss zeroing)
+and a linker script with .text/.rodata in flash at 0x0 and .data/.bss/stack in RAM at 0x20000000.
+
+Each ELF runs ONE inference in the unicorn emulator: its segments are loaded, the stack painted, the input
+(the first comparison sample, quantized for the integer build) written to the harness's input buffer; then
+SP = top of RAM, LR = a stop address and PC = NAME_run / NAME_float_run. A UC_HOOK_CODE counter counts every
+instruction executed (instructions, not cycles: no wait states or multi-cycle multiplies are modelled); calls
+into compiler-runtime and libm functions (soft-float __aeabi_f*, and on Cortex-M0, which has no 32x32->64
+multiply, __aeabi_lmul for the integer kernels' int64 math) are counted at their entry points. The integer
+output must equal qpass.runtime_ref bit for bit, the float output onnxruntime's within 1e-4.
+
+Reported: instructions per inference; flash = every byte the image keeps in flash (vector table, .text,
+.rodata, .ARM.exidx, the .data initializers); RAM = .data + .bss (the arena, the harness's input and output
+buffers, libm's errno) + the measured stack peak; and the float/int ratio of each.
+Needs arm-none-eabi-gcc, newlib (libnewlib-arm-none-eabi) and `pip install -e '.[bench]'` (unicorn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CC = "arm-none-eabi-gcc"
+CORES = {"m0": "cortex-m0", "m3": "cortex-m3", "m4": "cortex-m4"}
+OPTS = ("O2", "Os")
+WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
+FLASH, FLASH_SIZE = 0x00000000, 1 << 20
+RAM, RAM_SIZE = 0x20000000, 256 << 10
+STOP = FLASH + FLASH_SIZE - 0x100  # LR points here: returning from NAME_run ends the emulation
+PAINT = b"\xa5\xa5\xa5\xa5"
+FLOAT_TOL = 1e-4
+FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
+
+LINKER_SCRIPT = f"""\
+/* qpass bench: code and constants in flash at 0x0, data, bss and the stack in RAM at 0x20000000 */
+MEMORY
+{{
+    FLASH (rx)  : ORIGIN = {FLASH:#010x}, LENGTH = {FLASH_SIZE // 1024}K
+    RAM   (rwx) : ORIGIN = {RAM:#010x}, LENGTH = {RAM_SIZE // 1024}K
+}}
+ENTRY(Reset_Handler)
+_estack = ORIGIN(RAM) + LENGTH(RAM);
+SECTIONS
+{{
+    .isr_vector : {{ KEEP(*(.isr_vector)) }} > FLASH
+    .text : {{ . = ALIGN(4); *(.text*) . = ALIGN(4); }} > FLASH
+    .rodata : {{ . = ALIGN(4); *(.rodata*) . = ALIGN(4); }} > FLASH
+    .ARM.exidx : {{ *(.ARM.exidx* .gnu.linkonce.armexidx.*) }} > FLASH
+    _sidata = LOADADDR(.data);
+    .data : {{ . = ALIGN(4); _sdata = .; *(.data*) . = ALIGN(4); _edata = .; }} > RAM AT > FLASH
+    .bss (NOLOAD) : {{ . = ALIGN(4); _sbss = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; }} > RAM
+}}
+"""
+
+STARTUP = """\
+/* qpass bench startup: the vector table's first two words, .data copy, .bss zeroing, one inference. */
+#include <stdint.h>
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+void qb_infer(void);
+void Reset_Handler(void);
+int *__errno(void);
+
+__attribute__((section(".isr_vector"), used))
+static const uintptr_t qb_vectors[2] = { (uintptr_t)&_estack, (uintptr_t)&Reset_Handler };
+
+void Reset_Handler(void)
+{
+    uint32_t *src = &_sidata, *dst;
+    for (dst = &_sdata; dst < &_edata; ++dst) {
+        *dst = *src++;
+    }
+    for (dst = &_sbss; dst < &_ebss; ++dst) {
+        *dst = 0;
+    }
+    qb_infer();
+    for (;;) {
+    }
+}
+
+/* newlib's libm reports range errors through errno: a freestanding image has one int for it */
+int *__errno(void)
+{
+    static int qb_errno;
+    return &qb_errno;
+}
+"""
+
+HARNESS = """\
+/* qpass bench harness: the buffers the emulator writes the input to and reads the output from. */
+#include "{api}.h"
+
+{in_t} qb_input[{API}_INPUT_SIZE];
+{out_t} qb_output[{API}_OUTPUT_SIZE];
+void qb_infer(void);
+
+void qb_infer(void)
+{{
+    {api}_run(qb_input, qb_output);
+}}
+"""
+
+log = logging.getLogger("bench_mcu")
+
+
+class BenchError(Exception):
+    """A build, an emulation or a check failed."""
+
+
+@dataclass
+class Variant:
+    """One C model to benchmark: the files, the API name, one input and the output it must produce."""
+
+    kind: str  # "int" | "float"
+    api: str  # NAME or NAME_float
+    c_file: Path
+    h_file: Path
+    in_t: str
+    out_t: str
+    x: np.ndarray  # the input, in the C's element type
+    expected: np.ndarray  # runtime_ref's integers / onnxruntime's floats
+    arena_bytes: int
+
+
+@dataclass
+class Build:
+    elf: Path
+    sections: dict[str, int]
+    symbols: dict[str, int]  # name → address
+    lib_functions: dict[int, str]  # entry address → name, for functions from libgcc / libm
+
+    @property
+    def flash(self) -> int:
+        return sum(self.sections.get(s, 0) for s in FLASH_SECTIONS)
+
+    @property
+    def static_ram(self) -> int:
+        return self.sections.get(".data", 0) + self.sections.get(".bss", 0)
+
+
+@dataclass
+class Result:
+    model: str
+    core: str
+    opt: str
+    kind: str
+    instructions: int
+    flash: int
+    ram: int
+    stack: int
+    arena: int
+    ok: bool
+    check: str  # what the output check found
+    lib_calls: dict[str, int] = field(default_factory=dict)
+
+
+# -- preparing the two C files of one example ---------------------------------------------------
+def prepare(pipeline_yaml: Path, work: Path) -> tuple[str, list[Variant]]:
+    """Run the pipeline (dumping the stages), write the float C, compute the expected outputs of one sample."""
+    import onnx_ir as ir
+
+    from qpass.codegen import float_c
+    from qpass.codegen.emit import CTYPE
+    from qpass.codegen.lower import lower
+    from qpass.config import load_pipeline
+    from qpass.data import load_array
+    from qpass.ort import session
+    from qpass.pipeline import run_pipeline
+    from qpass.runtime_ref import run as run_ref
+    from qpass.runtime_ref.intmath import quantize
+
+    pipe = load_pipeline(pipeline_yaml)
+    pipe.codegen.output_dir = str(work / "out")
+    run_pipeline(pipe, dump=True)
+    out, name = pipe.output_dir, pipe.codegen.name
+    float_model = ir.load(str(next(iter(sorted((out / "stages").glob("*_float_final.onnx"))))))
+    gen = float_c.generate(float_model, name, source=f"{name} float graph")
+    fc_file, fh_file = float_c.write(gen, out, name)
+    program = lower(ir.load(str(out / f"{name}.qdq.onnx")), name)
+
+    section = pipe.compare or pipe.calibration
+    x = np.asarray(load_array(pipe.resolve(section.path), section.key, yaml_file=str(pipeline_yaml),
+                              yaml_key="compare.key")[:1], dtype=np.float32)
+    in_value = float_model.graph.inputs[0]
+    y_ort = session(float_model).run(None, {in_value.name: x.reshape(tuple(in_value.shape))})[0].reshape(-1)
+    tin, tout = program.tensors[program.input], program.tensors[program.output]
+    xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(-1)
+    yq = np.asarray(run_ref(program, xq)).reshape(-1).astype(tout.dtype)
+    return name, [
+        Variant("int", name, out / f"{name}.c", out / f"{name}.h", CTYPE[tin.dtype], CTYPE[tout.dtype], xq, yq,
+                _arena_macro(out / f"{name}.h", name)),
+        Variant("float", f"{name}_float", fc_file, fh_file, "float", "float", x.reshape(-1), y_ort.astype(np.float32),
+                gen.arena_bytes),
+    ]
+
+
+def _arena_macro(h_file: Path, api: str) -> int:
+    key = f"#define {api.upper()}_ARENA_BYTES "
+    for line in h_file.read_text().splitlines():
+        if line.startswith(key):
+            return int(line[len(key):].split()[0])
+    return 0
+
+
+# -- building -----------------------------------------------------------------------------------
+def _run(cmd: list[str], what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{what} failed:\n{' '.join(cmd)}\n{proc.stderr.strip()[:3000]}")
+    return proc.stdout + proc.stderr
+
+
+def arch_flags(cpu: str, opt: str) -> list[str]:
+    return [f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=soft", f"-{opt}", "-ffreestanding", "-ffunction-sections",
+            "-fdata-sections"]
+
+
+def build(v: Variant, cpu: str, opt: str, work: Path) -> Build:
+    """Compile the model (zero warnings), the harness and the startup; link a freestanding image."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "link.ld").write_text(LINKER_SCRIPT)
+    (work / "startup.c").write_text(STARTUP)
+    (work / "harness.c").write_text(HARNESS.format(api=v.api, API=v.api.upper(), in_t=v.in_t, out_t=v.out_t))
+    shutil.copy(v.h_file, work / v.h_file.name)
+    flags = arch_flags(cpu, opt)
+    objs = []
+    for src, strict in ((v.c_file, True), (work / "harness.c", True), (work / "startup.c", False)):
+        obj = work / (src.stem + ".o")
+        warn = WARN_FLAGS if strict else ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+        text = _run([CC, *flags, *warn, "-I", str(work), "-c", str(src), "-o", str(obj)], f"compiling {src.name}")
+        if strict and text.strip():
+            raise BenchError(f"compiling {src.name} printed warnings:\n{text.strip()[:3000]}")
+        objs.append(obj)
+    elf = work / f"{v.api}.elf"
+    libs = ["-lm", "-lgcc"] if v.kind == "float" else ["-lgcc"]
+    _run([CC, *flags, "-nostdlib", "-Wl,--gc-sections", "-T", str(work / "link.ld"), *map(str, objs), *libs,
+          "-o", str(elf)], "linking")
+    own = set()
+    for obj in objs:
+        own |= {parts[-1] for parts in _nm(obj) if parts[-2] in "TtDdBbRr"}
+    symbols, lib_functions = {}, {}
+    for parts in _nm(elf):
+        if len(parts) == 3:
+            addr, kind, name = int(parts[0], 16), parts[1], parts[2]
+            symbols[name] = addr
+            if kind in "TtWw" and name not in own and not name.startswith("$"):
+                prev = lib_functions.get(addr & ~1)
+                if prev is None or (name.startswith("__aeabi") and not prev.startswith("__aeabi")):
+                    lib_functions[addr & ~1] = name
+    return Build(elf, _sections(elf), symbols, lib_functions)
+
+
+def _nm(path: Path) -> list[list[str]]:
+    return [line.split() for line in _run(["arm-none-eabi-nm", str(path)], "nm").splitlines() if line.strip()]
+
+
+def _sections(elf: Path) -> dict[str, int]:
+    out = {}
+    for line in _run(["arm-none-eabi-size", "-A", "-d", str(elf)], "size").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+# -- emulating ----------------------------------------------------------------------------------
+def load_segments(elf: Path) -> list[tuple[int, int, bytes, int]]:
+    """PT_LOAD segments of a 32-bit little-endian ELF: (virtual address, load address, file bytes, memory size)."""
+    data = elf.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise BenchError(f"{elf} is not a 32-bit little-endian ELF")
+    phoff = struct.unpack_from("<I", data, 0x1C)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x2A)
+    segments = []
+    for i in range(phnum):
+        p_type, off, vaddr, paddr, filesz, memsz = struct.unpack_from("<6I", data, phoff + i * phentsize)
+        if p_type == 1:
+            segments.append((vaddr, paddr, data[off:off + filesz], memsz))
+    return segments
+
+
+def emulate(b: Build, v: Variant, cpu: str) -> tuple[int, int, np.ndarray, Counter]:
+    """One inference: (instructions, stack peak in bytes, the output, calls per library function)."""
+    from unicorn import UC_ARCH_ARM, UC_HOOK_CODE, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
+    from unicorn import arm_const as arm
+
+    uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
+    uc.ctl_set_cpu_model(getattr(arm, f"UC_CPU_ARM_{cpu.upper().replace('-', '_')}"))
+    uc.mem_map(FLASH, FLASH_SIZE)
+    uc.mem_map(RAM, RAM_SIZE)
+    for vaddr, paddr, body, memsz in load_segments(b.elf):
+        uc.mem_write(vaddr, body + bytes(memsz - len(body)))  # .data as the startup leaves it; .bss zeroed
+        if paddr != vaddr:
+            uc.mem_write(paddr, body)
+    ebss, estack = b.symbols["_ebss"], b.symbols["_estack"]
+    uc.mem_write(ebss, PAINT * ((estack - ebss) // 4))
+    x = np.ascontiguousarray(v.x).tobytes()
+    uc.mem_write(b.symbols["qb_input"], x)
+
+    count = [0]
+
+    def on_code(_uc, _addr, _size, _data) -> None:
+        count[0] += 1
+
+    calls: Counter = Counter()
+
+    def on_entry(_uc, addr, _size, _data) -> None:
+        calls[b.lib_functions[addr]] += 1
+
+    uc.hook_add(UC_HOOK_CODE, on_code)
+    for addr in b.lib_functions:
+        uc.hook_add(UC_HOOK_CODE, on_entry, begin=addr, end=addr)
+    uc.reg_write(arm.UC_ARM_REG_SP, estack)
+    uc.reg_write(arm.UC_ARM_REG_LR, STOP | 1)
+    uc.reg_write(arm.UC_ARM_REG_R0, b.symbols["qb_input"])
+    uc.reg_write(arm.UC_ARM_REG_R1, b.symbols["qb_output"])
+    try:
+        uc.emu_start(b.symbols[f"{v.api}_run"] | 1, STOP)
+    except UcError as exc:
+        pc = uc.reg_read(arm.UC_ARM_REG_PC)
+        raise BenchError(f"{v.api} on {cpu}: emulation stopped at pc={pc:#x}: {exc}") from None
+    if uc.reg_read(arm.UC_ARM_REG_PC) != STOP:
+        raise BenchError(f"{v.api} on {cpu}: did not return")
+    ram = bytes(uc.mem_read(ebss, estack - ebss))
+    low = next((i for i in range(0, len(ram), 4) if ram[i:i + 4] != PAINT), len(ram))
+    out = np.frombuffer(bytes(uc.mem_read(b.symbols["qb_output"], v.expected.nbytes)), dtype=v.expected.dtype)
+    return count[0], len(ram) - low, out.copy(), calls
+
+
+def check(v: Variant, out: np.ndarray) -> tuple[bool, str]:
+    if v.kind == "int":
+        same = bool(np.array_equal(out, v.expected))
+        return same, "== runtime_ref" if same else f"differs from runtime_ref: {out.tolist()} vs {v.expected.tolist()}"
+    err = float(np.abs(out.astype(np.float64) - v.expected).max())
+    return err < FLOAT_TOL, f"max |err| vs onnxruntime {err:.1e}"
+
+
+def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Result:
+    cpu = CORES[core]
+    b = build(v, cpu, opt, work / f"{v.kind}-{core}-{opt}")
+    instructions, stack, out, calls = emulate(b, v, cpu)
+    ok, what = check(v, out)
+    return Result(model, core, opt, v.kind, instructions, b.flash, b.static_ram + stack, stack, v.arena_bytes, ok,
+                  what, dict(calls.most_common()))
+
+
+# -- report ---------------------------------------------------------------------------------------
+def table(results: list[Result]) -> str:
+    rows = {(r.model, r.core, r.opt, r.kind): r for r in results}
+    head = ("| model | core | opt | instr int | instr float | x | flash int | flash float | x "
+            "| RAM int | RAM float | x | stack int/float |")
+    lines = [head, "|" + "---|" * 13]
+    for (model, core, opt, kind), i in rows.items():
+        f = rows.get((model, core, opt, "float"))
+        if kind != "int" or f is None:
+            continue
+        lines.append(f"| {model} | {core} | -{opt} | {i.instructions:,} | {f.instructions:,} | "
+                     f"{f.instructions / i.instructions:.1f} | {i.flash:,} | {f.flash:,} | {f.flash / i.flash:.2f} | "
+                     f"{i.ram:,} | {f.ram:,} | {f.ram / i.ram:.2f} | {i.stack}/{f.stack} |")
+    return "\n".join(lines)
+
+
+def helper_lines(results: list[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.opt == "O2" and r.lib_calls:
+            top = ", ".join(f"{k} {n:,}" for k, n in list(r.lib_calls.items())[:6])
+            lines.append(f"  {r.model} {r.kind} {r.core} -O2 library calls: {top}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", nargs="*", help="example folder names (default: every examples/*/pipeline.yaml)")
+    ap.add_argument("--cores", nargs="*", default=list(CORES), choices=list(CORES))
+    ap.add_argument("--opts", nargs="*", default=list(OPTS), choices=list(OPTS))
+    ap.add_argument("--json", type=Path, help="also write every measurement here")
+    ap.add_argument("--keep", type=Path, help="build here and keep the ELFs (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if shutil.which(CC) is None:
+        print(f"{CC} not found: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi", file=sys.stderr)
+        return 2
+    try:
+        import unicorn  # noqa: F401
+    except ImportError:
+        print("unicorn not installed: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+
+    from qpass.errors import QpassError
+
+    yamls = sorted((ROOT / "examples").glob("*/pipeline.yaml"))
+    if args.examples:
+        yamls = [y for y in yamls if y.parent.name in args.examples]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="qpass-bench-") as tmp:
+        base = args.keep or Path(tmp)
+        for yaml in yamls:
+            ex = yaml.parent.name
+            try:
+                model, variants = prepare(yaml, base / ex)
+            except (QpassError, StopIteration) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                print(f"skip {ex}: {type(exc).__name__}: {first}", flush=True)
+                continue
+            for core in args.cores:
+                for opt in args.opts:
+                    for v in variants:
+                        r = bench_variant(model, v, core, opt, base / ex / "mcu")
+                        results.append(r)
+                        print(f"{model:10s} {core} -{opt} {r.kind:5s} {r.instructions:>12,} instr  flash "
+                              f"{r.flash:>7,}  RAM {r.ram:>7,}  {'ok' if r.ok else 'FAIL'}: {r.check}", flush=True)
+    print()
+    print(table(results))
+    for line in helper_lines(results):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"FAILED {r.model} {r.kind} {r.core} -{r.opt}: {r.check}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
