@@ -253,12 +253,43 @@ def _requant_params(node: ir.Node, x: QTensor, y: QTensor, w: np.ndarray, w_scal
 @emitter("Add")
 def _add(lw: Lowering, node: ir.Node) -> None:
     a, b = lw.input_of(node, 0), lw.input_of(node, 1)
+    if b.size == lw.tensors[b.id].size and a.size < b.size:
+        a, b = b, a
     y = lw.output_of(node)
-    if a.shape != y.shape or b.size not in (1, y.size) and b.shape != y.shape:
-        raise UnsupportedOpError(node.name or "", "Add", f"broadcast {a.shape} + {b.shape} is not supported")
+    inner = _channel_inner(node, y.shape, b.shape)
     (ma, mb), shift = shared_shift_multipliers([a.scale / y.scale, b.scale / y.scale])
     lw.step("add", [a, b], y, node, a_zp=a.zero_point, b_zp=b.zero_point, a_mult=ma, b_mult=mb,
-            shift=shift, y_zp=y.zero_point, n=y.size, b_n=b.size, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+            shift=shift, y_zp=y.zero_point, n=y.size, b_n=b.size, inner=inner, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+def _channel_inner(node: ir.Node, shape: tuple[int, ...], b_shape: tuple[int, ...]) -> int:
+    """For b broadcast over `shape` (numpy rules): 1 if b has one value or all of them, else the number
+    of elements after b's single non-unit axis (b varies along exactly one axis: per channel)."""
+    size = int(np.prod(shape))
+    b_size = int(np.prod(b_shape)) if b_shape else 1
+    if b_size in (1, size):
+        return 1
+    full = (1,) * (len(shape) - len(b_shape)) + tuple(b_shape)
+    axes = [i for i, d in enumerate(full) if d != 1]
+    if len(full) != len(shape) or len(axes) != 1 or full[axes[0]] != shape[axes[0]]:
+        raise UnsupportedOpError(node.name or "", node.op_type, f"broadcast of {b_shape} over {shape} is not "
+                                 "supported (one value, all, or one per channel)")
+    return int(np.prod(shape[axes[0] + 1:]))
+
+
+@emitter("Mul")
+def _mul(lw: Lowering, node: ir.Node) -> None:
+    k = 1 if const_value(node.inputs[1].producer().inputs[0] if node.inputs[1].producer() else None) is not None \
+        else 0
+    x = lw.input_of(node, 1 - k)
+    w, w_scale = lw.weight(node, k)
+    y = lw.output_of(node)
+    inner = _channel_inner(node, y.shape, w.shape)
+    mults, shifts = zip(*(quantize_multiplier(x.scale * float(ws) / y.scale) for ws in
+                          np.broadcast_to(w_scale, (w.size,))), strict=True)
+    lw.step("mul", [x], y, node, weight=np.ascontiguousarray(w.reshape(-1)), mult=np.array(mults, dtype=np.int32),
+            shift=np.array(shifts, dtype=np.int32), channels=w.size, inner=inner, x_zp=x.zero_point,
+            y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
 
 
 @emitter("Relu")

@@ -7,10 +7,10 @@ tf2onnx writes Keras TimeDistributed(Dense) on a sequence as T copies of the sam
     Y   = Concat(y_0, ..., y_{T−1}, axis=0)
                                   →   Y = Reshape(Act(Gemm(Reshape(X, [T,F]), W, b)), Y.shape)
 
-The copies must share W and b (the same constants), apply the same element-wise activation (or
-none), read consecutive single steps of X in Concat order, and every dimension in front of the
-time axis must be 1 in X and in Y so that each step is one contiguous block. Code size then no
-longer grows with T.
+A MatMul without bias works the same way. The copies must share W and b (the same constants),
+apply the same element-wise activation (or none), read consecutive single steps of X in Concat
+order, and every dimension in front of the time axis must be 1 in X and in Y so that each step is
+one contiguous block. Code size then no longer grows with T.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, new_initializer, single_consumer
+from qpass.passes._util import const_value, new_initializer
 
 LAYOUT = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 ACTIVATIONS = {"Relu", "Sigmoid", "Tanh"}
@@ -27,7 +27,7 @@ ACTIVATIONS = {"Relu", "Sigmoid", "Tanh"}
 
 def _skip_layout_back(value: ir.Value) -> ir.Value:
     node = value.producer()
-    while node is not None and node.op_type in LAYOUT and single_consumer(node.inputs[0]) is node:
+    while node is not None and node.op_type in LAYOUT:
         value = node.inputs[0]
         node = value.producer()
     return value
@@ -42,7 +42,9 @@ def _one_step(piece: ir.Value) -> tuple[ir.Value, int, ir.Node, ir.Node | None] 
     else:
         act = None
     gemm = v.producer()
-    if gemm is None or gemm.op_type != "Gemm" or single_consumer(v) is None or len(gemm.inputs) < 2:
+    if gemm is None or gemm.op_type not in ("Gemm", "MatMul") or len(gemm.inputs) < 2:
+        return None
+    if gemm.op_type == "MatMul" and (const_value(gemm.inputs[1]) is None or const_value(gemm.inputs[1]).ndim != 2):
         return None
     if gemm.attributes.get_int("transA", 0) or gemm.attributes.get_float("alpha", 1.0) != 1.0 or \
             gemm.attributes.get_float("beta", 1.0) != 1.0:
@@ -90,7 +92,7 @@ class FoldTimeDistributedPass(QPass):
             return False
         x, _, gemm0, act0 = steps[0]
         for i, (xi, t, gemm, act) in enumerate(steps):
-            if xi is not x or t != i or (act is None) != (act0 is None) or \
+            if xi is not x or t != i or gemm.op_type != gemm0.op_type or (act is None) != (act0 is None) or \
                     (act is not None and act.op_type != act0.op_type):
                 return False
             if not _same_const(gemm.inputs[1], gemm0.inputs[1]) or not (
@@ -110,8 +112,9 @@ class FoldTimeDistributedPass(QPass):
         shape = new_initializer(graph, f"{name}_shape", np.array(list(out.shape), dtype=np.int64))
         r1 = self.mark(ir.node("Reshape", [x, rows], name=f"{name}_steps"))
         r1.outputs[0].shape, r1.outputs[0].type = ir.Shape([t_len, k]), x.type
-        g = self.mark(ir.node("Gemm", [r1.outputs[0], *gemm0.inputs[1:]],
-                              attributes={"transB": gemm0.attributes.get_int("transB", 0)}, name=f"{name}_gemm"))
+        attrs = {"transB": gemm0.attributes.get_int("transB", 0)} if gemm0.op_type == "Gemm" else None
+        g = self.mark(ir.node(gemm0.op_type, [r1.outputs[0], *gemm0.inputs[1:]], attributes=attrs,
+                              name=f"{name}_{gemm0.op_type.lower()}"))
         g.outputs[0].shape, g.outputs[0].type = ir.Shape([t_len, n]), out.type
         ops = [r1, g]
         last = g.outputs[0]

@@ -92,28 +92,32 @@ class SimplifyLayoutPass(QPass):
             return False
         last = chain[-1].outputs[0]
         out_shape = arr.shape
-        ops: list[ir.Node] = []
-        cur = x
-        name = (head.name or "layout").replace("/", "_")
+        perm = None
         if not np.array_equal(arr.reshape(-1), np.arange(arr.size)):
             perm = _find_perm(src_shape, arr)
             if perm is None:
                 return False
+        mid_shape = tuple(src_shape[p] for p in perm) if perm is not None else src_shape
+        plan = (["Transpose"] if perm is not None else []) + (["Reshape"] if mid_shape != out_shape else [])
+        if len(plan) >= len(chain) and plan == [c.op_type for c in chain]:
+            return False  # already minimal
+        if not plan and last.is_graph_output() and (x.is_graph_input() or x.is_initializer()):
+            return False
+        # build the replacement only now: a node made and dropped would stay a consumer of x
+        ops: list[ir.Node] = []
+        cur = x
+        name = (head.name or "layout").replace("/", "_")
+        if perm is not None:
             t = self.mark(ir.node("Transpose", [cur], attributes={"perm": list(perm)}, name=f"{name}_transpose"))
-            t.outputs[0].shape = ir.Shape([src_shape[p] for p in perm])
-            t.outputs[0].type = x.type
+            t.outputs[0].shape, t.outputs[0].type = ir.Shape(mid_shape), x.type
             ops.append(t)
             cur = t.outputs[0]
-        if _static(cur) != out_shape:
+        if mid_shape != out_shape:
             shape = new_initializer(graph, f"{name}_shape", np.array(out_shape, dtype=np.int64))
             r = self.mark(ir.node("Reshape", [cur, shape], name=f"{name}_reshape"))
             r.outputs[0].shape, r.outputs[0].type = ir.Shape(out_shape), x.type
             ops.append(r)
             cur = r.outputs[0]
-        if len(ops) >= len(chain) and [o.op_type for o in ops] == [c.op_type for c in chain]:
-            return False  # already minimal
-        if last.is_graph_output() and (x.is_graph_input() or x.is_initializer()) and cur is x:
-            return False
         if ops:
             graph.insert_after(chain[-1], ops)
         was_output = last.is_graph_output()

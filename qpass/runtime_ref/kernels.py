@@ -35,12 +35,32 @@ def linear(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     return saturate(y, out.dtype, p["lo"], p["hi"])
 
 
+def channel_index(n: int, b_n: int, inner: int) -> np.ndarray:
+    """Which of b_n values element i of an n-element tensor reads: all (b_n = n), one, or per channel."""
+    i = np.arange(n)
+    if b_n == n:
+        return i
+    if b_n == 1:
+        return np.zeros(n, dtype=np.int64)
+    return (i // inner) % b_n
+
+
+@kernel("mul")
+def mul(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y = clamp(zp_y + rq_c((x − zp_x)·w[c])): a constant per-channel scale (a BatchNorm with no linear op)."""
+    p = step.params
+    ch = channel_index(out.size, p["weight"].size, p["inner"])
+    acc = (inputs[0].astype(np.int64).reshape(-1) - p["x_zp"]) * p["weight"].astype(np.int64).reshape(-1)[ch]
+    y = requantize(acc, p["mult"][ch], p["shift"][ch]) + p["y_zp"]
+    return saturate(y, out.dtype, p["lo"], p["hi"])
+
+
 @kernel("add")
 def add(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """y = clamp(zp_y + ((a − zp_a)·M_a + (b − zp_b)·M_b + 2^(s−1)) >> s), shapes broadcast."""
+    """y = clamp(zp_y + ((a − zp_a)·M_a + (b − zp_b)·M_b + 2^(s−1)) >> s); b: one, all, or one per channel."""
     p = step.params
     a = inputs[0].astype(np.int64).reshape(-1) - p["a_zp"]
-    b = inputs[1].astype(np.int64).reshape(-1) - p["b_zp"]
+    b = inputs[1].astype(np.int64).reshape(-1)[channel_index(out.size, p["b_n"], p.get("inner", 1))] - p["b_zp"]
     acc = a * p["a_mult"] + b * p["b_mult"] + (np.int64(1) << (p["shift"] - 1))
     y = (acc >> p["shift"]) + p["y_zp"]
     return saturate(np.broadcast_to(y, (out.size,)), out.dtype, p["lo"], p["hi"])

@@ -217,7 +217,35 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
+        elif node.op_type in ("Mul", "Add") and LSTM_KEY not in node.metadata_props:
+            _plan_elementwise_constant(node, plan, quant)
     return plan
+
+
+def _plan_elementwise_constant(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:
+    """The constant of Mul(x, c) / Add(x, c) (a BatchNorm with no linear op before it): symmetric, per channel
+    along its one non-unit axis for Mul, per tensor for Add (it is added after a rescale)."""
+    consts = [(i, const_value(v)) for i, v in enumerate(node.inputs) if v is not None]
+    known = [(i, c) for i, c in consts if c is not None]
+    acts = [v for v in node.inputs if v is not None and v.name in plan.activations]
+    if len(known) != 1 or len(acts) != 1:
+        return
+    idx, c = known[0]
+    c = c.astype(np.float32)
+    value = node.inputs[idx]
+    w_dtype = precision(node, quant)[1]
+    qmax = QMAX[w_dtype]
+    axes = [i for i, d in enumerate(c.shape) if d != 1]
+    if node.op_type == "Mul" and len(axes) == 1:
+        amax, axis = np.abs(c).reshape(-1), axes[0]
+    else:
+        amax, axis = np.full(1, np.abs(c).max()), 0
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    bshape = [1] * max(c.ndim, 1)
+    if scale.size > 1:
+        bshape[axis] = -1
+    q = np.clip(np.rint(c / scale.reshape(bshape)), -qmax, qmax).astype(w_dtype)
+    plan.weights[value.name] = WeightQuant(q, scale, axis)
 
 
 def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:

@@ -233,12 +233,51 @@ def linear_out16(rng):
 
 
 def _add_params(rng, *, n: int, b_n: int, a_zp: int, b_zp: int, y_zp: int, ratios=None, y_dtype="int8", lo=None,
-                hi=None, mults=None, shift=None) -> dict:
+                hi=None, mults=None, shift=None, inner=1) -> dict:
     if mults is None:
         ratios = ratios or [float(10.0 ** rng.uniform(-1, 0.4)), float(10.0 ** rng.uniform(-1, 0.4))]
         mults, shift = shared_shift_multipliers(ratios)
     return dict(a_zp=a_zp, b_zp=b_zp, a_mult=int(mults[0]), b_mult=int(mults[1]), shift=int(shift), y_zp=y_zp,
-                n=n, b_n=b_n, lo=QMIN[y_dtype] if lo is None else lo, hi=QMAX[y_dtype] if hi is None else hi)
+                n=n, b_n=b_n, inner=inner, lo=QMIN[y_dtype] if lo is None else lo,
+                hi=QMAX[y_dtype] if hi is None else hi)
+
+
+def add_per_channel(rng):
+    """b holds one value per channel of a [1, C, L] tensor: element i reads b[(i / L) % C]."""
+    shape, n, c = (1, 5, 7), 35, 5
+    b = rng.integers(-128, 128, size=(c, 1)).astype(np.int8)
+    p = _add_params(rng, n=n, b_n=c, a_zp=-2, b_zp=0, y_zp=9, inner=7)
+    tensors = [_t("t0", shape), _t("t1", (c, 1)), _t("t2", shape)]
+    return _program("k_add_chan", tensors, [Step("add", ["t0", "t1"], ["t2"], p)], constants={"t1": b}, output="t2")
+
+
+# -- mul --------------------------------------------------------------------------------------------
+
+
+def _mul_program(rng, name: str, shape: tuple[int, ...], channels: int, inner: int, x_dtype="int8", w_dtype="int8",
+                 y_dtype="int8") -> Program:
+    w = rng.integers(QMIN[w_dtype] + 1, QMAX[w_dtype] + 1, size=channels).astype(w_dtype)
+    ms = [quantize_multiplier(float(10.0 ** rng.uniform(-4, -1.5))) for _ in range(channels)]
+    n = int(np.prod(shape))
+    p = dict(weight=w, mult=np.array([m for m, _ in ms], dtype=np.int32),
+             shift=np.array([sh for _, sh in ms], dtype=np.int32), channels=channels, inner=inner, x_zp=3,
+             y_zp=-4 if y_dtype == "int8" else 0, lo=QMIN[y_dtype], hi=QMAX[y_dtype])
+    tensors = [_t("t0", shape, dtype=x_dtype), _t("t1", shape, dtype=y_dtype)]
+    assert n % inner == 0
+    return _program(name, tensors, [Step("mul", ["t0"], ["t1"], p)])
+
+
+def mul_per_channel(rng):
+    return _mul_program(rng, "k_mul_chan", (1, 6, 5), channels=6, inner=5)
+
+
+def mul_channel_last(rng):
+    return _mul_program(rng, "k_mul_last", (1, 4, 6), channels=6, inner=1)
+
+
+def mul_int16(rng):
+    return _mul_program(rng, "k_mul_16", (1, 3, 4), channels=3, inner=4, x_dtype="int16", w_dtype="int16",
+                        y_dtype="int16")
 
 
 def _lut_step(rng, src: str, dst: str, n: int) -> Step:
@@ -643,7 +682,9 @@ CASES: dict[str, dict[str, Case]] = {
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
                "x16": Case(linear_x16), "w16": Case(linear_w16), "x16-w16-acc64": Case(linear_x16_w16_acc64),
                "y16": Case(linear_out16)},
+    "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
+            "per-channel": Case(add_per_channel),
             "b-in-arena": Case(add_from_arena), "same-input": Case(add_same_input),
             "extremes-fused-clamp": Case(add_extremes, 3), "shift-1": Case(add_shift_one),
             "requantize": Case(add_requantize), "int16": Case(add_int16)},

@@ -1,0 +1,82 @@
+"""Every Keras layer qpass supports, through the whole pipeline: tf2onnx → passes → solver → C.
+
+Small seeded models on random data; each must give C equal to runtime_ref bit for bit and follow the
+float model closely. The HAR examples (real data) are in test_pipeline_har.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+keras = pytest.importorskip("keras")
+
+from qpass.config import load_pipeline  # noqa: E402
+from qpass.pipeline import run_pipeline  # noqa: E402
+
+PASSES = ["strip-dropout", "fold-constants", "squeeze-conv2d", "simplify-layout", "fold-batchnorm", "keras-lstm",
+          "simplify-layout", "fold-time-distributed", "unroll-lstm", "matmul-to-gemm", "simplify-layout"]
+L = keras.layers
+
+
+def _head(units: int, activation: str = "softmax") -> keras.layers.Layer:
+    """A wide-weighted last layer, so that a random model's outputs are decisive, not near-ties."""
+    return L.Dense(units, activation=activation, kernel_initializer=keras.initializers.RandomNormal(stddev=1.5))
+
+
+def _bn() -> keras.layers.Layer:
+    return L.BatchNormalization(beta_initializer="random_normal", gamma_initializer="random_uniform",
+                                moving_mean_initializer="random_normal", moving_variance_initializer="ones")
+
+
+MODELS = {
+    "conv1d-same-relu-maxpool": lambda: [L.Conv1D(8, 5, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
+                                         L.Dropout(0.3), L.Flatten(), _head(4, "softmax")],
+    "conv1d-valid-stride2": lambda: [L.Conv1D(6, 3, strides=2, padding="valid", activation="relu"), L.Flatten(),
+                                     _head(3, "softmax")],
+    "conv1d-dilation-tanh": lambda: [L.Conv1D(4, 3, dilation_rate=2, activation="tanh"), L.MaxPooling1D(3),
+                                     L.Flatten(), _head(3, "sigmoid")],
+    "lstm-last": lambda: [L.LSTM(8), _head(3, "softmax")],
+    "lstm-sequences-timedistributed": lambda: [L.LSTM(8, return_sequences=True), L.Dropout(0.2),
+                                               L.TimeDistributed(L.Dense(4, activation="relu")), L.Flatten(),
+                                               _head(3, "softmax")],
+    "lstm-go-backwards": lambda: [L.LSTM(8, go_backwards=True), _head(3, "softmax")],
+    "dense-3d-reshape": lambda: [_head(6, "sigmoid"), L.Reshape((12, 6)), _bn(), L.Flatten(),
+                                 _head(3, "softmax")],
+    "conv-lstm-har-shape": lambda: [L.Conv1D(8, 3, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
+                                    L.Dropout(0.2), L.LSTM(8), _head(4, "softmax")],
+}
+
+
+def _pipeline(tmp: Path, name: str) -> Path:
+    keras.utils.set_random_seed(abs(hash(name)) % 2**31)
+    model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
+    model.save(tmp / "m.h5")
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (96, 12, 3)).astype(np.float32)
+    np.savez(tmp / "calib.npz", x=x[:64])
+    np.savez(tmp / "test.npz", x=x[64:])
+    (tmp / "pipeline.yaml").write_text(
+        "model: m.h5\ncalibration: {path: calib.npz}\n"
+        f"passes: [{', '.join(PASSES)}]\n"
+        "codegen: {name: m, output_dir: out}\ncompare: {path: test.npz}\n")
+    return tmp / "pipeline.yaml"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
+    report = run_pipeline(load_pipeline(_pipeline(tmp_path, name)))
+    assert report["c_equals_runtime_ref"], name
+    c = report["comparisons"]["c_vs_float"]
+    assert c["argmax_agreement"] >= 0.9, (name, c)
+    assert c["max_abs_error"] < 0.1, (name, c)
+    final = report["op_counts"]["final"]
+    assert not {"Loop", "LSTM", "BatchNormalization", "Dropout", "Identity", "Cast"} & set(final), final
+    if "lstm" in name:
+        assert report["kernels"].count("lstm") == 1
