@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass import __version__
-from qpass.codegen.build import compile_and_run
+from qpass.codegen.build import compile_and_run, stack_usage
 from qpass.codegen.emit import CTYPE, render, write
 from qpass.codegen.lower import lower
 from qpass.compare import accuracy, metrics, per_layer
@@ -95,6 +95,11 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     program = lower(qdq, name)
     gen = render(program, source=model_path.name)
     c_file, h_file = write(gen, stage, name)
+    stack = stack_usage(c_file, name, pipe.codegen.cc)
+    if stack is not None:  # the header states it: render again with the figure
+        gen = render(program, source=model_path.name, stack=(stack, f"{pipe.codegen.cc} -O2 -fstack-usage, "
+                                                                   "host target"))
+        c_file, h_file = write(gen, stage, name)
 
     section = pipe.compare or pipe.calibration
     key = "compare" if pipe.compare else "calibration"
@@ -141,7 +146,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
                     "op_counts": r.op_counts} for r in records],
         "memory": {"arena_bytes": gen.arena_bytes, "arena_lower_bound": gen.arena_lower_bound,
-                   "arena_naive": gen.arena_naive, "const_bytes": gen.const_bytes},
+                   "arena_naive": gen.arena_naive, "const_bytes": gen.const_bytes, "stack_bytes_host": stack},
         "kernels": [s.kernel for s in program.steps],
         "plan": plan.to_report(),
         "files": sorted(p.name for p in stage.iterdir() if p.is_file()) + [MARKER],

@@ -53,3 +53,33 @@ def compile_and_run(c_file: Path, h_file: Path, name: str, in_t: str, out_t: str
     if out.size != len(inputs) * out_size:
         raise CodegenError(f"the compiled {name} wrote {out.size} values, expected {len(inputs) * out_size}")
     return out.reshape(len(inputs), out_size)
+
+
+def stack_usage(c_file: Path, name: str, cc: str = "gcc", flags: tuple[str, ...] = ("-O2",)) -> int | None:
+    """Worst-case stack bytes of NAME_run from the compiler's -fstack-usage report, or None if unknown.
+
+    The call depth is at most NAME_run → NAME_run_with_arena → kernel → helper, so the bound is the sum
+    of the two entry frames and the two largest other frames. None when a frame is dynamic (or the
+    compiler cannot report it).
+    """
+    if shutil.which(cc) is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="qpass-su-") as tmp:
+        obj = Path(tmp) / "m.o"
+        proc = subprocess.run([cc, "-std=c99", *flags, "-fstack-usage", "-c", str(c_file), "-o", str(obj)],
+                              capture_output=True, text=True, check=False, cwd=tmp)
+        su = obj.with_suffix(".su")
+        if proc.returncode != 0 or not su.exists():
+            return None
+        frames: dict[str, int] = {}
+        for line in su.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            if "dynamic" in parts[2] and "bounded" not in parts[2]:
+                return None
+            frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    entry = frames.pop(f"{name}_run", 0) + frames.pop(f"{name}_run_with_arena", 0)
+    frames.pop(f"{name}_quantize_input", None)
+    frames.pop(f"{name}_dequantize_output", None)
+    return entry + sum(sorted(frames.values(), reverse=True)[:2])

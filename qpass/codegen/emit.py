@@ -77,7 +77,8 @@ def _types(program: Program, step) -> tuple[dict[str, str], str]:
     return {k: CTYPE[v] for k, v in t.items()}, f"qp_{step.kernel}_{suffix}"
 
 
-def render(program: Program, source: str = "model") -> GeneratedC:
+def render(program: Program, source: str = "model", stack: tuple[int, str] | None = None) -> GeneratedC:
+    """C and header text for a program; `stack` = (worst-case bytes, how it was measured) for the header."""
     env = _env()
     arena = plan_arena(program)
     constants: list[dict] = []
@@ -127,6 +128,7 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         "input": tin, "output": tout, "in_ctype": CTYPE[tin.dtype], "out_ctype": CTYPE[tout.dtype],
         "input_scale": _literal(tin.scale), "output_scale": _literal(tout.scale),
         "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
+        "stack_bytes": stack[0] if stack else 0, "stack_source": comment(stack[1]) if stack else "",
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
         "need_requantize": bool(modules.keys() & NEEDS_REQUANTIZE),
