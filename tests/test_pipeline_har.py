@@ -1,0 +1,49 @@
+"""The HAR examples (real BasicMotions data) through the whole pipeline: the issue's acceptance figures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qpass.config import load_pipeline
+from qpass.pipeline import run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["har", "har_lstm"])
+def har(request, tmp_path_factory) -> tuple[str, dict, Path]:
+    name = request.param
+    work = tmp_path_factory.mktemp(name)
+    shutil.copytree(ROOT / "examples" / name, work / name)
+    yaml = work / name / "pipeline.yaml"
+    yaml.write_text(re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text()))
+    return name, run_pipeline(load_pipeline(yaml)), work / name / "out"
+
+
+def test_har_c_is_bit_exact_and_agrees_with_float(har) -> None:
+    name, report, _ = har
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    c = report["comparisons"]["c_vs_float"]
+    assert c["samples"] == 40
+    assert c["argmax_agreement"] >= 0.99, c
+    assert c["max_abs_error"] < 0.05, c
+    assert report["accuracy"]["c"] >= report["accuracy"]["float"] - 0.025
+
+
+def test_har_graph_holds_only_computing_ops(har) -> None:
+    _, report, _ = har
+    final = set(report["op_counts"]["final"])
+    assert not final & {"Loop", "LSTM", "Less", "And", "Cast", "Shape", "Slice", "Dropout", "Identity",
+                        "BatchNormalization", "Expand", "ConstantOfShape"}, final
+    assert report["kernels"].count("lstm") == 1
+
+
+def test_har_c_runs_one_loop_for_the_recurrence(har) -> None:
+    name, _, out = har
+    source = (out / f"{name}.c").read_text()
+    assert len(re.findall(r"^\s+qp_lstm\w*\(", source, flags=re.M)) == 1
+    assert "float" not in re.sub(r"#ifdef \w+_FLOAT_HELPERS.*?#endif", "", source, flags=re.S)
