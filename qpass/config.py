@@ -81,6 +81,16 @@ class QuantSection(_Strict):
         "multiplier", description="rescale by fixed-point multiplier + shift, or by power-of-two scales and "
                                   "shifts only")
     overrides: list[PrecisionOverride] = Field(default_factory=list, description="mixed precision, first match wins")
+    input_range: tuple[float, float] | None = Field(
+        None, description="pin the network input's real range [lo, hi] (e.g. a sensor's full scale) instead of "
+                          "calibrating it")
+
+    @field_validator("input_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError("must be [lo, hi] with lo < hi")
+        return v
 
 
 class CodegenSection(_Strict):

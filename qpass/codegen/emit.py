@@ -27,7 +27,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
 }
 SCALAR_TYPES = (int, np.integer)
 NEEDS_REQUANTIZE = {"linear", "conv1d", "lstm", "mul"}  # kernels that call qp_requantize
-NO_CLAMP = {"copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
+NO_CLAMP = {"concat", "copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
 
 
 @dataclass
@@ -119,7 +119,8 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "n": program.tensors[step.outputs[0]].size,
-               "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
+               "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars,
+               "l": {k: [int(i) for i in v] for k, v in step.params.items() if isinstance(v, list)}}
         calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
     tin, tout = program.tensors[program.input], program.tensors[program.output]

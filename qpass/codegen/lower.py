@@ -339,6 +339,8 @@ def _softmax(lw: Lowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Softmax", f"{y.dtype} output must have scale 1/{one}, "
                                  f"zero point {zp}")
     n = x.shape[-1]
+    if n >= 1 << 16:
+        raise UnsupportedOpError(node.name or "", "Softmax", f"{n} classes: the int32 sum of 2^15 terms needs < 65536")
     table, sh = softmax_exp_table(x.scale, x.dtype)
     lw.step("softmax", [x], y, node, exp_table=table, sh=sh, one=one, y_zp=zp, lo=QMIN[y.dtype],
             hi=QMAX[y.dtype], n=n, rows=x.size // n)
@@ -403,3 +405,29 @@ def _transpose(lw: Lowering, node: ir.Node) -> None:
     strides = [in_strides[p] for p in perm] + [0] * (6 - rank)
     lw.step("transpose", [x], y, node, in_dims=list(x.shape), perm=perm,
             dims=np.array(dims, dtype=np.int32), strides=np.array(strides, dtype=np.int32))
+
+
+def _requantized(lw: Lowering, node: ir.Node, x: QTensor, like: QTensor) -> QTensor:
+    """x, or a copy of x rescaled to `like`'s parameters (an explicit requantize where contracts conflict)."""
+    if (x.scale, x.zero_point, x.dtype) == (like.scale, like.zero_point, like.dtype):
+        return x
+    y = lw.new_tensor(x.shape, like.dtype, like.scale, like.zero_point, f"{x.source} requantized")
+    (m,), shift = shared_shift_multipliers([x.scale / y.scale])
+    zero = lw.new_tensor((1,), x.dtype, x.scale, x.zero_point, "zero")
+    lw.constants[zero.id] = np.array([x.zero_point], dtype=x.dtype)
+    lw.step("add", [x, zero], y, node, a_zp=x.zero_point, b_zp=x.zero_point, a_mult=m, b_mult=0, shift=shift,
+            y_zp=y.zero_point, n=y.size, b_n=1, inner=1, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+    log.info("requantize inserted before %s %r: %s", node.op_type, node.name, x.source)
+    return y
+
+
+@emitter("Concat")
+def _concat(lw: Lowering, node: ir.Node) -> None:
+    y = lw.output_of(node)
+    parts = [_requantized(lw, node, lw.input_of(node, i), y) for i in range(len(node.inputs))]
+    axis = node.attributes.get_int("axis", 0) % len(y.shape)
+    inner = int(np.prod(y.shape[axis + 1:]))
+    chunks = [int(p.shape[axis]) * inner for p in parts]
+    offsets = [int(sum(chunks[:i])) for i in range(len(chunks))]
+    lw.step("concat", parts, y, node, axis=axis, outer=int(np.prod(y.shape[:axis])), out_chunk=sum(chunks),
+            chunks=chunks, offsets=offsets)

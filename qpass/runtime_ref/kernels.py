@@ -213,3 +213,9 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         h = np.clip(requantize(ao * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
         hseq[t] = h
     return hseq
+
+
+@kernel("concat")
+def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y = the inputs one after another along `axis` (all with the output's scale and zero point)."""
+    return np.concatenate(inputs, axis=step.params["axis"])

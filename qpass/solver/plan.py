@@ -104,7 +104,11 @@ def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection |
     for v in float_values(model):
         if v.name in ranges:
             g.add_node(v.name, range=ranges[v.name], clamped=False, fixed=None, wide=False,
-                       dtype=quant.activations)
+                       dtype=quant.activations, pinned=False)
+    if quant.input_range is not None:  # pinned: the user's range replaces the calibrated one
+        for v in model.graph.inputs:
+            if v.name in g:
+                g.nodes[v.name].update(range=Range(*quant.input_range), pinned=True)
     for node in model.graph:
         outs = [o.name for o in node.outputs if o.name in g]
         if not outs:
@@ -150,18 +154,20 @@ def _tie_timesteps(model: ir.Model, g: nx.Graph) -> None:
 
 
 def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
-    """Cut edges until no component holds two different fixed parameter sets."""
+    """A group may hold one fixed range. Where members are fixed to different ones, each of them is cut
+    loose (its equal edges removed): the rest of the group takes its calibrated range, which covers
+    them all, and the lowering puts an explicit requantize after every fixed member."""
     for comp in list(nx.connected_components(g)):
-        fixed = {g.nodes[n]["fixed"] for n in comp if g.nodes[n]["fixed"] is not None}
-        if len(fixed) <= 1:
+        fixed = sorted((n for n in comp if g.nodes[n]["fixed"] is not None), key=str)
+        if len({g.nodes[n]["fixed"] for n in fixed}) <= 1:
             continue
-        sub = g.subgraph(comp)
-        for a, b in list(sub.edges):
-            if g.nodes[a]["fixed"] != g.nodes[b]["fixed"] and g.nodes[b]["fixed"] is not None:
-                data = g.edges[a, b]
-                g.remove_edge(a, b)
-                conflicts.append(f"{data['op']} node {data['node']!r}: {a!r} and {b!r} have different fixed "
-                                 "ranges; a requantize stays between them")
+        for n in fixed:
+            for other in list(g.neighbors(n)):
+                data = g.edges[n, other]
+                g.remove_edge(n, other)
+                conflicts.append(f"{data['op']} node {data['node']!r}: {n!r} ({g.nodes[n]['fixed']} output) "
+                                 f"cannot share parameters with {other!r}, whose group also holds other fixed "
+                                 "ranges; a requantize goes between them")
 
 
 def precision(node: ir.Node, quant: QuantSection) -> tuple[str, str]:
@@ -190,8 +196,8 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     _resolve_conflicts(g, plan.conflicts)
     plan.rescales_removed = g.number_of_edges()
     for gid, comp in enumerate(sorted(nx.connected_components(g), key=lambda c: sorted(c)[0])):
-        members = [g.nodes[n]["range"] for n in comp if not g.nodes[n]["clamped"]] or [
-            g.nodes[n]["range"] for n in comp]
+        members = [g.nodes[n]["range"] for n in comp if g.nodes[n]["pinned"]] or [
+            g.nodes[n]["range"] for n in comp if not g.nodes[n]["clamped"]] or [g.nodes[n]["range"] for n in comp]
         total = members[0]
         for r in members[1:]:
             total = total.union(r)

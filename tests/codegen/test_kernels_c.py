@@ -280,6 +280,38 @@ def mul_int16(rng):
                         y_dtype="int16")
 
 
+def _concat_program(rng, name: str, shapes: list[tuple[int, ...]], axis: int, dtype: str = "int8") -> Program:
+    """Two arena inputs (a permuting LUT of the input, and the input itself) joined along `axis`."""
+    out_shape = list(shapes[0])
+    out_shape[axis] = sum(sh[axis] for sh in shapes)
+    n = int(np.prod(shapes[0]))
+    tensors = [_t("t0", shapes[0], dtype=dtype), _t("t1", shapes[0], dtype=dtype),
+               _t("t2", shapes[1], alias_of="t0", dtype=dtype), _t("t3", tuple(out_shape), dtype=dtype)]
+    inner = int(np.prod(out_shape[axis + 1:]))
+    chunks = [sh[axis] * inner for sh in shapes]
+    steps = []
+    if dtype == "int8":
+        steps.append(_lut_step(rng, "t0", "t1", n))
+    else:
+        steps.append(Step("clamp", ["t0"], ["t1"], dict(lo=-1000, hi=2000, n=n)))
+    steps.append(Step("concat", ["t1", "t2"], ["t3"], dict(axis=axis, outer=int(np.prod(out_shape[:axis])),
+                                                           out_chunk=sum(chunks), chunks=chunks,
+                                                           offsets=[0, chunks[0]])))
+    return _program(name, tensors, steps, output="t3")
+
+
+def concat_last_axis(rng):
+    return _concat_program(rng, "k_concat_last", [(2, 5), (2, 5)], axis=1)
+
+
+def concat_middle_axis(rng):
+    return _concat_program(rng, "k_concat_mid", [(1, 3, 4), (1, 3, 4)], axis=1)
+
+
+def concat_int16(rng):
+    return _concat_program(rng, "k_concat_16", [(3, 4), (3, 4)], axis=0, dtype="int16")
+
+
 def _lut_step(rng, src: str, dst: str, n: int) -> Step:
     """A random permutation table: gives add a second operand that varies per sample."""
     return Step("lut", [src], [dst], dict(table=(rng.permutation(256) - 128).astype(np.int8), n=n))
@@ -682,6 +714,8 @@ CASES: dict[str, dict[str, Case]] = {
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
                "x16": Case(linear_x16), "w16": Case(linear_w16), "x16-w16-acc64": Case(linear_x16_w16_acc64),
                "y16": Case(linear_out16)},
+    "concat": {"last-axis": Case(concat_last_axis), "middle-axis": Case(concat_middle_axis),
+               "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
             "per-channel": Case(add_per_channel),
