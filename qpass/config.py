@@ -118,7 +118,16 @@ class Pipeline(_Strict):
     dump: bool = Field(False, description="save the graph after every stage as a numbered .onnx")
 
     # set by load_pipeline, not by the YAML
-    source: Path = Field(Path("."), exclude=True)
+    _source: Path = PrivateAttr(Path("."))
+
+    @property
+    def source(self) -> Path:
+        """The pipeline.yaml this came from (set by load_pipeline; not a YAML key)."""
+        return self._source
+
+    @source.setter
+    def source(self, value: Path) -> None:
+        self._source = Path(value)
 
     def resolve(self, rel: str) -> Path:
         """A path from the YAML, made absolute against the YAML's folder."""
@@ -157,14 +166,21 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise ConfigError(file, "", "no such file; pass the path of a pipeline.yaml (see `qpass init`)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, "", f"not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(file, "", f"not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "expected a mapping with at least `model` and `calibration`")
     try:
         pipe = Pipeline.model_validate(_normalize(raw))
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # a misspelt key also makes its intended key "missing": name what the user wrote first
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
         key = _key_path(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ def load_array(path: Path, key: str | None, *, yaml_file: str, yaml_key: str) ->
             return npz[name]
     except ConfigError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(yaml_file, yaml_key, f"cannot read {path.name}: {exc}") from None
 
 

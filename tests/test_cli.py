@@ -159,9 +159,6 @@ def test_compare_labels_key_missing(project):
     _check_run_error(project, path, "compare.labels_key", "'labels'")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG data.py load_array: a truncated/corrupt .npz raises "
-                   "zipfile.BadZipFile, which is not caught (only OSError/ValueError are), so the CLI prints a "
-                   "traceback and exits 1; catch zipfile.BadZipFile (and EOFError) and raise ConfigError")
 def test_corrupt_npz_is_a_user_error(project):
     data = (project / "calib.npz").read_bytes()
     (project / "broken.npz").write_bytes(data[: len(data) // 2])

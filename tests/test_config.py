@@ -198,9 +198,6 @@ def test_missing_pipeline_file(tmp_path):
     assert lines == [f"qpass: error: {path}: no such file; pass the path of a pipeline.yaml (see `qpass init`)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py load_pipeline: a YAML syntax error is reported with "
-                   "str(yaml.YAMLError), which spans several lines (context, snippet and caret); it should be "
-                   "one line such as `not valid YAML: line 2, column 12: expected ',' or ']'`")
 def test_invalid_yaml_is_one_line(project):
     path = write_yaml(project, "model: [digits.h5\ncalibration: calib.npz\n")
     with pytest.raises(ConfigError) as info:
@@ -218,9 +215,6 @@ def test_invalid_yaml_cli_exit_code_and_no_traceback(project):
     assert_nothing_written(project)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py load_pipeline: only the first pydantic error is reported, "
-                   "and for a misspelt required key (`modle:`) that is `model: Field required`; the message never "
-                   "names the key the user wrote. Prefer extra_forbidden errors (did-you-mean) over missing ones")
 def test_misspelt_required_key_names_the_typo(project):
     data = {("modle" if k == "model" else k): v for k, v in BASE.items()}
     with pytest.raises(ConfigError) as info:
@@ -229,9 +223,6 @@ def test_misspelt_required_key_names_the_typo(project):
     assert "did you mean 'model'?" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py Pipeline: `source` is a pydantic field (set by "
-                   "load_pipeline), so a `source:` key in the YAML is silently accepted and then overwritten; it "
-                   "should be an unknown key (make it a PrivateAttr or reject it before validation)")
 def test_source_is_not_a_yaml_key(project):
     with pytest.raises(ConfigError) as info:
         load_pipeline(write_yaml(project, {**BASE, "source": "/etc"}))
