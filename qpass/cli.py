@@ -104,22 +104,34 @@ model:
   safe_mode: true        # load Keras models without running Lambda code
   batch_size: 1          # the batch dimension the C is generated for
 
-calibration:             # representative inputs (.npy or .npz), shaped (N, {shape})
+calibration:             # representative inputs shaped (N, {shape}): .npy, .npz, or module:function
   path: calib.npz
   key: x                 # array name inside the .npz
   limit: 500             # use at most this many samples
+  method: minmax         # minmax | percentile | mse
 
-passes:                  # float graph rewrites, in order (`qpass passes` lists them)
-  - strip-dropout
+passes:                  # float graph rewrites, in order (`qpass passes` lists them); each is a
+  - strip-dropout        # no-op on a graph it does not apply to
   - fold-constants
+  - squeeze-conv2d
+  - simplify-layout
   - fold-batchnorm
+  - keras-lstm
+  - simplify-layout
+  - fold-time-distributed
+  - unroll-lstm
   - matmul-to-gemm
+  - simplify-layout
   # - my_passes.py:MyPass  # a pass of your own, from a file next to this one
 
 quantization:
-  activations: int8
-  weights: int8
+  activations: int8      # int8 (asymmetric) | int16 (symmetric)
+  weights: int8          # int8 | int16 (symmetric)
   per_channel: true
+  requant: multiplier    # multiplier | pow2 (shift-only rescales: cheapest on a Cortex-M0)
+  # input_range: [-1.0, 1.0]   # pin the input's real range instead of calibrating it
+  # overrides:                 # mixed precision, first match wins
+  #   - {{match: "op:LSTM", activations: int16}}
 
 codegen:
   name: {name}           # C prefix: {name}_run(), {name}.c, {name}.h
