@@ -7,6 +7,7 @@ float model closely. The HAR examples (real data) are in test_pipeline_har.py.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ MODELS = {
 
 
 def _pipeline(tmp: Path, name: str) -> Path:
-    keras.utils.set_random_seed(abs(hash(name)) % 2**31)
+    keras.utils.set_random_seed(zlib.crc32(name.encode()))
     model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
     model.save(tmp / "m.h5")
     rng = np.random.default_rng(0)
@@ -74,8 +75,12 @@ def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
     report = run_pipeline(load_pipeline(_pipeline(tmp_path, name)))
     assert report["c_equals_runtime_ref"], name
     c = report["comparisons"]["c_vs_float"]
-    assert c["argmax_agreement"] >= 0.9, (name, c)
-    assert c["max_abs_error"] < 0.1, (name, c)
+    q = report["comparisons"]["qdq_vs_float"]
+    # the integer C is as close to float as onnxruntime's simulation of the same plan ...
+    assert c["max_abs_error"] <= 1.25 * q["max_abs_error"] + 0.01, (name, c, q)
+    assert c["mean_abs_error"] < 0.01, (name, c)
+    # ... and an untrained model's argmax only moves where its outputs are near-ties
+    assert c["argmax_agreement"] >= 0.9 or c["max_abs_error"] < 0.01, (name, c)
     final = report["op_counts"]["final"]
     assert not {"Loop", "LSTM", "BatchNormalization", "Dropout", "Identity", "Cast"} & set(final), final
     if "lstm" in name:
