@@ -306,11 +306,7 @@ def _view(lw: Lowering, node: ir.Node) -> None:
     x = lw.input_of(node, 0)
     y = lw.output_of(node, alias_of=x)
     if y.alias_of is None:  # the contracts were cut here: an explicit requantize
-        (m,), shift = shared_shift_multipliers([x.scale / y.scale])
-        zero = lw.new_tensor((1,), x.dtype, x.scale, x.zero_point, "zero")
-        lw.constants[zero.id] = np.array([x.zero_point], dtype=x.dtype)
-        lw.step("add", [x, zero], y, node, a_zp=x.zero_point, b_zp=x.zero_point, a_mult=m, b_mult=0,
-                shift=shift, y_zp=y.zero_point, n=y.size, b_n=1, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+        _rescale(lw, node, x, y)
 
 
 @emitter(*UNARY_FUNCTIONS)
@@ -407,17 +403,22 @@ def _transpose(lw: Lowering, node: ir.Node) -> None:
             dims=np.array(dims, dtype=np.int32), strides=np.array(strides, dtype=np.int32))
 
 
-def _requantized(lw: Lowering, node: ir.Node, x: QTensor, like: QTensor) -> QTensor:
-    """x, or a copy of x rescaled to `like`'s parameters (an explicit requantize where contracts conflict)."""
-    if (x.scale, x.zero_point, x.dtype) == (like.scale, like.zero_point, like.dtype):
-        return x
-    y = lw.new_tensor(x.shape, like.dtype, like.scale, like.zero_point, f"{x.source} requantized")
+def _rescale(lw: Lowering, node: ir.Node, x: QTensor, y: QTensor) -> None:
+    """y = x rescaled to y's parameters: an explicit requantize (an `add` with a zero second operand)."""
     (m,), shift = shared_shift_multipliers([x.scale / y.scale])
     zero = lw.new_tensor((1,), x.dtype, x.scale, x.zero_point, "zero")
     lw.constants[zero.id] = np.array([x.zero_point], dtype=x.dtype)
     lw.step("add", [x, zero], y, node, a_zp=x.zero_point, b_zp=x.zero_point, a_mult=m, b_mult=0, shift=shift,
             y_zp=y.zero_point, n=y.size, b_n=1, inner=1, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
-    log.info("requantize inserted before %s %r: %s", node.op_type, node.name, x.source)
+    log.info("requantize inserted at %s %r: %s", node.op_type, node.name, x.source)
+
+
+def _requantized(lw: Lowering, node: ir.Node, x: QTensor, like: QTensor) -> QTensor:
+    """x, or a copy of x rescaled to `like`'s parameters (where contracts conflict)."""
+    if (x.scale, x.zero_point, x.dtype) == (like.scale, like.zero_point, like.dtype):
+        return x
+    y = lw.new_tensor(x.shape, like.dtype, like.scale, like.zero_point, f"{x.source} requantized")
+    _rescale(lw, node, x, y)
     return y
 
 

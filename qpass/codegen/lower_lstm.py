@@ -17,6 +17,8 @@ import onnx_ir as ir
 
 from qpass.errors import UnsupportedOpError
 from qpass.passes._util import const_value
+from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
+from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY, STEP_KEY
 from qpass.runtime_ref.intmath import (
     QMAX,
     QMIN,
@@ -30,7 +32,6 @@ from qpass.solver.plan import FIXED
 if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
-LSTM_KEY, DIR_KEY, STEP_KEY, ROLE_KEY = "qpass.lstm", "qpass.lstm.direction", "qpass.lstm.step", "qpass.lstm.role"
 UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "h0", "c0"}
 
 

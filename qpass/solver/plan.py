@@ -26,13 +26,14 @@ import onnx_ir as ir
 from qpass.config import QuantSection
 from qpass.errors import SolverError
 from qpass.passes._util import const_value
+from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
+from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.solver.calibrate import Range, float_values
 
 log = logging.getLogger(__name__)
 
 MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather"}
-LSTM_KEY, ROLE_KEY, DIR_KEY = "qpass.lstm", "qpass.lstm.role", "qpass.lstm.direction"
 WIDE_ROLES = {"c", "fc", "ig", "c0", "peep_i_mul", "peep_f_mul", "peep_o_mul"}  # the cell state: int16
 FIXED = {  # op → {dtype: (scale, zero point)} of its output: the known range of a LUT's function
     "Softmax": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
