@@ -26,7 +26,7 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
             proto = onnx.load(str(path))
         except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
             raise ConvertError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-        proto = _fix_batch(proto, batch_size)
+        proto = _fix_batch(proto, batch_size, path)
     else:
         raise ConvertError(f"{path}: unknown model format; expected .h5, .keras, .onnx or a SavedModel folder")
     try:
@@ -37,8 +37,9 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
     return ir.serde.deserialize_model(proto)
 
 
-def _fix_batch(proto: onnx.ModelProto, batch_size: int) -> onnx.ModelProto:
-    """Pin a symbolic leading dimension of each graph input to `batch_size`; refuse other symbolic dims."""
+def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.ModelProto:
+    """Pin a symbolic leading dimension of each graph input to `batch_size`; refuse other symbolic dims
+    and a batch dimension already fixed to another number."""
     inits = {i.name for i in proto.graph.initializer}
     for inp in proto.graph.input:
         if inp.name in inits:
@@ -46,9 +47,13 @@ def _fix_batch(proto: onnx.ModelProto, batch_size: int) -> onnx.ModelProto:
         dims = inp.type.tensor_type.shape.dim
         for k, dim in enumerate(dims):
             if dim.HasField("dim_value") and dim.dim_value > 0:
+                if k == 0 and dim.dim_value != batch_size:
+                    raise ConvertError(f"{path}: input {inp.name!r} has its batch dimension fixed to "
+                                       f"{dim.dim_value}, but batch_size is {batch_size}; export the model "
+                                       "with a symbolic batch or use its batch size")
                 continue
             if k != 0:
-                raise ConvertError(f"input {inp.name!r} has a symbolic dimension {k} ({dim.dim_param!r}); "
+                raise ConvertError(f"{path}: input {inp.name!r} has a symbolic dimension {k} ({dim.dim_param!r}); "
                                    "export the model with static shapes except the batch")
             dim.Clear()
             dim.dim_value = batch_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar
@@ -94,9 +95,13 @@ def _load_user_class(spec: str, base_dir: Path) -> type[QPass]:
         if mod_spec is None or mod_spec.loader is None:
             raise PassError(f"{spec!r}: cannot load {path} as Python")
         module = importlib.util.module_from_spec(mod_spec)
+        # registered before it runs, as `import` does: dataclasses, pydantic and postponed annotations
+        # look the module up by name in sys.modules
+        sys.modules[mod_name] = module
         try:
             mod_spec.loader.exec_module(module)
         except Exception as exc:  # a user's file: report any failure as theirs
+            sys.modules.pop(mod_name, None)
             raise PassError(f"{spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:

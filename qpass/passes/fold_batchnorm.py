@@ -8,6 +8,10 @@ The same holds for Conv (output channel = axis 1) and MatMul with a constant wei
 last axis; a bias Add after the MatMul is scaled too). tf2onnx usually leaves an inference BN as
 `Mul(y, s)` then `Add(·, t)`; those fold the same way. A BN with no linear op before it becomes one
 per-channel affine, `Add(Mul(x, s), t)`, which later stages treat as an element-wise op.
+
+The fold is refused when the linear op's bias is not a per-channel constant (a graph input, a per-row
+[M,1] or full [M,N] Gemm bias): b·s + t has no per-channel form then. The arithmetic runs in float32 and
+the new weights and biases take the original weight's dtype, so a float16 model stays float16.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class _Linear:
     """A Gemm/MatMul/Conv with constant weights whose per-output-channel affine can absorb s·y + t."""
 
     def __init__(self, node: ir.Node, weight: np.ndarray, out_rank: int) -> None:
-        self.node, self.weight, self.out_rank = node, weight, out_rank
+        self.node, self.out_rank = node, out_rank
+        self.dtype = weight.dtype  # what the new weight and bias are stored as
+        self.weight = weight.astype(np.float32)
         if node.op_type == "Conv":
             self.channel_axis, self.channels = 1, weight.shape[0]
         elif node.op_type == "Gemm":
@@ -49,10 +55,18 @@ class _Linear:
     def scale_weight(self, s: np.ndarray) -> np.ndarray:
         w = self.weight
         if self.node.op_type == "Conv":
-            return w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-        if self.node.op_type == "Gemm" and self.node.attributes.get_int("transB", 0):
-            return w * s[:, None]
-        return w * s
+            scaled = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        elif self.node.op_type == "Gemm" and self.node.attributes.get_int("transB", 0):
+            scaled = w * s[:, None]
+        else:
+            scaled = w * s
+        return scaled.astype(self.dtype)
+
+    def bias_input(self) -> ir.Value | None:
+        """Gemm's C or Conv's B, when present."""
+        if self.node.op_type in ("Gemm", "Conv") and len(self.node.inputs) > 2:
+            return self.node.inputs[2]
+        return None
 
 
 def _as_linear(value: ir.Value) -> _Linear | None:
@@ -65,7 +79,11 @@ def _as_linear(value: ir.Value) -> _Linear | None:
     weight = const_value(node.inputs[1])
     if weight is None or value.shape is None or (node.op_type == "MatMul" and weight.ndim != 2):
         return None
-    return _Linear(node, weight.astype(np.float32), len(value.shape))
+    if not np.issubdtype(weight.dtype, np.floating):
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] is not None and const_value(node.inputs[2]) is None:
+        return None  # a bias computed at run time cannot absorb s and t
+    return _Linear(node, weight, len(value.shape))
 
 
 @register_pass("fold-batchnorm")
@@ -93,9 +111,12 @@ class FoldBatchNormPass(QPass):
         if node.attributes.get_int("training_mode", 0) or len(node.outputs) > 1 and any(
                 o.consumers() for o in node.outputs[1:]):
             return False
-        eps = node.attributes.get_float("epsilon", 1e-5)
-        s = (gamma / np.sqrt(var + eps)).astype(np.float32)
-        t = (beta - mean * s).astype(np.float32)
+        eps = np.float32(node.attributes.get_float("epsilon", 1e-5))
+        gamma, beta, mean, var = (a.astype(np.float32) for a in (gamma, beta, mean, var))
+        s = gamma / np.sqrt(var + eps)
+        t = beta - mean * s
+        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+        s, t = s.astype(dtype), t.astype(dtype)
         bshape = (-1,) + (1,) * (len(x.shape) - 2)
         base = (node.name or "bn").replace("/", "_")
         s_v = new_initializer(graph, base + "_scale", s.reshape(bshape))
@@ -119,8 +140,8 @@ class FoldBatchNormPass(QPass):
         lin = _as_linear(y)
         if lin is None and y.producer() is not None and y.producer().op_type == "Add" and single_consumer(y):
             bias_add = y.producer()
-            bias = const_value(bias_add.inputs[1])
-            lin = _as_linear(bias_add.inputs[0]) if bias is not None else None
+            has_const = const_value(bias_add.inputs[1]) is not None
+            lin = _as_linear(bias_add.inputs[0]) if has_const else None
             if lin is None or lin.node.op_type != "MatMul":
                 return False
         if lin is None or (node.op_type == "Add" and lin.node.op_type == "MatMul" and bias_add is None):
@@ -128,7 +149,9 @@ class FoldBatchNormPass(QPass):
         vec = _channel_vector(c, lin.out_rank, lin.channel_axis, lin.channels)
         if vec is None:
             return False
-        bias = self._bias(lin, bias_add)
+        per_channel, bias = self._bias(lin, bias_add)
+        if not per_channel:
+            return False  # checked before any edit: a refused fold leaves the graph as it was
         if node.op_type == "Mul":
             lin.node.replace_input_with(1, new_initializer(graph, _hint(lin.node, "w"), lin.scale_weight(vec)))
             bias = None if bias is None else bias * vec
@@ -139,19 +162,28 @@ class FoldBatchNormPass(QPass):
         return True
 
     @staticmethod
-    def _bias(lin: _Linear, bias_add: ir.Node | None) -> np.ndarray | None:
+    def _bias(lin: _Linear, bias_add: ir.Node | None) -> tuple[bool, np.ndarray | None]:
+        """(per_channel, b): the existing bias as a float32 channel vector, None when there is none.
+
+        per_channel is False when a bias exists but varies along another axis than the channel one
+        (a per-row [M,1] or full [M,N] Gemm bias, a [1,1,N] bias Add on a 2-D MatMul).
+        """
         if bias_add is not None:
-            b = const_value(bias_add.inputs[1])
-            return np.broadcast_to(b.astype(np.float32).reshape(-1), (lin.channels,)).copy()
-        if lin.node.op_type in ("Gemm", "Conv") and len(lin.node.inputs) > 2 and lin.node.inputs[2] is not None:
-            b = const_value(lin.node.inputs[2])
-            return None if b is None else np.broadcast_to(b.astype(np.float32).reshape(-1), (lin.channels,)).copy()
-        return None
+            b = const_value(bias_add.inputs[1])  # matched only with a constant bias
+        else:
+            b_in = lin.bias_input()
+            if b_in is None:
+                return True, None
+            b = const_value(b_in)  # _as_linear refuses a bias computed at run time
+            if lin.node.op_type == "Conv":  # B is [M] by definition: it broadcasts as [M,1,...,1]
+                b = b.reshape((-1,) + (1,) * (lin.out_rank - 2))
+        vec = _channel_vector(b, lin.out_rank, lin.channel_axis, lin.channels)
+        return vec is not None, vec
 
     def _set_bias(self, graph: ir.Graph, lin: _Linear, bias_add: ir.Node | None, bias: np.ndarray | None) -> None:
         if bias is None:
             return
-        value = new_initializer(graph, _hint(lin.node, "b"), bias.astype(np.float32))
+        value = new_initializer(graph, _hint(lin.node, "b"), bias.astype(lin.dtype))
         if bias_add is not None:
             bias_add.replace_input_with(1, value)
         else:

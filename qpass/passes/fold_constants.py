@@ -5,7 +5,11 @@
 
 Also folds `Shape` of a tensor whose shape is fully static, and a Cast to the type a tensor already
 has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
-chain of constant nodes folds in a single run.
+chain of constant nodes folds in a single round. A node that produces a graph output is left as it is.
+
+A folded Reshape/Unsqueeze target can make shapes further down static, which lets more `Shape` nodes
+fold: after a round that folded something, ONNX shape inference runs and another round follows, at
+most `MAX_ROUNDS` rounds in all. Whatever is still foldable after that stays for a later run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import onnx_ir.passes.common
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import bypass, const_value, new_initializer
 
+MAX_ROUNDS = 4
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "Bernoulli", "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
 
@@ -36,25 +41,39 @@ class FoldConstantsPass(QPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         lifted = ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
         modified = lifted(model).modified
-        graph = model.graph
-        before = len(graph)
+        infer = ir.passes.common.ShapeInferencePass()
+        for _ in range(MAX_ROUNDS):
+            if not self._fold_round(model.graph):
+                break
+            modified = True
+            if not infer(model).modified:
+                break  # no shape became known: another round would find nothing new
+        unused = ir.passes.common.RemoveUnusedNodesPass()(model).modified
+        return ir.passes.PassResult(model, modified or unused)
+
+    def _fold_round(self, graph: ir.Graph) -> bool:
+        """One sweep in graph order; True if a node was folded or removed."""
+        changed = False
         for node in list(graph):
             if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
                 continue
+            if any(out.is_graph_output() for out in node.outputs):
+                continue  # its output must stay a node output: folding it would change nothing
+            src = node.inputs[0] if node.inputs else None
+            if node.op_type == "Cast" and src is not None and src.dtype is not None:
+                if node.attributes.get_int("to", -1) == src.dtype.value:
+                    bypass(node, src)
+                    changed = True
+                    continue
             arrays = self._fold(node)
             if arrays is None:
                 continue
             for out, array in zip(node.outputs, arrays, strict=True):
                 hint = (out.name or "folded").replace(":", "_")
-                const = new_initializer(graph, hint + "_folded", np.asarray(array))
-                if out.is_graph_output():
-                    break  # keep a node that produces a graph output
-                ir.convenience.replace_all_uses_with(out, const)
-            else:
-                graph.remove(node, safe=True)
-                modified = True
-        unused = ir.passes.common.RemoveUnusedNodesPass()(model).modified
-        return ir.passes.PassResult(model, modified or unused or len(graph) != before)
+                ir.convenience.replace_all_uses_with(out, new_initializer(graph, hint + "_folded", np.asarray(array)))
+            graph.remove(node, safe=True)
+            changed = True
+        return changed
 
     def _fold(self, node: ir.Node) -> list[np.ndarray] | None:
         if node.op_type == "Shape" and node.inputs[0] is not None:
@@ -62,11 +81,6 @@ class FoldConstantsPass(QPass):
             if shape is None or node.attributes:
                 return None
             return [np.array(shape, dtype=np.int64)]
-        src = node.inputs[0] if node.inputs else None
-        if node.op_type == "Cast" and src is not None and src.dtype is not None:
-            if node.attributes.get_int("to", -1) == src.dtype.value and not node.outputs[0].is_graph_output():
-                bypass(node, src)
-                return None
         values = [const_value(v) if v is not None else None for v in node.inputs]
         if any(v is None and inp is not None for v, inp in zip(values, node.inputs, strict=True)) or not node.inputs:
             return None

@@ -9,6 +9,8 @@ which later stages treat as views:
     z = Add(MatMul(x: [B,T,K], W), b)   →   z = Reshape(Gemm(Reshape(x, [B·T, K]), W, b), [B,T,N])
 
 Without a bias Add the Gemm gets a zero bias, so every linear layer reaches the solver in one form.
+The Add is absorbed only when its output has the MatMul's shape (a [1,1,N] bias on a 2-D MatMul adds a
+dimension, which a Gemm cannot). The bias takes the weight's dtype, so a float16 model stays float16.
 MatMuls that `unroll-lstm` made (tagged `qpass.lstm`) are left alone: the lowering re-rolls them.
 """
 
@@ -21,16 +23,20 @@ from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
 
 
-def _bias_add(y: ir.Value, n: int) -> tuple[ir.Node | None, np.ndarray]:
-    """The Add(y, b) after the MatMul when b is a constant per-output vector, and b."""
+def _bias_add(y: ir.Value, y_shape: tuple[int, ...], dtype: np.dtype) -> tuple[ir.Node | None, np.ndarray]:
+    """The Add(y, b) after the MatMul when b is a constant per-output vector, and b (as `dtype`)."""
+    n = y_shape[-1]
+    none = None, np.zeros(n, dtype=dtype)
     add = single_consumer(y)
     if add is None or add.op_type != "Add":
-        return None, np.zeros(n, dtype=np.float32)
+        return none
     other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
     b = const_value(other)
     if b is None or b.size not in (1, n) or (b.ndim >= 1 and b.shape[-1] != b.size):
-        return None, np.zeros(n, dtype=np.float32)
-    return add, np.broadcast_to(b.reshape(-1), (n,)).astype(np.float32)
+        return none
+    if np.broadcast_shapes(y_shape, b.shape) != y_shape:
+        return none  # the Add's output is not the MatMul's shape (a [1,1,N] bias adds a dimension)
+    return add, np.broadcast_to(b.reshape(-1), (n,)).astype(dtype)
 
 
 @register_pass("matmul-to-gemm")
@@ -47,10 +53,12 @@ class MatMulToGemmPass(QPass):
             w = const_value(w_val)
             if x is None or x.shape is None or len(x.shape) < 2 or w is None or w.ndim != 2:
                 continue
+            if not np.issubdtype(w.dtype, np.floating):
+                continue
             if not all(isinstance(d, int) for d in x.shape):
                 continue
             k, n = w.shape
-            add, bias = _bias_add(node.outputs[0], n)
+            add, bias = _bias_add(node.outputs[0], (*(int(d) for d in x.shape[:-1]), n), w.dtype)
             last = add if add is not None else node
             out = last.outputs[0]
             name = (node.name or "gemm").replace("/", "_")

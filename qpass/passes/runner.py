@@ -10,9 +10,10 @@ from pathlib import Path
 
 import onnx_ir as ir
 import onnx_ir.passes.common
+import pydantic
 
 from qpass.errors import PassError, QpassError
-from qpass.passes import resolve_pass
+from qpass.passes import QPass, resolve_pass
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,28 @@ def save(model: ir.Model, path: Path) -> None:
     ir.save(model, str(path))
 
 
+def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel:
+    """The pass's validated options; a bad key or value is a PassError naming the pass."""
+    try:
+        return cls.Options.model_validate(options)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+                             for err in exc.errors())
+        raise PassError(f"pass {name!r}: invalid options: {problems}") from None
+
+
 def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
                dump_dir: Path | None = None) -> list[PassRecord]:
-    """Apply the named passes in order; after each, drop what became unused and keep graph order."""
+    """Apply the named passes in order; after each, drop what became unused, keep graph order and
+    re-infer shapes, so the next pass sees the shapes this one made static (shape inference only
+    updates value shapes and types: nodes, and their metadata, stay as they are)."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
-                                   ir.passes.common.TopologicalSortPass())
+                                   ir.passes.common.TopologicalSortPass(),
+                                   ir.passes.common.ShapeInferencePass())
     records = []
     for index, (name, options) in enumerate(entries, start=1):
         cls = resolve_pass(name, base_dir=base_dir)
-        instance = cls(cls.Options.model_validate(options))
+        instance = cls(_options(name, cls, options))
         start = time.perf_counter()
         try:
             result = instance(model)

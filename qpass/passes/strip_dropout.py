@@ -3,7 +3,8 @@
     y = Dropout(x [, ratio, training_mode=False])      y = Identity(x)
     z = Relu(y)                                  →      z = Relu(x)
 
-A Dropout whose `training_mode` input is a constant True is refused: it would not be an identity.
+A Dropout whose `training_mode` input is a constant True is refused: it would not be an identity. So is
+one whose mask output is read, by a node or as a graph output.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class StripDropoutPass(QPass):
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("Dropout", "Identity"):
                 continue
             if node.op_type == "Dropout":
-                if len(node.outputs) > 1 and node.outputs[1].consumers():
+                mask = node.outputs[1] if len(node.outputs) > 1 else None
+                if mask is not None and (mask.consumers() or mask.is_graph_output()):
                     raise UnsupportedOpError(node.name or "", "Dropout", "its mask output is used")
                 training = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
                 if training is not None and bool(training):

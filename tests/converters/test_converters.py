@@ -78,19 +78,16 @@ def test_onnx_with_computed_shapes_gets_static_shapes(keras_zoo):
     assert _static(model) == []
 
 
-@pytest.mark.xfail(strict=True, reason="converters/__init__.py:48-49 (_fix_batch) skips a batch dimension that is "
-                   "already a number, so batch_size=4 on a batch-1 .onnx silently yields batch 1")
 def test_onnx_with_fixed_batch_honours_or_refuses_batch_size(tmp_path, parse_onnx):
     model = parse_onnx("""<ir_version: 8, opset_import: ["" : 17]>
         g (float[1,4] x) => (float[1,4] y) { y = Relu(x) }""")
     path = tmp_path / "fixed.onnx"
     ir.save(model, str(path))
-    try:
-        loaded = load_model(path, batch_size=4)
-    except ConvertError as exc:
-        assert "batch" in str(exc)
-    else:
-        assert list(loaded.graph.inputs[0].shape) == [4, 4]
+    assert list(load_model(path, batch_size=1).graph.inputs[0].shape) == [1, 4]
+    with pytest.raises(ConvertError) as info:
+        load_model(path, batch_size=4)
+    message = str(info.value)
+    assert str(path) in message and "batch" in message and "fixed to 1" in message and "batch_size is 4" in message
 
 
 def test_onnx_with_symbolic_non_batch_dim_is_refused(tmp_path):

@@ -254,23 +254,20 @@ def test_mul_by_a_non_channel_constant_is_not_folded(parse_onnx, check_pass, rng
 
 
 # ---------------------------------------------------------------------------------- biases that are not per channel
-# fold_batchnorm._bias reads any bias as a per-channel vector (b.reshape(-1) broadcast to the channel
-# count) and treats a non-constant Gemm bias as no bias at all.
+# A bias that is not a per-channel constant (per row, a full matrix, a graph input) cannot absorb b·s + t:
+# the BN is only decomposed into Mul + Add and the linear op keeps its weights and bias.
 
 
-@pytest.mark.xfail(strict=True, reason="fold_batchnorm.py:146-148 reshapes a per-row [M,1] bias to a channel "
-                   "vector when M == channels: outputs change silently")
 def test_gemm_with_per_row_bias(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[8,16] x) => (float[8,8] y) {{
             h = Gemm(x, W, b)
             y = BatchNormalization(h, gamma, beta, mean, var)
         }}""", W=_w(rng, 16, 8), b=_w(rng, 8, 1), **_bn_params(rng, 8))
-    check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=None)
+    res = check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=True)
+    assert res.after == Counter({"Gemm": 1, "Mul": 1, "Add": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="fold_batchnorm.py:120-123,143-145 accepts any constant as MatMul's bias; a "
-                   "per-row [M,1] bias with M == channels is folded as if per channel: outputs change silently")
 def test_matmul_bias_add_with_per_row_bias(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[8,16] x) => (float[8,8] y) {{
@@ -278,22 +275,20 @@ def test_matmul_bias_add_with_per_row_bias(parse_onnx, check_pass, rng):
             h = Add(m, b)
             y = BatchNormalization(h, gamma, beta, mean, var)
         }}""", W=_w(rng, 16, 8), b=_w(rng, 8, 1), **_bn_params(rng, 8))
-    check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=None)
+    res = check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=True)
+    assert res.after == Counter({"MatMul": 1, "Add": 2, "Mul": 1})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="fold_batchnorm.py:148 np.broadcast_to of a full [M,N] Gemm bias to [N] raises ValueError")
 def test_gemm_with_full_matrix_bias(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[2,16] x) => (float[2,8] y) {{
             h = Gemm(x, W, b)
             y = BatchNormalization(h, gamma, beta, mean, var)
         }}""", W=_w(rng, 16, 8), b=_w(rng, 2, 8), **_bn_params(rng, 8))
-    check_pass("fold-batchnorm", model, rng.normal(size=(2, 16)).astype(np.float32), modified=None)
+    res = check_pass("fold-batchnorm", model, rng.normal(size=(2, 16)).astype(np.float32), modified=True)
+    assert res.after == Counter({"Gemm": 1, "Mul": 1, "Add": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="fold_batchnorm.py:146-148,158-160: a non-constant Gemm bias reads as "
-                   "'no bias'; Mul leaves it unscaled and Add overwrites it: outputs change silently")
 def test_gemm_with_non_constant_bias(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[1,16] x, float[8] c) => (float[1,8] y) {{
@@ -301,7 +296,8 @@ def test_gemm_with_non_constant_bias(parse_onnx, check_pass, rng):
             y = BatchNormalization(h, gamma, beta, mean, var)
         }}""", W=_w(rng, 16, 8), **_bn_params(rng, 8))
     feeds = {"x": rng.normal(size=(1, 16)).astype(np.float32), "c": rng.normal(size=8).astype(np.float32)}
-    check_pass("fold-batchnorm", model, feeds, modified=None)
+    res = check_pass("fold-batchnorm", model, feeds, modified=True)
+    assert res.after == Counter({"Gemm": 1, "Mul": 1, "Add": 1})
 
 
 def test_two_batchnorms_in_a_row_fold_in_one_run(parse_onnx, check_pass, rng):
@@ -316,8 +312,6 @@ def test_two_batchnorms_in_a_row_fold_in_one_run(parse_onnx, check_pass, rng):
     assert res.after == Counter({"Gemm": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="fold_batchnorm.py:68,97-98,154 cast weights, BN constants and the bias to "
-                   "float32 whatever the model's type: a float16 Gemm gets float32 inputs and onnxruntime refuses it")
 def test_float16_gemm_bn(parse_onnx, apply_pass, ort_run, rng):
     consts = {k: v.astype(np.float16) for k, v in _bn_params(rng, 8).items()}
     model = parse_onnx(f"""{OPSET}
@@ -329,6 +323,26 @@ def test_float16_gemm_bn(parse_onnx, apply_pass, ort_run, rng):
     expected = ort_run(model, x)
     assert apply_pass("fold-batchnorm", model).modified
     assert _ops(model) == Counter({"Gemm": 1})
+    actual = ort_run(model, x)
+    assert actual.dtype == np.float16
+    gemm = model.graph.node(0)
+    assert gemm.inputs[1].dtype == gemm.inputs[2].dtype == ir.DataType.FLOAT16
+    np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=2e-2)
+
+
+def test_float16_bn_without_linear_op_stays_float16(parse_onnx, apply_pass, ort_run, rng):
+    consts = {k: v.astype(np.float16) for k, v in _bn_params(rng, 6).items()}
+    model = parse_onnx(f"""{OPSET}
+        g (float16[1,6,10] x) => (float16[1,6,10] y) {{
+            r = Relu(x)
+            y = BatchNormalization(r, gamma, beta, mean, var)
+        }}""", **consts)
+    x = rng.normal(size=(1, 6, 10)).astype(np.float16)
+    expected = ort_run(model, x)
+    assert apply_pass("fold-batchnorm", model).modified
+    assert _ops(model) == Counter({"Relu": 1, "Mul": 1, "Add": 1})
+    mul, add = model.graph.node(1), model.graph.node(2)
+    assert mul.inputs[1].dtype == add.inputs[1].dtype == ir.DataType.FLOAT16
     actual = ort_run(model, x)
     assert actual.dtype == np.float16
     np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=2e-2)

@@ -58,9 +58,6 @@ def test_real_unfused_tf2onnx_dense_layers(keras_zoo, check_pass, apply_pass, rn
     np.testing.assert_allclose(res.actual, keras_zoo.predict("seq_dense_flatten", x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="nothing re-infers shapes after fold-constants (runner.py:39-40 cleans up "
-                   "without ShapeInferencePass): the first MatMul's input keeps a symbolic shape and "
-                   "matmul_to_gemm.py:50 skips it")
 def test_real_unfused_tf2onnx_dense_layers_through_the_runner(keras_zoo, tmp_path):
     model = keras_zoo.converted("seq_dense_flatten", "onnx")
     run_passes(model, [("fold-constants", {}), ("matmul-to-gemm", {})], base_dir=tmp_path)
@@ -165,19 +162,17 @@ def test_dense_on_a_sequence_goes_through_reshapes(parse_onnx, check_pass, rng, 
     assert all(n.metadata_props.get(PROVENANCE_KEY) == "matmul-to-gemm" for n in model.graph)
 
 
-@pytest.mark.xfail(strict=True, reason="matmul_to_gemm.py:31 accepts a [1,1,N] bias: Gemm's output is [M,N], the "
-                   "Add's was [1,M,N], so the graph output changes rank")
 def test_bias_of_higher_rank_keeps_output_shape(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[2,16] x) => (float[1,2,8] y) {{
             m = MatMul(x, W)
             y = Add(m, b)
         }}""", W=_w(rng, 16, 8), b=_w(rng, 1, 1, 8))
-    check_pass("matmul-to-gemm", model, rng.normal(size=(2, 16)).astype(np.float32), modified=None)
+    res = check_pass("matmul-to-gemm", model, rng.normal(size=(2, 16)).astype(np.float32), modified=True)
+    assert res.after == Counter({"Gemm": 1, "Add": 1}), "the Add that adds a dimension stays"
+    assert list(model.graph.outputs[0].shape) == [1, 2, 8]
 
 
-@pytest.mark.xfail(strict=True, reason="matmul_to_gemm.py:28,32,33 make the bias float32 whatever the MatMul's type: "
-                   "a float16 model gets an ill-typed Gemm that onnxruntime refuses")
 def test_float16_matmul(parse_onnx, apply_pass, ort_run, rng):
     model = parse_onnx(f"""{OPSET}
         g (float16[2,16] x) => (float16[2,8] y) {{
@@ -189,4 +184,5 @@ def test_float16_matmul(parse_onnx, apply_pass, ort_run, rng):
     assert _ops(model) == Counter({"Gemm": 1})
     actual = ort_run(model, x)
     assert actual.dtype == np.float16
+    assert _gemm(model).inputs[2].dtype == ir.DataType.FLOAT16
     np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=1e-2)

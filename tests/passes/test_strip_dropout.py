@@ -131,8 +131,6 @@ def test_used_dropout_mask_raises(parse_onnx, apply_pass):
         apply_pass("strip-dropout", model)
 
 
-@pytest.mark.xfail(strict=True, reason="strip_dropout.py:28 checks mask.consumers() but not mask.is_graph_output(); "
-                   "bypass then calls graph.remove(safe=True), which raises ValueError")
 def test_dropout_mask_that_is_a_graph_output_raises_unsupported_op(parse_onnx, tmp_path):
     model = parse_onnx(f"""{OPSET}
         g (float[1,4] x) => (float[1,4] y, bool[1,4] mask) {{

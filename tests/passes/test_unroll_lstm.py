@@ -23,6 +23,7 @@ from onnx.backend.test.case.node import lstm as onnx_lstm_cases
 
 from qpass.errors import UnsupportedOpError
 from qpass.passes import resolve_pass
+from qpass.passes.runner import run_passes
 from qpass.passes.unroll_lstm import DIRECTION_KEY, LSTM_KEY, ROLE_KEY, STEP_KEY, UnrollLstmPass
 
 ATOL = RTOL = 1e-5
@@ -301,6 +302,20 @@ def test_layout1_bidirectional_y_is_stacked_in_time_order():
     reverse_half = join.inputs[1].producer()
     # Y's time axis: Unsqueeze of the reverse direction's h in time order = processing steps 2, 1, 0
     assert [v.producer().inputs[0].producer().metadata_props[STEP_KEY] for v in reverse_half.inputs] == ["2", "1", "0"]
+
+
+def test_runner_shape_inference_keeps_the_lstm_tags(tmp_path):
+    # the runner re-infers shapes after every pass; that must not drop the metadata the lowering reads
+    proto, feeds = lstm_case(np.random.default_rng(7), use="y_h", T=3)
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [("unroll-lstm", {}), ("matmul-to-gemm", {})], base_dir=tmp_path)
+    tagged = [n for n in model.graph if n.op_type != "Relu"]
+    assert tagged and all(META_KEYS <= set(n.metadata_props) for n in tagged)
+    assert not any(n.op_type == "Gemm" for n in model.graph), "unroll-lstm's MatMuls keep their form"
+    assert all(o.shape is not None and all(isinstance(d, int) for d in o.shape) for n in model.graph for o in n.outputs)
+    actual = _session(ir.serde.serialize_model(model)).run(None, feeds)
+    for ref, act in zip(ort_reference(proto, feeds), actual, strict=True):
+        np.testing.assert_allclose(act, ref, rtol=RTOL, atol=ATOL)
 
 
 def test_single_step_needs_no_concat():

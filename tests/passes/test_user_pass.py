@@ -180,8 +180,6 @@ def test_module_form_of_a_builtin_pass(parse_onnx, tmp_path):
     assert Counter(n.op_type for n in model.graph) == Counter({"Relu": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="passes/__init__.py:96-98 executes a file.py user module without registering "
-                   "it in sys.modules, so pydantic (and dataclasses) cannot resolve its string annotations")
 def test_file_pass_with_postponed_annotations(tmp_path):
     (tmp_path / "typed_pass.py").write_text(textwrap.dedent('''\
         from __future__ import annotations
@@ -215,6 +213,23 @@ def test_file_pass_with_postponed_annotations(tmp_path):
         '''))
     cls = resolve_pass("typed_pass.py:TypedPass", base_dir=tmp_path)
     assert cls.Options.model_validate({"mode": "exact"}).mode == "exact"
+    assert sys.modules[cls.__module__].TypedPass is cls
+
+
+def test_file_pass_that_fails_to_import_is_not_left_in_sys_modules(tmp_path):
+    (tmp_path / "bad_pass.py").write_text("import qpass\nraise RuntimeError('broken on import')\n")
+    before = set(sys.modules)
+    with pytest.raises(PassError, match="importing .*bad_pass.py failed: RuntimeError: broken on import"):
+        resolve_pass("bad_pass.py:Whatever", base_dir=tmp_path)
+    assert not [m for m in set(sys.modules) - before if "bad_pass" in m]
+
+
+def test_bad_options_through_the_runner_are_a_pass_error_naming_the_pass(project, parse_onnx):
+    spec = "my_passes.py:ScaleOutputPass"
+    with pytest.raises(PassError, match=f"pass '{spec}': invalid options: factr: Extra inputs are not permitted"):
+        run_passes(parse_onnx(TINY), [(spec, {"factr": 3.0})], base_dir=project)
+    with pytest.raises(PassError, match="pass 'strip-dropout': invalid options"):
+        run_passes(parse_onnx(TINY), [("strip-dropout", {"x": 1})], base_dir=project)
 
 
 @pytest.mark.parametrize("typo, guess", [("fold-batchnrom", "fold-batchnorm"), ("strip_dropout", "strip-dropout"),
