@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,24 @@ def test_mixed_precision_override_by_name_pattern() -> None:
     plan = solve(model, _ranges(model), quant)
     assert plan.activations["h"].dtype == "int16" and plan.activations["x"].dtype == "int8"
     assert plan.weights["w"].q.dtype == np.int16
+
+
+@pytest.mark.parametrize("quant", ["{requant: pow2}", "{per_channel: false}", "{activations: int16, weights: int16}"])
+def test_requant_modes_and_schemes_on_the_digits_example(tmp_path: Path, quant: str) -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    (tmp_path / "p.yaml").write_text(
+        f"model: {root / 'digits.h5'}\ncalibration: {{path: {root / 'calib.npz'}, key: x}}\n"
+        "passes: [strip-dropout, fold-constants, fold-batchnorm, matmul-to-gemm]\n"
+        f"quantization: {quant}\ncodegen: {{name: d, output_dir: out}}\n"
+        f"compare: {{path: {root / 'test.npz'}, key: x, labels_key: y}}\n")
+    report = run_pipeline(load_pipeline(tmp_path / "p.yaml"))
+    assert report["c_equals_runtime_ref"]
+    assert report["comparisons"]["c_vs_float"]["argmax_agreement"] >= 0.99
+    tensors = report["plan"]["tensors"].values()
+    if "pow2" in quant:
+        assert all(float(np.log2(t["scale"])).is_integer() for t in tensors)
+        mults_all_one = re.search(r"= \{ 1(,1)* \}", (tmp_path / "out" / "d.c").read_text())
+        assert mults_all_one, "shift-only rescales: every multiplier is 1"
+    if "int16" in quant:
+        assert {t["dtype"] for t in tensors} == {"int16"}
+        assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.01
