@@ -6,6 +6,8 @@
 Also folds `Shape` of a tensor whose shape is fully static, and a Cast to the type a tensor already
 has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
 chain of constant nodes folds in a single round. A node that produces a graph output is left as it is.
+So is the Gather that `unroll-lstm` makes of a constant initial state (role "h0"/"c0"): folded, the
+initial state would become an anonymous constant that the LSTM lowering could not tell from zero.
 
 A folded Reshape/Unsqueeze target can make shapes further down static, which lets more `Shape` nodes
 fold: after a round that folded something, ONNX shape inference runs and another round follows, at
@@ -22,10 +24,12 @@ import onnx_ir.passes.common
 
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import bypass, const_value, new_initializer
+from qpass.passes.unroll_lstm import ROLE_KEY
 
 MAX_ROUNDS = 4
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "Bernoulli", "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
+_KEEP_LSTM_ROLES = {"h0", "c0"}  # an unrolled LSTM's initial state stays visible to the lowering
 
 
 def _static_shape(value: ir.Value) -> list[int] | None:
@@ -56,6 +60,8 @@ class FoldConstantsPass(QPass):
         changed = False
         for node in list(graph):
             if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+                continue
+            if node.metadata_props.get(ROLE_KEY) in _KEEP_LSTM_ROLES:
                 continue
             if any(out.is_graph_output() for out in node.outputs):
                 continue  # its output must stay a node output: folding it would change nothing

@@ -30,8 +30,10 @@ Per step and direction the nodes are exactly, with the role each carries in `qpa
     tc, h  Tanh(c), Mul(o, tc)
 
 Before step 0, h_prev/c_prev are `Gather(initial_h, d, axis=layout)` (roles "h0"/"c0", step "0") or, without
-initial_h/initial_c, a constant zero initializer [B, H] (one per direction and state; no node). Matching ONNX
-and onnxruntime, a peephole is added before the clip and the clip is applied to the activations' inputs.
+initial_h/initial_c, a constant zero initializer [B, H] (one per direction and state; no node). An initial state
+that is a constant of zeros (PyTorch always writes one: `torch.zeros` / its default state, folded by
+fold-constants) counts as absent. Matching ONNX and onnxruntime, a peephole is added before the clip and the clip
+is applied to the activations' inputs.
 
 The outputs are built only if used (a reader or a graph output), with step "-1":
     y    Unsqueeze each h to [1, 1, B, H] (layout 0) or [B, 1, 1, H] (layout 1), Concat them in time order
@@ -39,6 +41,12 @@ The outputs are built only if used (a reader or a graph output), with step "-1":
     y_h  Unsqueeze the last processed h to [1, B, H] / [B, 1, H]; for two directions Concat the halves
     y_c  the same with c
 A node that joins both directions carries direction "-1". The LSTM's output names move to the new values.
+
+A reader of Y that takes one time step, a chain of layout ops (Squeeze, Transpose, Reshape, ...) ending in a
+Gather with a constant index (PyTorch's `out[:, -1]`: Squeeze(Y, 1) → Transpose → Gather(-1, axis 1)), reads
+that step's h instead (through one untagged Reshape when the shapes differ): the whole sequence is then not
+built for it. The chain is evaluated on an index array, so any layout that selects exactly h of one step and
+direction, in its [B, H] order, qualifies.
 
 Every created node carries metadata_props `qpass.pass` = "unroll-lstm", `qpass.lstm` (the LSTM's name, or a
 generated one), `qpass.lstm.direction`, `qpass.lstm.step`, `qpass.lstm.role`. Weights are shared by all steps
@@ -60,7 +68,7 @@ import onnx_ir as ir
 
 from qpass.errors import UnsupportedOpError
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, new_initializer
+from qpass.passes._util import const_value, new_initializer, single_consumer
 
 LSTM_KEY = "qpass.lstm"
 DIRECTION_KEY = "qpass.lstm.direction"
@@ -184,6 +192,7 @@ class _Builder:
         self.base = re.sub(r"[^0-9A-Za-z_.]", "_", lstm.name)
         self.type = ir.TensorType(ir.DataType.from_numpy(lstm.dtype))
         self.nodes: list[ir.Node] = []
+        self.reads: list[ir.Node] = []  # untagged Reshapes of one step's h, for readers of one step of Y
 
     def const(self, hint: str, array: np.ndarray) -> ir.Value:
         return new_initializer(self.graph, _unique(self.taken, f"{self.base}_{hint}"), array)
@@ -228,7 +237,7 @@ class UnrollLstmPass(QPass):
     def _unroll(self, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
         node, H, T = lstm.node, lstm.hidden, lstm.steps
         b = _Builder(self, graph, lstm, taken)
-        x, h_init, c_init = node.inputs[0], _input(node, 5), _input(node, 6)
+        x, h_init, c_init = node.inputs[0], _nonzero_state(node, 5), _nonzero_state(node, 6)
         split = b.const("split", np.array([H] * 4, np.int64))
         clip = None if lstm.clip is None else (b.const("clip_lo", np.array(-lstm.clip, lstm.dtype)),
                                                b.const("clip_hi", np.array(lstm.clip, lstm.dtype)))
@@ -251,6 +260,19 @@ class UnrollLstmPass(QPass):
                 hs[d].append(h)
             last_c.append(c)
 
+        for chain, t, d in _step_reads(lstm):  # Y read at one time step: read that step's h
+            h = hs[d][T - 1 - t if lstm.reverse[d] else t]
+            end = chain[-1].outputs[0]
+            if h.shape != end.shape:
+                shape = b.const("step_shape", np.array(list(end.shape), np.int64))
+                reshape = self.mark(ir.node("Reshape", [h, shape], name=_unique(taken, f"{b.base}_d{d}_t{t}_read")))
+                reshape.outputs[0].shape, reshape.outputs[0].type = ir.Shape(end.shape), end.type
+                b.reads.append(reshape)
+                h = reshape.outputs[0]
+            ir.convenience.replace_all_uses_with(end, h)
+            for n in reversed(chain):
+                graph.remove(n, safe=True)
+
         results: dict[int, ir.Value] = {}
         if _is_used(_output(node, 0)):
             results[0] = self._stack_y(b, hs)
@@ -259,7 +281,7 @@ class UnrollLstmPass(QPass):
         if _is_used(_output(node, 2)):
             results[2] = self._stack_last(b, last_c, "y_c")
 
-        graph.insert_before(node, b.nodes)
+        graph.insert_before(node, b.nodes + b.reads)
         for index, new in results.items():
             old = node.outputs[index]
             ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
@@ -348,6 +370,63 @@ class UnrollLstmPass(QPass):
             return parts[0]
         full = (2, B, H) if layout == 0 else (B, 2, H)
         return b.op("Concat", parts, full, d=-1, s=-1, role=role, attrs={"axis": layout})[0]
+
+
+def _nonzero_state(node: ir.Node, index: int) -> ir.Value | None:
+    """initial_h / initial_c, or None when absent or a constant of zeros (the same as absent)."""
+    value = _input(node, index)
+    const = const_value(value)
+    return None if const is not None and not np.any(const) else value
+
+
+_LAYOUT = {"Squeeze", "Unsqueeze", "Transpose", "Reshape", "Flatten", "Identity"}
+
+
+def _through(node: ir.Node, a: np.ndarray) -> np.ndarray | None:
+    """What a layout op or a constant-index Gather does to an array, when known statically."""
+    out = node.outputs[0].shape
+    if out is None or not all(isinstance(d, int) for d in out):
+        return None
+    if node.op_type == "Transpose":
+        a = np.transpose(a, node.attributes.get_ints("perm", None))
+    elif node.op_type == "Gather":
+        index = const_value(node.inputs[1])
+        if index is None or index.size != 1 or np.issubdtype(index.dtype, np.floating):
+            return None
+        a = np.take(a, index, axis=node.attributes.get_int("axis", 0))
+    elif any(v is not None and const_value(v) is None for v in node.inputs[1:]):
+        return None  # a shape or axes computed at run time
+    return a.reshape(tuple(out)) if a.size == int(np.prod(out)) else None
+
+
+def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
+    """Readers of Y that take exactly one step's h: (layout ops ending in the Gather, time t, direction d)."""
+    y = _output(lstm.node, 0)
+    if y is None or y.is_graph_output():
+        return []
+    T, B, H, dirs = lstm.steps, lstm.batch, lstm.hidden, lstm.dirs
+    y_shape = (T, dirs, B, H) if lstm.layout == 0 else (B, T, dirs, H)
+    index = np.arange(T * dirs * B * H).reshape(y_shape)
+    found = []
+    for reader in {id(n): n for n in y.consumers()}.values():
+        chain, node, a = [], reader, index
+        while node is not None and (node.op_type in _LAYOUT or node.op_type == "Gather") and node.inputs[0] is (
+                chain[-1].outputs[0] if chain else y):
+            a = _through(node, a)
+            if a is None or node.outputs[0].is_graph_output():
+                break
+            chain.append(node)
+            if node.op_type == "Gather":
+                break
+            node = single_consumer(node.outputs[0])
+        if not chain or chain[-1].op_type != "Gather" or a is None or a.size != B * H:
+            continue
+        first = np.unravel_index(int(a.reshape(-1)[0]), y_shape)
+        t, d = (int(first[0]), int(first[1])) if lstm.layout == 0 else (int(first[1]), int(first[2]))
+        block = index[t, d] if lstm.layout == 0 else index[:, t, d]
+        if np.array_equal(a.reshape(-1), block.reshape(-1)):
+            found.append((chain, t, d))
+    return found
 
 
 def _all_names(graph: ir.Graph) -> set[str]:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common
 import pytest
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -165,3 +166,19 @@ def test_foldable_node_that_produces_a_graph_output_is_reported_unchanged(parse_
     apply_pass("fold-constants", model)
     assert apply_pass("fold-constants", model).modified is False
     assert _ops(model) == Counter({"Relu": 1, "Shape": 1})
+
+
+def test_an_unrolled_lstms_constant_initial_state_is_not_folded(parse_onnx, apply_pass, check_pass, rng):
+    # folded, h0/c0 would become anonymous constants the LSTM lowering cannot tell from zeros (it would
+    # run from zero, silently); kept, they are a role it refuses by name
+    model = parse_onnx(f"""{OPSET}
+        g (float[3,1,2] x) => (float[1,1,4] y_h) {{
+            y, y_h = LSTM <hidden_size = 4> (x, W, R, "", "", h0, c0)
+        }}""", W=rng.normal(0, 0.5, (1, 16, 2)).astype(np.float32),
+        R=rng.normal(0, 0.5, (1, 16, 4)).astype(np.float32), h0=np.full((1, 1, 4), 0.5, np.float32),
+        c0=np.full((1, 1, 4), -1.0, np.float32))
+    assert apply_pass("unroll-lstm", model).modified
+    ir.passes.common.RemoveUnusedNodesPass()(model)  # the LSTM's W and R, as the runner drops them
+    check_pass("fold-constants", model, rng.normal(size=(3, 1, 2)).astype(np.float32), modified=False)
+    roles = Counter(n.metadata_props.get("qpass.lstm.role") for n in model.graph)
+    assert roles["h0"] == roles["c0"] == 1

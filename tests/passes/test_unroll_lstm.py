@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections import Counter, defaultdict
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -21,8 +22,10 @@ from onnx import helper as oh
 from onnx import numpy_helper
 from onnx.backend.test.case.node import lstm as onnx_lstm_cases
 
+from qpass.converters import load_model
 from qpass.errors import UnsupportedOpError
 from qpass.passes import resolve_pass
+from qpass.passes.fold_constants import FoldConstantsPass
 from qpass.passes.runner import run_passes
 from qpass.passes.unroll_lstm import DIRECTION_KEY, LSTM_KEY, ROLE_KEY, STEP_KEY, UnrollLstmPass
 
@@ -405,3 +408,100 @@ def test_refuses_input_forget_weights_from_an_input_and_old_opsets():
     proto, _ = lstm_case(rng)
     proto.opset_import[0].version = 12
     _refused(proto, "opset")
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch's forms
+
+
+def _with_const_state(proto: onnx.ModelProto, value: float) -> onnx.ModelProto:
+    """The LSTM of `proto` (forward, layout 0, no initial state) given initial_h = initial_c = `value`."""
+    lstm = next(n for n in proto.graph.node if n.op_type == "LSTM")
+    w = next(i for i in proto.graph.initializer if i.name == "W")
+    b_dim = next(i for i in proto.graph.input if i.name == "X").type.tensor_type.shape.dim[1].dim_value
+    state = np.full((1, b_dim, w.dims[1] // 4), value, np.float32)
+    while len(lstm.input) < 5:
+        lstm.input.append("")
+    lstm.input.extend(["S", "S"])
+    proto.graph.initializer.append(numpy_helper.from_array(state, "S"))
+    return proto
+
+
+@pytest.mark.parametrize("value", [0.0, 0.4])
+def test_constant_zero_initial_states_count_as_absent(value):
+    # torch.onnx.export always writes initial_h/initial_c; zeros (its default) are the same as none
+    proto, feeds = lstm_case(np.random.default_rng(11), T=3)
+    model, created = check_unrolled(_with_const_state(proto, value), feeds)
+    roles = Counter(n.metadata_props[ROLE_KEY] for n in created)
+    assert roles["h0"] == roles["c0"] == (0 if value == 0 else 1)
+
+
+def _read_one_step(rng, *, direction="forward", layout=0, B=2, chain="torch", index=-1, T=4, H=5):
+    """One LSTM whose Y is read at one time step, as `chain` says; Z = Relu(what is read) is the output.
+
+    torch:   Squeeze(Y, 1) → Transpose(1, 0, 2) → Gather(index, axis 1)   (out[:, index], batch_first)
+    list:    Gather(Y, [index], axis 0 or 1) with a 1-element index: one step, keeping the time axis
+    hidden:  Gather(Y, index, axis 3): one hidden unit of every step, not one step
+    """
+    proto, feeds = lstm_case(rng, direction=direction, layout=layout, B=B, T=T, H=H, use="all")
+    nodes = list(proto.graph.node)
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    time_axis = 0 if layout == 0 else 1
+    if chain == "torch":
+        consts |= {"ax1": np.array([1], np.int64), "idx": np.array(index, np.int64)}
+        nodes += [oh.make_node("Squeeze", ["Y", "ax1"], ["Ys"]),
+                  oh.make_node("Transpose", ["Ys"], ["Yt"], perm=[1, 0, 2]),
+                  oh.make_node("Gather", ["Yt", "idx"], ["read"], axis=1)]
+    elif chain == "list":
+        consts["idx"] = np.array([index], np.int64)
+        nodes.append(oh.make_node("Gather", ["Y", "idx"], ["read"], axis=time_axis))
+    else:
+        consts["idx"] = np.array(index, np.int64)
+        nodes.append(oh.make_node("Gather", ["Y", "idx"], ["read"], axis=3))
+    nodes.append(oh.make_node("Relu", ["read"], ["Z"]))
+    nodes[0].output[:] = ["Y"]
+    return model_proto(nodes, feeds, consts, ["Z"]), feeds
+
+
+@pytest.mark.parametrize(("direction", "layout", "B", "chain", "index"), [
+    ("forward", 0, 2, "torch", -1),     # PyTorch's out[:, -1]: the last step
+    ("forward", 0, 1, "torch", 1),
+    ("reverse", 0, 2, "torch", 0),      # time 0 of a reverse LSTM is its last processing step
+    ("forward", 0, 2, "list", 2),       # [1, B, H] per step: through one Reshape
+    ("forward", 1, 2, "list", -2),      # layout 1: Y[:, t, 0] is h_t in its [B, H] order
+    ("bidirectional", 0, 1, "list", 1),  # both directions of one step: not one h, left alone
+    ("forward", 0, 2, "hidden", 3),     # one hidden unit of every step: left alone
+])
+def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, index):
+    proto, feeds = _read_one_step(np.random.default_rng(12), direction=direction, layout=layout, B=B,
+                                  chain=chain, index=index)
+    reference = ort_reference(proto, feeds)
+    model, created, result = unroll(proto)
+    assert result.modified
+    out = ir.serde.serialize_model(model)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_allclose(_session(out).run(None, feeds)[0], reference[0], rtol=RTOL, atol=ATOL)
+    folded = direction != "bidirectional" and chain != "hidden"
+    roles = Counter(n.metadata_props.get(ROLE_KEY) for n in created)
+    assert (roles["y"] == 0) is folded, "Y is not built when its only reader takes one step"
+    assert any(n.op_type == "Gather" and ROLE_KEY not in n.metadata_props for n in model.graph) is not folded
+    relu = next(n for n in model.graph if n.op_type == "Relu")
+    if folded:
+        read = relu.inputs[0].producer()
+        if chain == "list":  # [1, B, H] / [B, 1, H] from h [B, H]: an untagged Reshape
+            assert read.op_type == "Reshape" and ROLE_KEY not in read.metadata_props
+            read = read.inputs[0].producer()
+        assert read.metadata_props[ROLE_KEY] == "h"
+    assert UnrollLstmPass()(model).modified is False
+
+
+def test_torch_export_unrolls_to_the_last_steps_h(check_pass):
+    # tools/export_torch_models.py's LSTM with torch.zeros h0/c0 and a dynamic batch, as qpass loads it
+    path = Path(__file__).resolve().parents[1] / "data" / "torch" / "lstm_zero_state.onnx"
+    model = load_model(path)
+    assert FoldConstantsPass()(model).modified  # the Shape → ConstantOfShape chain of h0/c0 is now zeros
+    x = np.load(Path(__file__).resolve().parents[2] / "examples" / "har" / "test.npz")["x"][:1]
+    check_pass("unroll-lstm", model, x, modified=True)
+    roles = Counter(n.metadata_props.get(ROLE_KEY) for n in model.graph)
+    assert roles["h0"] == roles["c0"] == roles["y"] == 0 and roles["h"] == 100
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert gemm.inputs[0].producer().name.endswith("_s99_h")
