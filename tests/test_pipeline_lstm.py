@@ -107,3 +107,16 @@ def test_lstm_precisions_are_bit_exact(tmp_path: Path, quant: str, want: set[str
     if "pow2" in quant:
         scales = [t["scale"] for t in report["plan"]["tensors"].values()]
         assert all(float(np.log2(sc)).is_integer() for sc in scales)
+
+
+def test_non_zero_initial_state_is_refused_by_name(tmp_path: Path) -> None:
+    from qpass.errors import UnsupportedOpError
+
+    _lstm_model(tmp_path / "lstm.onnx", 5, "forward")
+    model = onnx.load(tmp_path / "lstm.onnx")
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    lstm.input.extend(["", "h0"])  # sequence_lens absent, initial_h a non-zero constant
+    model.graph.initializer.append(numpy_helper.from_array(np.full((1, 1, H), 0.5, np.float32), "h0"))
+    onnx.save(model, tmp_path / "lstm.onnx")
+    with pytest.raises(UnsupportedOpError, match="initial"):
+        run_pipeline(load_pipeline(tmp_path / "pipeline.yaml"))

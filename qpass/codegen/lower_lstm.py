@@ -59,6 +59,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     t_len = max(steps) + 1
     reverse = t_len > 1 and _time(steps[0]["x"]) == t_len - 1
     first, later = steps[0], steps[min(1, t_len - 1)]
+    _check_zero_initial_state(name, first)
 
     x = lw.input_of(first["x"], 0)
     if len(x.shape) != 3 or x.shape[1] != 1 or x.shape[0] != t_len:
@@ -137,6 +138,26 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
     _map_outputs(lw, steps, hseq, hid, nodes)
+
+
+def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
+    """The kernel starts from h = 0 and c = 0: step 0 must read constant zeros as its previous h and c."""
+    states = [first["hr"].inputs[0]] if "hr" in first else []
+    if "fc" in first and "f" in first:  # fc = Mul(f, c_prev): the input that is not f
+        states += [v for v in first["fc"].inputs if not _reads(v, first["f"])]
+    for v in states:
+        c = const_value(v)
+        if c is None or np.any(c != 0):
+            raise UnsupportedOpError(name, "LSTM", "a non-zero initial state is not supported in integer code; "
+                                     "export the LSTM without initial_h/initial_c (or with zeros)")
+
+
+def _reads(v: ir.Value | None, node: ir.Node) -> bool:
+    """v is node's output, directly or through its QuantizeLinear → DequantizeLinear pair."""
+    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
+                                                                                   "DequantizeLinear"):
+        v = v.producer().inputs[0]
+    return v is not None and v.producer() is node
 
 
 def _time(x_node: ir.Node) -> int:
