@@ -1,10 +1,21 @@
-"""Cortex-M benchmark: the integer C against the float C of the same graph, on Cortex-M0/M3/M4, emulated.
+"""Cortex-M benchmark: the integer C at several precisions against the float C of the same graph, on
+Cortex-M0/M3/M4, emulated.
 
-    python tools/bench_mcu.py [--examples digits har] [--cores m0 m3 m4] [--opts O2 Os] [--json out.json]
+    python tools/bench_mcu.py [--examples digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
+                              [--precisions a8w8 a16w8 a16w16 a8w8-pow2] [--json out.json] [--keep DIR]
 
-For every examples/*/pipeline.yaml: run the qpass pipeline into a temporary folder (a pipeline that fails is
-skipped with one line saying why), take its integer C (NAME.c) and the float C of the float graph after the
-passes (qpass.codegen.float_c, NAME_float.c), and build each with arm-none-eabi-gcc for each core and
+(default: every example, core, optimization level and precision). For every examples/*/pipeline.yaml and
+every precision, run the qpass pipeline into a temporary folder with the YAML's `quantization` replaced by
+that precision (a pipeline that fails is skipped with one line saying why):
+
+    a8w8       int8 activations, int8 weights, fixed-point multiplier requantization
+    a16w8      int16 activations, int8 weights, multiplier requantization
+    a16w16     int16 activations, int16 weights, multiplier requantization
+    a8w8-pow2  int8 activations, int8 weights, power-of-two scales: every rescale is a shift
+
+(per_channel as the YAML says; its precision overrides dropped, so a label means what it says). Take each
+run's integer C (NAME.c) and, once per example, the float C of the float graph after the passes
+(qpass.codegen.float_c, NAME_float.c), and build each with arm-none-eabi-gcc for each core and
 optimization level: -mthumb -mfloat-abi=soft, freestanding (-ffreestanding -nostdlib, then libgcc, and
 newlib's libm for expf/tanhf in the float build), a small startup (vector table, .data copy, .bss zeroing)
 and a linker script with .text/.rodata in flash at 0x0 and .data/.bss/stack in RAM at 0x20000000.
@@ -19,7 +30,8 @@ output must equal qpass.runtime_ref bit for bit, the float output onnxruntime's 
 
 Reported: instructions per inference; flash = every byte the image keeps in flash (vector table, .text,
 .rodata, .ARM.exidx, the .data initializers); RAM = .data + .bss (the arena, the harness's input and output
-buffers, libm's errno) + the measured stack peak; and the float/int ratio of each.
+buffers, libm's errno) + the measured stack peak; the float/int ratio of each per precision; the
+__aeabi_lmul calls per inference on Cortex-M0; then the issue's targets, each met / not met with the numbers.
 Needs arm-none-eabi-gcc, newlib (libnewlib-arm-none-eabi) and `pip install -e '.[bench]'` (unicorn).
 """
 
@@ -34,6 +46,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +66,14 @@ STOP = FLASH + FLASH_SIZE - 0x100  # LR points here: returning from NAME_run end
 PAINT = b"\xa5\xa5\xa5\xa5"
 FLOAT_TOL = 1e-4
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
+INT8 = {"activations": "int8", "weights": "int8", "requant": "multiplier"}
+PRECISIONS = {  # label → the quantization keys it sets (the YAML's per_channel is kept)
+    "a8w8": INT8,
+    "a16w8": {**INT8, "activations": "int16"},
+    "a16w16": {**INT8, "activations": "int16", "weights": "int16"},
+    "a8w8-pow2": {**INT8, "requant": "pow2"},
+}
+FLOAT = "float"
 
 LINKER_SCRIPT = f"""\
 /* qpass bench: code and constants in flash at 0x0, data, bss and the stack in RAM at 0x20000000 */
@@ -135,6 +156,7 @@ class Variant:
     """One C model to benchmark: the files, the API name, one input and the output it must produce."""
 
     kind: str  # "int" | "float"
+    precision: str  # a PRECISIONS label, or "float"
     api: str  # NAME or NAME_float
     c_file: Path
     h_file: Path
@@ -167,6 +189,7 @@ class Result:
     core: str
     opt: str
     kind: str
+    precision: str
     instructions: int
     flash: int
     ram: int
@@ -177,9 +200,12 @@ class Result:
     lib_calls: dict[str, int] = field(default_factory=dict)
 
 
-# -- preparing the two C files of one example ---------------------------------------------------
-def prepare(pipeline_yaml: Path, work: Path) -> tuple[str, list[Variant]]:
-    """Run the pipeline (dumping the stages), write the float C, compute the expected outputs of one sample."""
+# -- preparing the C files of one example ---------------------------------------------------------
+def prepare(pipeline_yaml: Path, work: Path, precisions: tuple[str, ...] | list[str] = ("a8w8",)
+            ) -> tuple[str, list[Variant]]:
+    """Run the pipeline once per precision (the first run dumps the stages), write the float C of the float
+    graph after the passes, and compute the expected outputs of one sample. Variants: one integer C per
+    precision, in the order given, then the float C."""
     import onnx_ir as ir
 
     from qpass.codegen import float_c
@@ -192,29 +218,38 @@ def prepare(pipeline_yaml: Path, work: Path) -> tuple[str, list[Variant]]:
     from qpass.runtime_ref import run as run_ref
     from qpass.runtime_ref.intmath import quantize
 
+    if not precisions:
+        raise ValueError("at least one precision: the float build is the baseline of every ratio")
     pipe = load_pipeline(pipeline_yaml)
-    pipe.codegen.output_dir = str(work / "out")
-    run_pipeline(pipe, dump=True)
-    out, name = pipe.output_dir, pipe.codegen.name
-    float_model = ir.load(str(next(iter(sorted((out / "stages").glob("*_float_final.onnx"))))))
-    gen = float_c.generate(float_model, name, source=f"{name} float graph")
-    fc_file, fh_file = float_c.write(gen, out, name)
-    program = lower(ir.load(str(out / f"{name}.qdq.onnx")), name)
-
+    name = pipe.codegen.name
     section = pipe.compare or pipe.calibration
     x = np.asarray(load_array(pipe.resolve(section.path), section.key, yaml_file=str(pipeline_yaml),
                               yaml_key="compare.key")[:1], dtype=np.float32)
+    variants: list[Variant] = []
+    float_model = None
+    for precision in precisions:
+        out = work / precision
+        run_pipeline(pipe.model_copy(update={
+            "quantization": pipe.quantization.model_copy(update={**PRECISIONS[precision], "overrides": []}),
+            "codegen": pipe.codegen.model_copy(update={"output_dir": str(out)}),
+        }), dump=float_model is None)
+        if float_model is None:
+            float_model = ir.load(str(next(iter(sorted((out / "stages").glob("*_float_final.onnx"))))))
+        program = lower(ir.load(str(out / f"{name}.qdq.onnx")), name)
+        tin, tout = program.tensors[program.input], program.tensors[program.output]
+        xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(-1)
+        yq = np.asarray(run_ref(program, xq)).reshape(-1).astype(tout.dtype)
+        variants.append(Variant("int", precision, name, out / f"{name}.c", out / f"{name}.h", CTYPE[tin.dtype],
+                                CTYPE[tout.dtype], xq, yq, _arena_macro(out / f"{name}.h", name)))
+
+    gen = float_c.generate(float_model, name, source=f"{name} float graph")
+    (work / FLOAT).mkdir(parents=True, exist_ok=True)
+    fc_file, fh_file = float_c.write(gen, work / FLOAT, name)
     in_value = float_model.graph.inputs[0]
     y_ort = session(float_model).run(None, {in_value.name: x.reshape(tuple(in_value.shape))})[0].reshape(-1)
-    tin, tout = program.tensors[program.input], program.tensors[program.output]
-    xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(-1)
-    yq = np.asarray(run_ref(program, xq)).reshape(-1).astype(tout.dtype)
-    return name, [
-        Variant("int", name, out / f"{name}.c", out / f"{name}.h", CTYPE[tin.dtype], CTYPE[tout.dtype], xq, yq,
-                _arena_macro(out / f"{name}.h", name)),
-        Variant("float", f"{name}_float", fc_file, fh_file, "float", "float", x.reshape(-1), y_ort.astype(np.float32),
-                gen.arena_bytes),
-    ]
+    variants.append(Variant("float", FLOAT, f"{name}_float", fc_file, fh_file, "float", "float", x.reshape(-1),
+                            y_ort.astype(np.float32), gen.arena_bytes))
+    return name, variants
 
 
 def _arena_macro(h_file: Path, api: str) -> int:
@@ -360,26 +395,67 @@ def check(v: Variant, out: np.ndarray) -> tuple[bool, str]:
 
 def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Result:
     cpu = CORES[core]
-    b = build(v, cpu, opt, work / f"{v.kind}-{core}-{opt}")
+    b = build(v, cpu, opt, work / f"{v.precision}-{core}-{opt}")
     instructions, stack, out, calls = emulate(b, v, cpu)
     ok, what = check(v, out)
-    return Result(model, core, opt, v.kind, instructions, b.flash, b.static_ram + stack, stack, v.arena_bytes, ok,
-                  what, dict(calls.most_common()))
+    return Result(model, core, opt, v.kind, v.precision, instructions, b.flash, b.static_ram + stack, stack,
+                  v.arena_bytes, ok, what, dict(calls.most_common()))
 
 
 # -- report ---------------------------------------------------------------------------------------
-def table(results: list[Result]) -> str:
-    rows = {(r.model, r.core, r.opt, r.kind): r for r in results}
-    head = ("| model | core | opt | instr int | instr float | x | flash int | flash float | x "
-            "| RAM int | RAM float | x | stack int/float |")
-    lines = [head, "|" + "---|" * 13]
-    for (model, core, opt, kind), i in rows.items():
-        f = rows.get((model, core, opt, "float"))
-        if kind != "int" or f is None:
-            continue
-        lines.append(f"| {model} | {core} | -{opt} | {i.instructions:,} | {f.instructions:,} | "
-                     f"{f.instructions / i.instructions:.1f} | {i.flash:,} | {f.flash:,} | {f.flash / i.flash:.2f} | "
-                     f"{i.ram:,} | {f.ram:,} | {f.ram / i.ram:.2f} | {i.stack}/{f.stack} |")
+METRICS = (  # (title, Result attribute, ratio format)
+    ("Instructions per inference", "instructions", ".1f"),
+    ("Flash bytes", "flash", ".2f"),
+    ("RAM bytes (.data + .bss + stack peak)", "ram", ".2f"),
+)
+
+
+def _index(results: list[Result]) -> dict[tuple[str, str, str, str], Result]:
+    return {(r.model, r.core, r.opt, r.precision): r for r in results}
+
+
+def tables(results: list[Result], precisions: list[str]) -> str:
+    """One markdown table per metric: a row per model, core and opt; the float build, then each precision
+    with float / int in parentheses. A build whose output check failed is marked FAIL, a missing one n/a."""
+    rows = _index(results)
+    configs = list(dict.fromkeys((r.model, r.core, r.opt) for r in results))
+    out = []
+    for title, attr, fmt in METRICS:
+        out += [f"{title} (float / int in parentheses):", "",
+                "| model | core | opt | float | " + " | ".join(precisions) + " |",
+                "|---|---|---|---:|" + "---:|" * len(precisions)]
+        for model, core, opt in configs:
+            f = rows.get((model, core, opt, FLOAT))
+            cells = [_cell(f, attr)]
+            for p in precisions:
+                i = rows.get((model, core, opt, p))
+                cell = _cell(i, attr)
+                if i is not None and f is not None and getattr(i, attr):
+                    cell += f" ({getattr(f, attr) / getattr(i, attr):{fmt}}x)"
+                cells.append(cell)
+            out.append(f"| {model} | {core} | -{opt} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _cell(r: Result | None, attr: str) -> str:
+    if r is None:
+        return "n/a"
+    return f"{getattr(r, attr):,}" + ("" if r.ok else " FAIL")
+
+
+def lmul_table(results: list[Result], precisions: list[str]) -> str:
+    """__aeabi_lmul calls per inference on Cortex-M0 (no 32x32->64 multiply): what pow2 requantization saves."""
+    m0 = [r for r in results if r.core == "m0" and r.kind == "int"]
+    if not m0:
+        return ""
+    rows = _index(m0)
+    lines = ["__aeabi_lmul calls per inference on Cortex-M0:", "",
+             "| model | opt | " + " | ".join(precisions) + " |", "|---|---|" + "---:|" * len(precisions)]
+    for model, opt in dict.fromkeys((r.model, r.opt) for r in m0):
+        cells = [(f"{r.lib_calls.get('__aeabi_lmul', 0):,}" if (r := rows.get((model, "m0", opt, p))) else "n/a")
+                 for p in precisions]
+        lines.append(f"| {model} | -{opt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -388,15 +464,50 @@ def helper_lines(results: list[Result]) -> list[str]:
     for r in results:
         if r.opt == "O2" and r.lib_calls:
             top = ", ".join(f"{k} {n:,}" for k, n in list(r.lib_calls.items())[:6])
-            lines.append(f"  {r.model} {r.kind} {r.core} -O2 library calls: {top}")
+            lines.append(f"  {r.model} {r.precision} {r.core} -O2 library calls: {top}")
+    return lines
+
+
+def target_checks(results: list[Result]) -> list[str]:
+    """The issue's targets, each with the numbers it was decided on: met, not met, or not measured."""
+    rows = _index(results)
+    lines = []
+
+    def verdict(title: str, parts: list[tuple[str, bool]]) -> None:
+        if not parts:
+            lines.append(f"{title}: not measured")
+            return
+        lines.append(f"{title}: {'met' if all(ok for _, ok in parts) else 'NOT MET'}")
+        lines.extend(f"    {text}: {'met' if ok else 'not met'}" for text, ok in parts)
+
+    speed = []
+    for opt in OPTS:
+        i, f = rows.get(("har", "m3", opt, "a8w8")), rows.get(("har", "m3", opt, FLOAT))
+        if i and f and i.ok and f.ok:
+            x = f.instructions / i.instructions
+            speed.append((f"-{opt}: a8w8 {i.instructions:,} vs float {f.instructions:,} instructions = {x:.1f}x",
+                          x >= 6))
+    verdict("har on Cortex-M3: int8 runs >= 6x fewer instructions than float", speed)
+
+    ram = []
+    for core in CORES:
+        for opt in OPTS:
+            i, f = rows.get(("har", core, opt, "a16w8")), rows.get(("har", core, opt, FLOAT))
+            if i and f and i.ok and f.ok:
+                share = i.ram / f.ram
+                ram.append((f"{core} -{opt}: a16w8 {i.ram:,} vs float {f.ram:,} bytes = {share:.1%}", share <= 0.5))
+    verdict("har: int16 (a16w8) RAM <= 50% of float RAM", ram)
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", nargs="*", help="example folder names (default: every examples/*/pipeline.yaml)")
-    ap.add_argument("--cores", nargs="*", default=list(CORES), choices=list(CORES))
-    ap.add_argument("--opts", nargs="*", default=list(OPTS), choices=list(OPTS))
+    ap.add_argument("--examples", nargs="+", metavar="NAME",
+                    help="example folder names (default: every examples/*/pipeline.yaml)")
+    ap.add_argument("--cores", nargs="+", default=list(CORES), choices=list(CORES))
+    ap.add_argument("--opts", nargs="+", default=list(OPTS), choices=list(OPTS))
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                    help="integer builds to measure against the float build (default: all)")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--keep", type=Path, help="build here and keep the ELFs (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -414,14 +525,21 @@ def main(argv: list[str] | None = None) -> int:
 
     yamls = sorted((ROOT / "examples").glob("*/pipeline.yaml"))
     if args.examples:
+        unknown = sorted(set(args.examples) - {y.parent.name for y in yamls})
+        if unknown:
+            print(f"no examples/<name>/pipeline.yaml for: {', '.join(unknown)}", file=sys.stderr)
+            return 2
         yamls = [y for y in yamls if y.parent.name in args.examples]
+    precisions = list(dict.fromkeys(args.precisions))
     results: list[Result] = []
+    errors: list[str] = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qpass-bench-") as tmp:
         base = args.keep or Path(tmp)
         for yaml in yamls:
             ex = yaml.parent.name
             try:
-                model, variants = prepare(yaml, base / ex)
+                model, variants = prepare(yaml, base / ex, precisions)
             except (QpassError, StopIteration) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 print(f"skip {ex}: {type(exc).__name__}: {first}", flush=True)
@@ -429,19 +547,37 @@ def main(argv: list[str] | None = None) -> int:
             for core in args.cores:
                 for opt in args.opts:
                     for v in variants:
-                        r = bench_variant(model, v, core, opt, base / ex / "mcu")
+                        try:
+                            r = bench_variant(model, v, core, opt, base / ex / "mcu")
+                        except BenchError as exc:
+                            errors.append(f"{model} {v.precision} {core} -{opt}: {exc}")
+                            print(f"{model:10s} {core} -{opt} {v.precision:9s} FAILED: {str(exc).splitlines()[0]}",
+                                  flush=True)
+                            continue
                         results.append(r)
-                        print(f"{model:10s} {core} -{opt} {r.kind:5s} {r.instructions:>12,} instr  flash "
-                              f"{r.flash:>7,}  RAM {r.ram:>7,}  {'ok' if r.ok else 'FAIL'}: {r.check}", flush=True)
+                        print(f"{model:10s} {core} -{opt} {r.precision:9s} {r.instructions:>12,} instr  flash "
+                              f"{r.flash:>7,}  RAM {r.ram:>7,} (stack {r.stack:>4})  "
+                              f"{'ok' if r.ok else 'FAIL'}: {r.check}", flush=True)
+    elapsed = time.monotonic() - started
     print()
-    print(table(results))
+    print(tables(results, precisions))
+    lmul = lmul_table(results, precisions)
+    if lmul:
+        print()
+        print(lmul)
+    print()
+    print("Library calls per inference at -O2 (the most frequent six):")
     for line in helper_lines(results):
         print(line)
+    print()
+    for line in target_checks(results):
+        print(line)
+    print(f"\n{len(results)} builds measured in {elapsed / 60:.1f} min ({elapsed:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        print(f"FAILED {r.model} {r.kind} {r.core} -{r.opt}: {r.check}", file=sys.stderr)
+    failed = [f"{r.model} {r.precision} {r.core} -{r.opt}: {r.check}" for r in results if not r.ok] + errors
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
     return 1 if failed else 0
 
 

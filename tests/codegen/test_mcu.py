@@ -1,6 +1,8 @@
 """The integer C on Cortex-M: no soft-float anywhere, no warnings on three compilers, and, emulated, the
-same integers as runtime_ref. Uses tools/bench_mcu.py's build and emulator (needs arm-none-eabi-gcc with
-newlib, and unicorn from the `bench` extra)."""
+same integers as runtime_ref at every benchmarked precision (a8w8, a16w8, a16w16, a8w8-pow2); pow2
+requantization makes no 64-bit multiply call on Cortex-M0; the benchmark's tables and target checks. Uses
+tools/bench_mcu.py's build and emulator (needs arm-none-eabi-gcc with newlib, and unicorn from the `bench`
+extra)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +49,17 @@ def digits(bench, tmp_path_factory):
     work = tmp_path_factory.mktemp("digits")
     _, variants = bench.prepare(ROOT / "examples" / "digits" / "pipeline.yaml", work)
     return {v.kind: v for v in variants}, work
+
+
+OTHER_PRECISIONS = ["a16w8", "a16w16", "a8w8-pow2"]
+
+
+@pytest.fixture(scope="module")
+def digits_precisions(bench, tmp_path_factory):
+    """The digits example at the other benchmarked precisions: {precision: Variant} and the work folder."""
+    work = tmp_path_factory.mktemp("digits-precisions")
+    _, variants = bench.prepare(ROOT / "examples" / "digits" / "pipeline.yaml", work, OTHER_PRECISIONS)
+    return {v.precision: v for v in variants}, work
 
 
 def _symbols(path: Path) -> set[str]:
@@ -102,16 +116,81 @@ def test_emulated_cortex_m0_equals_runtime_ref(bench, digits) -> None:
     assert f.instructions > r.instructions and f.flash > r.flash
 
 
+def test_prepare_orders_precisions_then_float(digits_precisions) -> None:
+    variants, _ = digits_precisions
+    assert list(variants) == [*OTHER_PRECISIONS, "float"]
+    assert variants["a16w8"].in_t == variants["a16w16"].in_t == "int16_t"
+    assert variants["a8w8-pow2"].in_t == "int8_t" and variants["float"].in_t == "float"
+    assert variants["a16w8"].expected.dtype == np.int16
+
+
+@needs_arm
+@needs_unicorn
+@pytest.mark.parametrize("precision", OTHER_PRECISIONS)
+def test_other_precisions_on_cortex_m0_equal_runtime_ref(bench, digits_precisions, tmp_path: Path,
+                                                         precision: str) -> None:
+    variants, work = digits_precisions
+    r = bench.bench_variant("digits", variants[precision], "m0", "Os", work / "mcu")
+    assert r.ok, r.check
+    linked = bench.build(variants[precision], "cortex-m0", "O2", tmp_path / precision)
+    assert not {s for s in _symbols(linked.elf) if SOFT_FLOAT.match(s)}
+
+
+@needs_arm
+@needs_unicorn
+def test_pow2_requant_makes_no_64_bit_multiply_call_on_cortex_m0(bench, digits, digits_precisions) -> None:
+    a8w8 = bench.bench_variant("digits", digits[0]["int"], "m0", "O2", digits[1] / "mcu")
+    pow2 = bench.bench_variant("digits", digits_precisions[0]["a8w8-pow2"], "m0", "O2", digits_precisions[1] / "mcu")
+    assert a8w8.ok and pow2.ok
+    assert a8w8.lib_calls.get("__aeabi_lmul", 0) > 0
+    assert pow2.lib_calls.get("__aeabi_lmul", 0) == 0, pow2.lib_calls
+    assert pow2.instructions < a8w8.instructions
+
+
+def _result(bench, precision: str, core: str = "m3", opt: str = "O2", instructions: int = 1000, ram: int = 1000,
+            ok: bool = True):
+    kind = "float" if precision == "float" else "int"
+    return bench.Result("har", core, opt, kind, precision, instructions, 2000, ram, 100, 500, ok, "checked",
+                        {"__aeabi_lmul": 7} if kind == "int" else {})
+
+
+def test_tables_give_float_over_int_per_precision(bench) -> None:
+    results = [_result(bench, "float", instructions=9000, ram=3000), _result(bench, "a8w8", instructions=1000),
+               _result(bench, "a16w8", instructions=1500, ok=False)]
+    text = bench.tables(results, ["a8w8", "a16w8", "a16w16"])
+    row = next(line for line in text.splitlines() if line.startswith("| har | m3 | -O2 | 9,000"))
+    assert row == "| har | m3 | -O2 | 9,000 | 1,000 (9.0x) | 1,500 FAIL (6.0x) | n/a |"
+    assert "| har | m3 | -O2 | 3,000 | 1,000 (3.00x) |" in text
+    assert bench.lmul_table(results, ["a8w8"]) == ""  # no Cortex-M0 build measured
+
+
+def test_target_checks_state_numbers_and_verdicts(bench) -> None:
+    met = bench.target_checks([_result(bench, "float", instructions=7000, ram=4000),
+                               _result(bench, "a8w8", instructions=1000),
+                               _result(bench, "a16w8", ram=2000)])
+    assert met[0] == "har on Cortex-M3: int8 runs >= 6x fewer instructions than float: met"
+    assert "a8w8 1,000 vs float 7,000 instructions = 7.0x: met" in met[1]
+    assert met[2] == "har: int16 (a16w8) RAM <= 50% of float RAM: met"
+    assert "a16w8 2,000 vs float 4,000 bytes = 50.0%: met" in met[3]
+    missed = bench.target_checks([_result(bench, "float", instructions=5000, ram=3000),
+                                  _result(bench, "a8w8", instructions=1000), _result(bench, "a16w8", ram=2000)])
+    assert missed[0].endswith(": NOT MET") and missed[1].endswith(": not met") and missed[2].endswith(": NOT MET")
+    assert bench.target_checks([]) == [
+        "har on Cortex-M3: int8 runs >= 6x fewer instructions than float: not measured",
+        "har: int16 (a16w8) RAM <= 50% of float RAM: not measured"]
+
+
 @pytest.mark.slow
 @needs_arm
 @needs_unicorn
-def test_har_lstm_example_on_cortex_m0(bench, tmp_path: Path) -> None:
-    """The HAR example (Conv1D + LSTM): integer build without soft-float, emulated equal to runtime_ref."""
-    _, variants = bench.prepare(ROOT / "examples" / "har" / "pipeline.yaml", tmp_path)
-    v = {x.kind: x for x in variants}
-    r = bench.bench_variant("har", v["int"], "m0", "O2", tmp_path / "mcu")
-    assert r.ok, r.check
-    linked = bench.build(v["int"], "cortex-m0", "O2", tmp_path / "mcu" / "int-m0-O2")
-    assert not {s for s in _symbols(linked.elf) if SOFT_FLOAT.match(s)}
-    f = bench.bench_variant("har", v["float"], "m0", "O2", tmp_path / "mcu")
-    assert f.ok, f.check
+@pytest.mark.parametrize("example", ["har", "har_lstm"])
+def test_har_examples_on_cortex_m0(bench, tmp_path: Path, example: str) -> None:
+    """The HAR examples (Conv1D + LSTM; LSTM + TimeDistributed Dense): every precision's integer build without
+    soft-float and emulated equal to runtime_ref; the float build within 1e-4 of onnxruntime."""
+    name, variants = bench.prepare(ROOT / "examples" / example / "pipeline.yaml", tmp_path, list(bench.PRECISIONS))
+    for v in variants:
+        r = bench.bench_variant(name, v, "m0", "O2", tmp_path / "mcu")
+        assert r.ok, (v.precision, r.check)
+        if v.kind == "int":
+            linked = bench.build(v, "cortex-m0", "O2", tmp_path / "mcu" / f"{v.precision}-m0-O2")
+            assert not {s for s in _symbols(linked.elf) if SOFT_FLOAT.match(s)}, v.precision
