@@ -4,8 +4,9 @@ Lifetimes are measured in half steps: step i reads its inputs at 2i and writes i
 A tensor lives from its write to its last read; an input of an element-wise kernel that may run in
 place (each output element depends only on the same input element, same width) dies at the read
 2i, so its bytes may be given to the output; any other input stays alive through 2i+1. Tensors are
-placed largest first at the lowest offset that overlaps no tensor alive at the same time (first
-fit). Views share their root's bytes; the program input and output live in the caller's buffers.
+placed at the lowest offset that overlaps no tensor alive at the same time (first fit), in a few
+orders (largest first, earliest first, longest-lived first, ...); the smallest arena wins. Views
+share their root's bytes; the program input and output live in the caller's buffers.
 """
 
 from __future__ import annotations
@@ -56,8 +57,27 @@ def plan_arena(program: Program) -> ArenaPlan:
             life.setdefault(program.root(tid), [2 * idx + 1, 2 * idx + 1])
     lifetimes = {t: (a, b) for t, (a, b) in life.items() if t not in external}
     sizes = {t: _align(program.tensors[t].size * BYTES[program.tensors[t].dtype]) for t in lifetimes}
+    orders = [  # first fit is sensitive to the order: try a few and keep the smallest arena
+        lambda t: (-sizes[t], lifetimes[t]),
+        lambda t: (lifetimes[t][0], -sizes[t]),
+        lambda t: (-(lifetimes[t][1] - lifetimes[t][0]), -sizes[t]),
+        lambda t: (-lifetimes[t][1], -sizes[t]),
+        lambda t: (-sizes[t] * (lifetimes[t][1] - lifetimes[t][0] + 1), lifetimes[t]),
+    ]
+    best: dict[str, int] | None = None
+    for order in orders:
+        offsets = _first_fit(sorted(lifetimes, key=order), lifetimes, sizes)
+        if best is None or _extent(offsets, sizes) < _extent(best, sizes):
+            best = offsets
+    offsets = best or {}
+    size = _extent(offsets, sizes)
+    return ArenaPlan(offsets, size, lifetimes, sizes)
+
+
+def _first_fit(order: list[str], lifetimes: dict[str, tuple[int, int]], sizes: dict[str, int]) -> dict[str, int]:
+    """Each tensor at the lowest offset that overlaps no placed tensor alive at the same time."""
     offsets: dict[str, int] = {}
-    for t in sorted(lifetimes, key=lambda t: (-sizes[t], lifetimes[t])):
+    for t in order:
         a, b = lifetimes[t]
         busy = sorted((offsets[o], offsets[o] + sizes[o]) for o in offsets
                       if not (lifetimes[o][1] < a or b < lifetimes[o][0]))
@@ -67,8 +87,11 @@ def plan_arena(program: Program) -> ArenaPlan:
                 break
             off = max(off, hi)
         offsets[t] = off
-    size = max((offsets[t] + sizes[t] for t in offsets), default=0)
-    return ArenaPlan(offsets, size, lifetimes, sizes)
+    return offsets
+
+
+def _extent(offsets: dict[str, int], sizes: dict[str, int]) -> int:
+    return max((offsets[t] + sizes[t] for t in offsets), default=0)
 
 
 def check_plan(plan: ArenaPlan) -> list[str]:
