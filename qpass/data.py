@@ -22,7 +22,7 @@ import numpy as np
 from qpass.errors import ConfigError
 
 if TYPE_CHECKING:
-    from qpass.config import CalibrationSection
+    from qpass.config import CalibrationSection, Pipeline
 
 _CALLABLE = re.compile(r"(?P<target>.+\.py|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)")
 
@@ -178,3 +178,17 @@ def _as_batch(batch: Any, sample_shape: tuple[int, ...], index: int, what: str, 
     if not np.isfinite(arr).all():
         raise ConfigError(yaml_file, key, f"batch {index} of {what!r} holds NaN or infinity")
     return arr
+
+
+def comparison_data(pipe: Pipeline, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The comparison samples (float32, at most `limit`) and their labels, from `compare` or else `calibration`."""
+    file = str(pipe.source)
+    section, key = (pipe.compare, "compare") if pipe.compare else (pipe.calibration, "calibration")
+    x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key")
+    check_samples(x, sample_shape, yaml_file=file, yaml_key=f"{key}.path")
+    n = len(x) if section.limit is None else min(section.limit, len(x))
+    labels = None
+    if section.labels_key:
+        labels = load_array(pipe.resolve(section.path), section.labels_key, yaml_file=file,
+                            yaml_key=f"{key}.labels_key")[:n]
+    return np.asarray(x[:n], dtype=np.float32), labels

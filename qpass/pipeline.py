@@ -23,7 +23,7 @@ from qpass.codegen.lower import lower
 from qpass.compare import accuracy, metrics, per_layer
 from qpass.config import Pipeline
 from qpass.converters import load_model
-from qpass.data import calibration_batches, check_samples, load_array
+from qpass.data import calibration_batches, comparison_data
 from qpass.errors import ConfigError
 from qpass.ort import session
 from qpass.passes.runner import op_counts, run_passes, save
@@ -101,16 +101,8 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
                                                                    "host target"))
         c_file, h_file = write(gen, stage, name)
 
-    section = pipe.compare or pipe.calibration
-    key = "compare" if pipe.compare else "calibration"
-    x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key")
-    check_samples(x, in_shape[1:], yaml_file=file, yaml_key=f"{key}.path")
-    n = len(x) if section.limit is None else min(section.limit, len(x))
-    x = np.asarray(x[:n], dtype=np.float32)
-    labels = None
-    if section.labels_key:
-        labels = load_array(pipe.resolve(section.path), section.labels_key, yaml_file=file,
-                            yaml_key=f"{key}.labels_key")[:n]
+    x, labels = comparison_data(pipe, in_shape[1:])
+    n = len(x)
 
     tin, tout = program.tensors[program.input], program.tensors[program.output]
     in_name = model.graph.inputs[0].name

@@ -65,7 +65,7 @@ from onnxruntime.quantization import (  # noqa: E402
 from qpass.compare import accuracy, metrics  # noqa: E402
 from qpass.config import Pipeline, load_pipeline  # noqa: E402
 from qpass.converters import load_model  # noqa: E402
-from qpass.data import calibration_batches, check_samples, load_array  # noqa: E402
+from qpass.data import calibration_batches, comparison_data  # noqa: E402
 from qpass.ort import session  # noqa: E402
 from qpass.passes.runner import run_passes, save  # noqa: E402
 from qpass.pipeline import run_pipeline  # noqa: E402
@@ -169,15 +169,7 @@ def prepare(name: str, pipe: Pipeline, tmp: Path) -> Example:
     in_name = model.graph.inputs[0].name
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
-    section, key = (pipe.compare, "compare") if pipe.compare else (pipe.calibration, "calibration")
-    x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key")
-    check_samples(x, in_shape[1:], yaml_file=file, yaml_key=f"{key}.path")
-    n = len(x) if section.limit is None else min(section.limit, len(x))
-    x = np.asarray(x[:n], dtype=np.float32)
-    labels = None
-    if section.labels_key:
-        labels = load_array(pipe.resolve(section.path), section.labels_key, yaml_file=file,
-                            yaml_key=f"{key}.labels_key")[:n]
+    x, labels = comparison_data(pipe, in_shape[1:])
     calib = np.concatenate(list(calibration_batches(pipe.calibration, in_shape[1:], base_dir=pipe.source.parent,
                                                     yaml_file=file)))
 
