@@ -35,13 +35,13 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
+from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
+from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY  # noqa: E402
+from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY  # noqa: E402
 from qpass.runtime_ref.program import Program, QTensor, Step
 
-LSTM_KEY, DIR_KEY, STEP_KEY, ROLE_KEY = "qpass.lstm", "qpass.lstm.direction", "qpass.lstm.step", "qpass.lstm.role"
-UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "peep_i_mul",
-                     "peep_f_mul", "peep_o_mul", "h0", "c0"}
 FLOAT_ARRAYS = ("weight", "weight_h", "bias")  # kernel params rendered as `static const float` arrays
 INT_ARRAYS = ("dims", "strides")  # ... as `static const int32_t` arrays
 F32 = "float32"
@@ -356,28 +356,11 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
 
 
 # -- the re-rolled LSTM -----------------------------------------------------------------------
-def _time(x_node: ir.Node) -> int:
-    idx = const_value(x_node.inputs[1])
-    return int(idx.reshape(())) if idx is not None else 0
-
-
 def lower_lstm_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     """One `lstm` step for the tagged nodes of one direction (as lower_lstm.py reads them), and its views."""
     name = nodes[0].metadata_props[LSTM_KEY]
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not supported yet")
-    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
-    for node in nodes:
-        role = node.metadata_props.get(ROLE_KEY, "")
-        if role in UNSUPPORTED_ROLES:
-            raise UnsupportedOpError(name, "LSTM", f"role {role!r} (peepholes, clip or initial states) is not "
-                                     "supported yet")
-        steps[int(node.metadata_props.get(STEP_KEY, "-1"))][role] = node
-    t_len = max(steps) + 1
-    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
-        raise UnsupportedOpError(name, "LSTM", "the unrolled steps are incomplete")
+    steps, t_len, reverse = gather_steps(nodes)
     first = steps[0]
-    reverse = t_len > 1 and _time(first["x"]) == t_len - 1
 
     x = fl.input_of(first["x"], 0)
     n_in = x.shape[-1]
@@ -409,7 +392,7 @@ def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[
     members = {id(n) for n in nodes}
     for s in range(max(steps) + 1):
         if "h" in steps[s]:  # the last h is gone when only Y_c was read
-            fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=_time(steps[s]["x"]) * hid)
+            fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=step_time(steps[s]["x"]) * hid)
     for node in nodes:  # in graph order: an Unsqueeze's h is mapped before it
         role = node.metadata_props.get(ROLE_KEY, "")
         if role in ("y", "y_h") and node.op_type == "Unsqueeze":

@@ -32,7 +32,8 @@ from qpass.solver.plan import FIXED
 if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
-UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "h0", "c0"}
+UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "peep_i_mul",
+                     "peep_f_mul", "peep_o_mul", "h0", "c0"}
 
 
 def group_key(node: ir.Node) -> tuple[str, str] | None:
@@ -46,18 +47,30 @@ def tanh_table(scale_c: float) -> np.ndarray:
     return np.clip(np.rint(np.tanh(q * scale_c) * 32768), -32768, 32767).astype(np.int16)
 
 
-def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
-    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs."""
+def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
+    """One LSTM direction's tagged nodes by step and role, its length T and whether it runs backwards.
+
+    Shared by the integer and the float lowering; refuses, by name, what neither kernel runs."""
     name = nodes[0].metadata_props[LSTM_KEY]
+    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
+        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not supported yet")
     steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
     for node in nodes:
         role = node.metadata_props.get(ROLE_KEY, "")
         if role in UNSUPPORTED_ROLES:
             raise UnsupportedOpError(name, "LSTM", f"role {role!r} (peepholes, clip or initial states) is not "
-                                     "supported in integer code yet")
+                                     "supported in generated C yet")
         steps[int(node.metadata_props.get(STEP_KEY, "-1"))][role] = node
     t_len = max(steps) + 1
-    reverse = t_len > 1 and _time(steps[0]["x"]) == t_len - 1
+    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
+        raise UnsupportedOpError(name, "LSTM", "the unrolled steps are incomplete")
+    return steps, t_len, t_len > 1 and step_time(steps[0]["x"]) == t_len - 1
+
+
+def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
+    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs."""
+    name = nodes[0].metadata_props[LSTM_KEY]
+    steps, t_len, reverse = gather_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
     _check_zero_initial_state(name, first)
 
@@ -160,7 +173,7 @@ def _reads(v: ir.Value | None, node: ir.Node) -> bool:
     return v is not None and v.producer() is node
 
 
-def _time(x_node: ir.Node) -> int:
+def step_time(x_node: ir.Node) -> int:
     idx = const_value(x_node.inputs[1])
     return int(idx.reshape(())) if idx is not None else 0
 
@@ -184,11 +197,11 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: 
             qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
             q_val = qs[0].outputs[0] if qs else None
             if role == "h":
-                _alias(lw, q_val, hseq, _time(steps[s]["x"]) * hid)
+                _alias(lw, q_val, hseq, step_time(steps[s]["x"]) * hid)
             elif role == "y" and node.op_type == "Concat":
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
-                _alias(lw, q_val, hseq, _time(last["x"]) * hid)
+                _alias(lw, q_val, hseq, step_time(last["x"]) * hid)
             elif q_val is not None and _read_outside(q_val, members):
                 raise UnsupportedOpError(node.name or "", node.op_type,
                                          f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")
