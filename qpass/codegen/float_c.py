@@ -38,8 +38,8 @@ from qpass.codegen.emit import write as write_c
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
-from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY  # noqa: E402
-from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY  # noqa: E402
+from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
+from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
 from qpass.runtime_ref.program import Program, QTensor, Step
 
 FLOAT_ARRAYS = ("weight", "weight_h", "bias")  # kernel params rendered as `static const float` arrays
