@@ -98,7 +98,7 @@ def list_passes(ctx: click.Context) -> None:
 
 
 STARTER = """\
-# qpass pipeline for {model}. Paths are relative to this file. `qpass run {yaml}`
+# qpass pipeline written by `qpass init`. Paths are relative to this file. Run: qpass run <this file>
 model:
   path: {model}
   safe_mode: true        # load Keras models without running Lambda code
@@ -135,7 +135,7 @@ quantization:
 
 codegen:
   name: {name}           # C prefix: {name}_run(), {name}.c, {name}.h
-  output_dir: build/{name}
+  output_dir: {output_dir}  # qpass's own folder: replaced on every run (never the model's or the data's folder)
 
 compare:                 # held-out data: onnxruntime float vs QDQ vs runtime_ref vs C
   path: test.npz
@@ -169,8 +169,28 @@ def init(ctx: click.Context, model: Path, output: Path | None, force: bool) -> N
     except QpassError as exc:
         click.echo(f"qpass: warning: could not read the input shape: {exc}", err=True)
     rel = Path(__import__("os").path.relpath(model.resolve(), output.resolve().parent))
-    output.write_text(STARTER.format(model=rel.as_posix(), yaml=output.name, name=name[:40], shape=shape))
+    try:
+        output.write_text(starter_yaml(rel.as_posix(), name[:40], shape), encoding="utf-8")
+    except OSError as exc:
+        _fail(QpassError(f"cannot write {output}: {exc.strerror or exc}"), ctx.obj["debug"])
     click.echo(f"wrote {output}")
+
+
+def yaml_scalar(value: str) -> str:
+    """`value` as one double-quoted YAML scalar on one line, written by the YAML library (no injection)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=False).strip()
+    if "\n" in text or yaml.safe_load(text) != value:  # cannot happen with double quotes; never write it if so
+        raise QpassError(f"cannot write {value!r} as a YAML scalar")
+    return text
+
+
+def starter_yaml(model_path: str, name: str, shape: str) -> str:
+    """The starter pipeline.yaml: fixed comments; the model path goes through the YAML library, the name and
+    shape are sanitized (an identifier, digits) before they reach a comment."""
+    return STARTER.format(model=yaml_scalar(model_path), name=name, output_dir=yaml_scalar(f"build/{name}"),
+                          shape=shape)
 
 
 if __name__ == "__main__":

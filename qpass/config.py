@@ -28,8 +28,25 @@ class _Strict(BaseModel):
 class ModelSection(_Strict):
     path: str = Field(description="the .h5, .keras, SavedModel directory or .onnx file")
     safe_mode: bool = Field(True, description="load Keras models without running Lambda code")
-    batch_size: int = Field(1, ge=1, description="the batch dimension the graph is fixed to")
+    batch_size: int = Field(1, ge=1, description="the batch dimension the graph is fixed to; only 1 (the C runs "
+                                                "one sample per call)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset tf2onnx converts to")
+
+
+    @field_validator("batch_size")
+    @classmethod
+    def _one(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError("only 1 is supported: the generated C runs one sample per call; remove the key")
+        return v
+
+
+class PassesCheckSection(_Strict):
+    tolerance: float = Field(1e-3, gt=0, description="largest output change a float pass may make, relative to "
+                                                     "the output range")
+    fail: bool = Field(False, description="fail the run when a pass exceeds the tolerance (default: warn)")
+    samples: int = Field(4, ge=1, le=256, description="comparison samples the graph after each pass is run on")
+    per_pass: bool = Field(True, description="check after every pass; false: only after the last")
 
 
 class DataSection(_Strict):
@@ -115,6 +132,7 @@ class Pipeline(_Strict):
     quantization: QuantSection = Field(default_factory=QuantSection)
     codegen: CodegenSection = Field(default_factory=CodegenSection)
     compare: DataSection | None = None
+    passes_check: PassesCheckSection = Field(default_factory=PassesCheckSection)
     dump: bool = Field(False, description="save the graph after every stage as a numbered .onnx")
 
     # set by load_pipeline, not by the YAML
@@ -165,7 +183,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     if not path.is_file():
         raise ConfigError(file, "", "no such file; pass the path of a pipeline.yaml (see `qpass init`)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), file)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -192,6 +210,31 @@ def load_pipeline(path: str | Path) -> Pipeline:
     _check_files(pipe, file)
     _check_passes(pipe, file)
     return pipe
+
+
+def load_yaml(text: str, file: str) -> Any:
+    """yaml.safe_load, refusing a key written twice in one mapping (naming both lines)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        _no_duplicates(node, (), file)
+    return yaml.safe_load(text)
+
+
+def _no_duplicates(node: yaml.Node, where: tuple[Any, ...], file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise ConfigError(file, _key_path((*where, key)), f"written twice, at lines {first[key]} and "
+                                      f"{line}; keep one")
+                first[key] = line
+            _no_duplicates(value_node, (*where, key), file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicates(item, (*where, i), file)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -27,15 +27,21 @@ if TYPE_CHECKING:
 _CALLABLE = re.compile(r"(?P<target>.+\.py|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)")
 
 
-def load_array(path: Path, key: str | None, *, yaml_file: str, yaml_key: str) -> np.ndarray:
-    """The array stored in a .npy (memory-mapped) or under `key` in a .npz (default: its first array)."""
+def load_array(path: Path, key: str | None, *, yaml_file: str, yaml_key: str, path_key: str | None = None) \
+        -> np.ndarray:
+    """The array stored in a .npy (memory-mapped) or under `key` in a .npz (default: its first array).
+
+    A missing array is a ConfigError at `yaml_key`; a file that cannot be read (corrupt, pickled objects) one
+    at `path_key` (default: `yaml_key`), naming the file.
+    """
+    path_key = path_key or yaml_key
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
             if not names:
-                raise ConfigError(yaml_file, yaml_key, f"{path.name} holds no arrays")
+                raise ConfigError(yaml_file, path_key, f"{path.name} holds no arrays")
             name = key or names[0]
             if name not in npz.files:
                 raise ConfigError(yaml_file, yaml_key, f"{path.name} has no array {name!r}; it has {names}")
@@ -43,12 +49,18 @@ def load_array(path: Path, key: str | None, *, yaml_file: str, yaml_key: str) ->
     except ConfigError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ConfigError(yaml_file, yaml_key, f"cannot read {path.name}: {exc}") from None
+        hint = "; save plain numeric arrays (pickled objects are never loaded)" if "pickle" in str(exc) else ""
+        raise ConfigError(yaml_file, path_key, f"cannot read {path}: {exc}{hint}") from None
 
 
 def check_samples(x: np.ndarray, sample_shape: tuple[int, ...], *, yaml_file: str, yaml_key: str) -> None:
-    """Data must be shaped (N, *sample_shape) and numeric."""
-    if x.ndim == 0 or tuple(x.shape[1:]) != tuple(sample_shape) or not np.issubdtype(x.dtype, np.number):
+    """Data must be shaped (N, *sample_shape), hold at least one sample and be real numbers (not complex)."""
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise ConfigError(yaml_file, yaml_key, f"data is complex ({x.dtype}); the model takes real numbers: save "
+                          "the real part (or magnitude) you mean")
+    if x.ndim == 0 or len(x) == 0:
+        raise ConfigError(yaml_file, yaml_key, f"data of shape {tuple(x.shape)} holds no sample")
+    if tuple(x.shape[1:]) != tuple(sample_shape) or not np.issubdtype(x.dtype, np.number):
         raise ConfigError(yaml_file, yaml_key, f"data of shape {tuple(x.shape)} ({x.dtype}) does not fit the "
                           f"model input: expected (N, {', '.join(map(str, sample_shape))})")
 
@@ -120,7 +132,8 @@ def calibration_batches(section: CalibrationSection, sample_shape: tuple[int, ..
     key = "calibration.path"
     sample_shape = tuple(int(d) for d in sample_shape)
     if callable_spec(section.path) is None:
-        x = load_array(base_dir / section.path, section.key, yaml_file=yaml_file, yaml_key="calibration.key")
+        x = load_array(base_dir / section.path, section.key, yaml_file=yaml_file, yaml_key="calibration.key",
+                       path_key=key)
         check_samples(x, sample_shape, yaml_file=yaml_file, yaml_key=key)
         total = len(x) if section.limit is None else min(section.limit, len(x))
         raw: Iterable[Any] = batches(x, section.batch_size, section.limit)
@@ -184,11 +197,22 @@ def comparison_data(pipe: Pipeline, sample_shape: tuple[int, ...]) -> tuple[np.n
     """The comparison samples (float32, at most `limit`) and their labels, from `compare` or else `calibration`."""
     file = str(pipe.source)
     section, key = (pipe.compare, "compare") if pipe.compare else (pipe.calibration, "calibration")
-    x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key")
+    x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key",
+                   path_key=f"{key}.path")
     check_samples(x, sample_shape, yaml_file=file, yaml_key=f"{key}.path")
     n = len(x) if section.limit is None else min(section.limit, len(x))
     labels = None
     if section.labels_key:
         labels = load_array(pipe.resolve(section.path), section.labels_key, yaml_file=file,
-                            yaml_key=f"{key}.labels_key")[:n]
-    return np.asarray(x[:n], dtype=np.float32), labels
+                            yaml_key=f"{key}.labels_key", path_key=f"{key}.path")[:n]
+        if labels.shape[:1] != (n,) or not np.issubdtype(labels.dtype, np.number) \
+                or np.issubdtype(labels.dtype, np.complexfloating):
+            raise ConfigError(file, f"{key}.labels_key", f"labels of shape {tuple(labels.shape)} ({labels.dtype}) "
+                              f"do not fit {n} samples: expected {n} class numbers")
+    with np.errstate(over="ignore"):
+        out = np.asarray(x[:n], dtype=np.float32)
+    bad = ~np.isfinite(out.reshape(n, -1)).all(axis=1)
+    if bad.any():
+        raise ConfigError(file, f"{key}.path", f"{section.path}: sample {int(np.argmax(bad))} holds NaN or infinity "
+                          f"(or a value too large for float32); {int(bad.sum())} of {n} samples do")
+    return out, labels

@@ -38,3 +38,7 @@ class SolverError(QpassError):
 
 class CodegenError(QpassError):
     """C generation, compilation or execution failed."""
+
+
+class OrtError(QpassError):
+    """onnxruntime refused or failed to run a graph qpass built or was given."""

@@ -163,7 +163,7 @@ def test_corrupt_npz_is_a_user_error(project):
     data = (project / "calib.npz").read_bytes()
     (project / "broken.npz").write_bytes(data[: len(data) // 2])
     path = write_yaml(project, {**BASE, "calibration": {"path": "broken.npz", "key": "x"}})
-    _check_run_error(project, path, "calibration.key", "broken.npz")
+    _check_run_error(project, path, "calibration.path", "broken.npz")
 
 
 def test_output_dir_that_is_not_a_qpass_dir_is_left_alone(project):

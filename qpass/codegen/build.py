@@ -1,4 +1,8 @@
-"""Compile the generated C with a small harness and run it on quantized samples (host gcc/clang)."""
+"""Compile the generated C with a small harness and run it on quantized samples (host gcc/clang).
+
+The model's files and the harness live in separate subfolders of a temporary folder, so no model name
+(`main`, `harness`, ...) can collide with the harness's files.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +40,16 @@ def compile_and_run(c_file: Path, h_file: Path, name: str, in_t: str, out_t: str
     if shutil.which(cc) is None:
         raise CodegenError(f"C compiler {cc!r} not found; install it or set codegen.cc")
     with tempfile.TemporaryDirectory(prefix="qpass-cc-") as tmp:
-        tmpd = Path(tmp)
-        shutil.copy(c_file, tmpd / c_file.name)
-        shutil.copy(h_file, tmpd / h_file.name)
-        (tmpd / "main.c").write_text(HARNESS.format(name=name, NAME=name.upper(), in_t=in_t, out_t=out_t))
-        exe = tmpd / "model"
-        cmd = [cc, *WARN_FLAGS, "-O2", "-o", str(exe), str(tmpd / c_file.name), str(tmpd / "main.c")]
+        model_dir, harness_dir = Path(tmp) / "model", Path(tmp) / "harness"
+        model_dir.mkdir()
+        harness_dir.mkdir()
+        shutil.copy(c_file, model_dir / c_file.name)
+        shutil.copy(h_file, model_dir / h_file.name)
+        harness = harness_dir / "qpass_harness.c"
+        harness.write_text(HARNESS.format(name=name, NAME=name.upper(), in_t=in_t, out_t=out_t))
+        exe = harness_dir / "qpass_harness"
+        cmd = [cc, *WARN_FLAGS, "-O2", "-iquote", str(model_dir), "-o", str(exe), str(model_dir / c_file.name),
+               str(harness)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise CodegenError(f"compiling {c_file.name} failed:\n{proc.stderr.strip()[:4000]}")

@@ -26,6 +26,7 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
             proto = onnx.load(str(path))
         except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
             raise ConvertError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+        _standard_ops(proto, path)
         proto = _fix_batch(proto, batch_size, path)
     else:
         raise ConvertError(f"{path}: unknown model format; expected .h5, .keras, .onnx or a SavedModel folder")
@@ -33,8 +34,31 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001
-        raise ConvertError(f"{path}: the ONNX graph is not valid: {exc}") from None
+        raise ConvertError(f"{path}: the ONNX graph is not valid: {' '.join(str(exc).split())[:400]}") from None
+    _one_input_one_output(proto, path)
     return ir.serde.deserialize_model(proto)
+
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def _standard_ops(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a node outside the standard ONNX domain (custom ops, ONNX-ML, model-local functions)."""
+    for node in proto.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            raise ConvertError(f"{path}: node {node.name!r} is {node.domain}::{node.op_type}, not a standard ONNX "
+                               "op; qpass needs standard ONNX ops (export without custom ops)")
+
+
+def _one_input_one_output(proto: onnx.ModelProto, path: Path) -> None:
+    """The C API takes one input array and writes one output array."""
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    outputs = [o.name for o in proto.graph.output]
+    for what, names in (("input", inputs), ("output", outputs)):
+        if len(names) != 1:
+            raise ConvertError(f"{path}: the graph has {len(names)} {what}s {names}; qpass needs exactly one "
+                               f"{what} (export a model with a single {what} tensor)")
 
 
 def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.ModelProto:

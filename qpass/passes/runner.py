@@ -1,4 +1,10 @@
-"""The pass runner: the one place that logs, times, cleans up after and dumps every pass."""
+"""The pass runner: the one place that logs, times, cleans up after, checks and dumps every pass.
+
+After each pass the graph must still be valid ONNX (checker + strict shape inference on the serialized
+model), or a PassError names the pass. With a PassCheck, onnxruntime runs the graph on a few samples after
+each pass (or only after the last) and the largest deviation from the converted model's outputs is
+recorded; above `tolerance` × the output range, a warning (or a PassError when `fail`) names the pass.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 import pydantic
@@ -24,6 +32,71 @@ class PassRecord:
     modified: bool
     seconds: float
     op_counts: dict[str, int] = field(default_factory=dict)
+    max_deviation: float | None = None
+
+
+@dataclass
+class PassCheck:
+    """Inputs (each shaped as the graph input) and the converted model's outputs on them, to check passes."""
+
+    inputs: list[np.ndarray]
+    expected: np.ndarray
+    tolerance: float = 1e-3
+    fail: bool = False
+    per_pass: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model: ir.Model | onnx.ModelProto, inputs: list[np.ndarray], **options) -> PassCheck:
+        return cls(inputs, _outputs(model, inputs, "the converted model"), **options)
+
+    @property
+    def scale(self) -> float:
+        """The output range the tolerance is relative to."""
+        return float(np.ptp(self.expected)) or float(np.abs(self.expected).max()) or 1.0
+
+    def deviation(self, model: ir.Model, name: str) -> float:
+        """Largest |output - converted output| over the samples; inf when the output shape changed."""
+        got = _outputs(model, self.inputs, f"the graph after pass {name!r}")
+        if got.shape != self.expected.shape:
+            return float("inf")
+        return float(np.max(np.abs(got.astype(np.float64) - self.expected))) if got.size else 0.0
+
+    def judge(self, name: str, dev: float) -> None:
+        if dev <= self.tolerance * self.scale:
+            return
+        msg = (f"pass {name!r} changed the model's outputs by up to {dev:.4g} (output range {self.scale:.4g}, "
+               f"tolerance {self.tolerance:g} of it) on {len(self.inputs)} samples; a float pass must keep the "
+               "model's function")
+        if self.fail:
+            raise PassError(msg)
+        log.warning("%s", msg)
+        self.warnings.append(msg)
+
+
+def _outputs(model: ir.Model | onnx.ModelProto, inputs: list[np.ndarray], what: str) -> np.ndarray:
+    """The first output of `model` on each input, stacked (float64); PassError when onnxruntime fails."""
+    from qpass.ort import session
+
+    try:
+        sess = session(model)
+        name = sess.get_inputs()[0].name
+        return np.stack([np.asarray(sess.run(None, {name: x})[0], dtype=np.float64) for x in inputs])
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise PassError(f"onnxruntime cannot run {what}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def validate(model: ir.Model, name: str) -> None:
+    """The graph after pass `name` passes the ONNX checker and strict shape inference, or PassError names it."""
+    try:
+        proto = ir.serde.serialize_model(model)
+        onnx.checker.check_model(proto)
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several kinds; the message says what is wrong
+        text = " ".join(str(exc).split())[:300]
+        raise PassError(f"pass {name!r} left an invalid graph: {type(exc).__name__}: {text}") from None
 
 
 def op_counts(model: ir.Model) -> dict[str, int]:
@@ -45,10 +118,11 @@ def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel
 
 
 def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
-               dump_dir: Path | None = None) -> list[PassRecord]:
+               dump_dir: Path | None = None, check: PassCheck | None = None) -> list[PassRecord]:
     """Apply the named passes in order; after each, drop what became unused, keep graph order and
     re-infer shapes, so the next pass sees the shapes this one made static (shape inference only
-    updates value shapes and types: nodes, and their metadata, stay as they are)."""
+    updates value shapes and types: nodes, and their metadata, stay as they are); then validate the
+    graph and, with `check`, measure how far its outputs moved."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
                                    ir.passes.common.TopologicalSortPass(),
                                    ir.passes.common.ShapeInferencePass())
@@ -64,10 +138,18 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
         except Exception as exc:
             raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
         model = result.model
-        cleanup(model)
+        try:
+            cleanup(model)
+        except Exception as exc:  # noqa: BLE001 - a broken graph fails inside onnx_ir's common passes
+            raise PassError(f"pass {name!r} left a graph that cannot be cleaned up: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:300]}") from None
+        validate(model, name)
         rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
-        log.info("pass %-18s %s in %.3fs  %s", name, "modified" if rec.modified else "no change",
-                 rec.seconds, rec.op_counts)
+        if check is not None and (check.per_pass or index == len(entries)):
+            rec.max_deviation = check.deviation(model, name)
+            check.judge(name, rec.max_deviation)
+        log.info("pass %-18s %s in %.3fs  %s  max deviation %s", name, "modified" if rec.modified else "no change",
+                 rec.seconds, rec.op_counts, rec.max_deviation)
         records.append(rec)
         if dump_dir is not None:
             save(model, dump_dir / f"{index:02d}_{cls.name or name}.onnx".replace(":", "_").replace("/", "_"))
