@@ -1,4 +1,8 @@
-"""onnxruntime sessions for onnx_ir models, quiet and single-threaded-friendly."""
+"""onnxruntime sessions for onnx_ir models, quiet and single-threaded-friendly.
+
+An exception escaping onnxruntime (a graph it cannot load or run) becomes a one-line OrtError that names
+the node when onnxruntime's message does, or else the node(s) of the op type the message is about.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ import onnxruntime as ort
 
 from qpass.errors import OrtError
 
+ort.set_default_logger_severity(4)  # errors come back as exceptions; ORT's own log would be a second line
+
+_NODE = re.compile(r"Node \(([^)]*)\)|node\. Name:'([^']*)'|[Nn]ode name: ?'?([^'\s,]+)")
+_NOISE = re.compile(r"/onnxruntime_src/\S+|onnxruntime::\S+\([^)]*\)|\[ONNXRuntimeError\] : \d+ : ")
+
 
 def session(model: ir.Model | onnx.ModelProto, extra_outputs: list[onnx.ValueInfoProto] | None = None,
             optimize: bool = True) -> ort.InferenceSession:
@@ -20,26 +29,34 @@ def session(model: ir.Model | onnx.ModelProto, extra_outputs: list[onnx.ValueInf
         proto = onnx.ModelProto.FromString(proto.SerializeToString())
         proto.graph.output.extend(extra_outputs)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    with ort_errors("loading the graph", proto):
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-_NODE = re.compile(r"Node \(([^)]*)\)|node\. Name:'([^']*)'|node ([^\s:]+)")
+def _node_named(text: str, proto: onnx.ModelProto | None) -> str:
+    m = _NODE.search(text)
+    if m:
+        return f" at node {next(g for g in m.groups() if g)!r}"
+    if proto is None:
+        return ""
+    words = {w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", text)}
+    hits = [n for n in proto.graph.node if len(n.op_type) >= 3 and n.op_type.lower() in words]
+    if not hits:
+        return ""
+    names = ", ".join(repr(n.name) for n in hits[:3]) + (" ..." if len(hits) > 3 else "")
+    return f" at node {names} ({hits[0].op_type})"
 
 
 @contextlib.contextmanager
-def ort_errors(stage: str) -> Iterator[None]:
-    """Turn an exception escaping onnxruntime into a one-line QpassError naming the node when ORT does."""
+def ort_errors(stage: str, proto: onnx.ModelProto | None = None) -> Iterator[None]:
+    """Turn an exception escaping onnxruntime into a one-line OrtError naming the node when it can."""
     try:
         yield
     except Exception as exc:
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        text = " ".join(str(exc).split())
-        m = _NODE.search(text)
-        node = next((g for g in m.groups() if g), None) if m else None
-        where = f" at node {node!r}" if node else ""
-        raise OrtError(f"onnxruntime failed during {stage}{where}: {text[:400]}; qpass does not support this "
-                       "model as it is") from exc
+        text = " ".join(_NOISE.sub("", str(exc)).split())
+        raise OrtError(f"onnxruntime failed {stage}{_node_named(str(exc), proto)}: {text[:300]}") from None

@@ -45,6 +45,7 @@ class PassCheck:
     fail: bool = False
     per_pass: bool = True
     warnings: list[str] = field(default_factory=list)
+    last: np.ndarray | None = None
 
     @classmethod
     def of(cls, model: ir.Model | onnx.ModelProto, inputs: list[np.ndarray], **options) -> PassCheck:
@@ -55,12 +56,14 @@ class PassCheck:
         """The output range the tolerance is relative to."""
         return float(np.ptp(self.expected)) or float(np.abs(self.expected).max()) or 1.0
 
-    def deviation(self, model: ir.Model, name: str) -> float:
-        """Largest |output - converted output| over the samples; inf when the output shape changed."""
+    def measure(self, model: ir.Model, name: str) -> float:
+        """Largest |output - converted output| over the samples (inf when the output shape changed); a pass
+        whose own change (against the graph checked before it) exceeds the tolerance is reported."""
         got = _outputs(model, self.inputs, f"the graph after pass {name!r}")
-        if got.shape != self.expected.shape:
-            return float("inf")
-        return float(np.max(np.abs(got.astype(np.float64) - self.expected))) if got.size else 0.0
+        previous = self.expected if self.last is None else self.last
+        self.last = got
+        self.judge(name, _max_abs(got, previous))
+        return _max_abs(got, self.expected)
 
     def judge(self, name: str, dev: float) -> None:
         if dev <= self.tolerance * self.scale:
@@ -74,18 +77,20 @@ class PassCheck:
         self.warnings.append(msg)
 
 
-def _outputs(model: ir.Model | onnx.ModelProto, inputs: list[np.ndarray], what: str) -> np.ndarray:
-    """The first output of `model` on each input, stacked (float64); PassError when onnxruntime fails."""
-    from qpass.ort import session
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
 
-    try:
+
+def _outputs(model: ir.Model | onnx.ModelProto, inputs: list[np.ndarray], what: str) -> np.ndarray:
+    """The first output of `model` on each input, stacked (float64); OrtError when onnxruntime fails."""
+    from qpass.ort import ort_errors, session
+
+    with ort_errors(f"running {what}"):
         sess = session(model, optimize=False)  # a faithful run of the graph as written, and a faster start
         name = sess.get_inputs()[0].name
         return np.stack([np.asarray(sess.run(None, {name: x})[0], dtype=np.float64) for x in inputs])
-    except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        raise PassError(f"onnxruntime cannot run {what}: {' '.join(str(exc).split())[:300]}") from None
 
 
 def validate(model: ir.Model, name: str) -> None:
@@ -149,8 +154,7 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
             if not result.modified and records and records[-1].max_deviation is not None:
                 rec.max_deviation = records[-1].max_deviation  # an unchanged graph computes what it did
             else:
-                rec.max_deviation = check.deviation(model, name)
-                check.judge(name, rec.max_deviation)
+                rec.max_deviation = check.measure(model, name)
         log.info("pass %-18s %s in %.3fs  %s  max deviation %s", name, "modified" if rec.modified else "no change",
                  rec.seconds, rec.op_counts, rec.max_deviation)
         records.append(rec)
