@@ -49,19 +49,22 @@ def load_array(path: Path, key: str | None, *, yaml_file: str, yaml_key: str, pa
     except ConfigError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        hint = "; save plain numeric arrays (pickled objects are never loaded)" if "pickle" in str(exc) else ""
-        raise ConfigError(yaml_file, path_key, f"cannot read {path}: {exc}{hint}") from None
+        if "pickle" in str(exc) or "Python objects" in str(exc):
+            raise ConfigError(yaml_file, path_key, f"{path} holds pickled Python objects, which qpass never loads; "
+                              "save a plain numeric array") from None
+        raise ConfigError(yaml_file, path_key, f"cannot read {path}: {exc}") from None
 
 
-def check_samples(x: np.ndarray, sample_shape: tuple[int, ...], *, yaml_file: str, yaml_key: str) -> None:
-    """Data must be shaped (N, *sample_shape), hold at least one sample and be real numbers (not complex)."""
+def check_samples(x: np.ndarray, sample_shape: tuple[int, ...], *, yaml_file: str, yaml_key: str,
+                  name: str = "data") -> None:
+    """Data (the file `name`) must be shaped (N, *sample_shape), hold a sample and be real numbers (not complex)."""
     if np.issubdtype(x.dtype, np.complexfloating):
-        raise ConfigError(yaml_file, yaml_key, f"data is complex ({x.dtype}); the model takes real numbers: save "
+        raise ConfigError(yaml_file, yaml_key, f"{name} is complex ({x.dtype}); the model takes real numbers: save "
                           "the real part (or magnitude) you mean")
     if x.ndim == 0 or len(x) == 0:
-        raise ConfigError(yaml_file, yaml_key, f"data of shape {tuple(x.shape)} holds no sample")
+        raise ConfigError(yaml_file, yaml_key, f"{name} of shape {tuple(x.shape)} holds no sample")
     if tuple(x.shape[1:]) != tuple(sample_shape) or not np.issubdtype(x.dtype, np.number):
-        raise ConfigError(yaml_file, yaml_key, f"data of shape {tuple(x.shape)} ({x.dtype}) does not fit the "
+        raise ConfigError(yaml_file, yaml_key, f"{name} of shape {tuple(x.shape)} ({x.dtype}) does not fit the "
                           f"model input: expected (N, {', '.join(map(str, sample_shape))})")
 
 
@@ -134,7 +137,7 @@ def calibration_batches(section: CalibrationSection, sample_shape: tuple[int, ..
     if callable_spec(section.path) is None:
         x = load_array(base_dir / section.path, section.key, yaml_file=yaml_file, yaml_key="calibration.key",
                        path_key=key)
-        check_samples(x, sample_shape, yaml_file=yaml_file, yaml_key=key)
+        check_samples(x, sample_shape, yaml_file=yaml_file, yaml_key=key, name=section.path)
         total = len(x) if section.limit is None else min(section.limit, len(x))
         raw: Iterable[Any] = batches(x, section.batch_size, section.limit)
         what = section.path
@@ -199,7 +202,7 @@ def comparison_data(pipe: Pipeline, sample_shape: tuple[int, ...]) -> tuple[np.n
     section, key = (pipe.compare, "compare") if pipe.compare else (pipe.calibration, "calibration")
     x = load_array(pipe.resolve(section.path), section.key, yaml_file=file, yaml_key=f"{key}.key",
                    path_key=f"{key}.path")
-    check_samples(x, sample_shape, yaml_file=file, yaml_key=f"{key}.path")
+    check_samples(x, sample_shape, yaml_file=file, yaml_key=f"{key}.path", name=section.path)
     n = len(x) if section.limit is None else min(section.limit, len(x))
     labels = None
     if section.labels_key:
@@ -207,8 +210,8 @@ def comparison_data(pipe: Pipeline, sample_shape: tuple[int, ...]) -> tuple[np.n
                             yaml_key=f"{key}.labels_key", path_key=f"{key}.path")[:n]
         if labels.shape[:1] != (n,) or not np.issubdtype(labels.dtype, np.number) \
                 or np.issubdtype(labels.dtype, np.complexfloating):
-            raise ConfigError(file, f"{key}.labels_key", f"labels of shape {tuple(labels.shape)} ({labels.dtype}) "
-                              f"do not fit {n} samples: expected {n} class numbers")
+            raise ConfigError(file, f"{key}.labels_key", f"{section.path}: labels of shape {tuple(labels.shape)} "
+                              f"({labels.dtype}) do not fit {n} samples: expected {n} class numbers")
     with np.errstate(over="ignore"):
         out = np.asarray(x[:n], dtype=np.float32)
     bad = ~np.isfinite(out.reshape(n, -1)).all(axis=1)
