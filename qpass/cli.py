@@ -14,10 +14,15 @@ from qpass.errors import QpassError
 EXIT_USER_ERROR = 2
 
 
+def one_line(text: object) -> str:
+    """A message on one line, whatever it quotes (compiler output, a file name with a newline)."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    click.echo(f"qpass: error: {exc}", err=True)
+    click.echo(f"qpass: error: {one_line(exc)}", err=True)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -167,7 +172,7 @@ def init(ctx: click.Context, model: Path, output: Path | None, force: bool) -> N
         m = load_model(model)
         shape = ", ".join(str(d) for d in list(m.graph.inputs[0].shape)[1:])
     except QpassError as exc:
-        click.echo(f"qpass: warning: could not read the input shape: {exc}", err=True)
+        click.echo(f"qpass: warning: could not read the input shape: {one_line(exc)}", err=True)
     rel = Path(__import__("os").path.relpath(model.resolve(), output.resolve().parent))
     try:
         output.write_text(starter_yaml(rel.as_posix(), name[:40], shape), encoding="utf-8")
