@@ -13,27 +13,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qpass import __version__
-from qpass.codegen.build import compile_and_run, stack_usage
-from qpass.codegen.emit import CTYPE, render, write
+from qpass.codegen.build import stack_usage
+from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
-from qpass.compare import accuracy, metrics, per_layer
+from qpass.compare import Outputs, comparison_report, per_layer, run_outputs
 from qpass.config import Pipeline
 from qpass.converters import load_model
 from qpass.data import calibration_batches, comparison_data
 from qpass.errors import ConfigError
-from qpass.ort import session
 from qpass.passes.runner import op_counts, run_passes, save
-from qpass.runtime_ref import run as run_ref
-from qpass.runtime_ref.intmath import dequantize, quantize
+from qpass.report_warnings import calibration_warnings, log_warnings, saturation_warnings
 from qpass.solver import apply_plan, calibrate, solve
 from qpass.solver.calibrate import activation_bits
 
 log = logging.getLogger(__name__)
 MARKER = "report.json"
+HTML = "report.html"
 
 
 def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
@@ -69,6 +68,9 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     name = pipe.codegen.name
     model_path = pipe.resolve(pipe.model.path)
     dump_dir = stage / "stages" if dump else None
+    gates = pipe.gates
+    if gates is not None and gates.min_accuracy is not None and not (pipe.compare and pipe.compare.labels_key):
+        raise ConfigError(file, "gates.min_accuracy", "needs labels: set compare.labels_key")
     if dump_dir:
         dump_dir.mkdir()
 
@@ -102,46 +104,74 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         c_file, h_file = write(gen, stage, name)
 
     x, labels = comparison_data(pipe, in_shape[1:])
-    n = len(x)
-
-    tin, tout = program.tensors[program.input], program.tensors[program.output]
-    in_name = model.graph.inputs[0].name
-    float_sess, qdq_sess = session(float_proto), session(qdq, optimize=False)
-    y_float = np.stack([float_sess.run(None, {in_name: s.reshape(in_shape)})[0] for s in x])
-    y_qdq = np.stack([qdq_sess.run(None, {in_name: s.reshape(in_shape)})[0] for s in x])
-    xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(n, -1)
-    y_ref_q = np.stack([run_ref(program, s).reshape(-1) for s in xq])
-    y_c_q = compile_and_run(c_file, h_file, name, CTYPE[tin.dtype], CTYPE[tout.dtype], xq, tout.dtype, tout.size,
-                            cc=pipe.codegen.cc)
-    y_ref = dequantize(y_ref_q, tout.scale, tout.zero_point)
-    y_c = dequantize(y_c_q, tout.scale, tout.zero_point)
-    mismatches = int(np.sum(np.any(y_c_q != y_ref_q, axis=1)))
-
-    report = {
-        "qpass_version": __version__,
-        "model": str(model_path),
-        "name": name,
-        "precision": pipe.quantization.model_dump(),
-        "samples": n,
-        "comparisons": {
-            "qdq_vs_float": metrics(y_float, y_qdq),
-            "runtime_ref_vs_float": metrics(y_float, y_ref),
-            "c_vs_float": metrics(y_float, y_c),
-        },
-        "c_equals_runtime_ref": mismatches == 0,
-        "layers": per_layer(model, program, x, in_shape),
-        "c_mismatched_samples": mismatches,
-        "accuracy": None if labels is None else {
-            "float": accuracy(y_float, labels), "qdq": accuracy(y_qdq, labels),
-            "runtime_ref": accuracy(y_ref, labels), "c": accuracy(y_c, labels)},
+    save_float = stage / f"{name}.float.onnx"  # what `qpass compare` compares against, later
+    onnx.save(float_proto, str(save_float))
+    outputs = run_outputs(float_proto, qdq, program, c_file, h_file, x, in_shape, cc=pipe.codegen.cc)
+    layer_samples = pipe.compare.layer_samples if pipe.compare is not None else None
+    layers = per_layer(model, program, x, in_shape, {k: (r.lo, r.hi) for k, r in ranges.items()},
+                       samples=layer_samples)
+    report = build_report(pipe, model_path, name, program, outputs, labels, layers, ranges,
+                          model.graph.inputs[0].name)
+    report.update({
         "op_counts": {"converted": converted_ops, "final": op_counts(model)},
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
                     "op_counts": r.op_counts} for r in records],
         "memory": {"arena_bytes": gen.arena_bytes, "arena_lower_bound": gen.arena_lower_bound,
                    "arena_naive": gen.arena_naive, "const_bytes": gen.const_bytes, "stack_bytes_host": stack},
-        "kernels": [s.kernel for s in program.steps],
         "plan": plan.to_report(),
-        "files": sorted(p.name for p in stage.iterdir() if p.is_file()) + [MARKER],
-    }
-    (stage / MARKER).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    })
+    report["gates"] = check_gates(pipe, report)
+    from qpass.report_html import write_html
+
+    write_html(report, outputs, program, labels, stage / HTML)
+    report["files"] = sorted(p.name for p in stage.iterdir() if p.is_file()) + [MARKER]
+    (stage / MARKER).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return report
+
+
+def output_unit(program) -> str:
+    """What the network's output values are, for labelling errors."""
+    return "softmax probability" if program.steps and program.steps[-1].kernel == "softmax" else \
+        "output value (e.g. logits)"
+
+
+def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: Outputs, labels, layers: list[dict],
+                 ranges: dict, input_name: str) -> dict:
+    """The report's comparison, per-layer and warnings part; the warnings list is built here, in one place."""
+    warnings: list[str] = calibration_warnings(ranges, input_name, layers) + saturation_warnings(layers)
+    log_warnings(warnings)
+    return {
+        "qpass_version": __version__,
+        "model": str(model_path),
+        "name": name,
+        "precision": pipe.quantization.model_dump(),
+        **comparison_report(outputs, labels),
+        "output_unit": output_unit(program),
+        "layers": layers,
+        "kernels": [s.kernel for s in program.steps],
+        "warnings": warnings,
+    }
+
+
+def check_gates(pipe: Pipeline, report: dict) -> dict | None:
+    """The YAML's quality gates against the C's figures: {gate: {limit, value, passed}}; None without gates."""
+    gates = pipe.gates
+    if gates is None:
+        return None
+    c = report["comparisons"]["c_vs_float"]
+    checks = {}
+    if gates.min_argmax_agreement is not None:
+        checks["min_argmax_agreement"] = (gates.min_argmax_agreement, c["argmax_agreement"],
+                                          c["argmax_agreement"] >= gates.min_argmax_agreement)
+    if gates.max_abs_error is not None:
+        checks["max_abs_error"] = (gates.max_abs_error, c["max_abs_error"], c["max_abs_error"] <= gates.max_abs_error)
+    if gates.min_accuracy is not None:
+        acc = (report.get("accuracy") or {}).get("c")
+        checks["min_accuracy"] = (gates.min_accuracy, acc, acc is not None and acc >= gates.min_accuracy)
+    if gates.c_equals_runtime_ref:
+        checks["c_equals_runtime_ref"] = (True, report["c_equals_runtime_ref"], report["c_equals_runtime_ref"])
+    out = {k: {"limit": lim, "value": val, "passed": bool(ok)} for k, (lim, val, ok) in checks.items()}
+    for k, g in out.items():
+        if not g["passed"]:
+            log.warning("quality gate %s failed: %s against a limit of %s", k, g["value"], g["limit"])
+    return out
