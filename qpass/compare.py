@@ -200,3 +200,51 @@ def comparison_report(out: Outputs, labels: np.ndarray | None) -> dict:
             k: accuracy(v, labels) for k, v in {"float": out.float, "qdq": out.qdq, "runtime_ref": out.runtime_ref,
                                                 "c": out.c}.items() if v is not None},
     }
+
+
+def compare_build(out_dir, data, *, key: str | None = None, labels_key: str | None = None,
+                  limit: int | None = None, cc: str = "gcc") -> dict:
+    """Re-run the comparison of an existing `qpass run` output folder on new data, without converting or
+    re-solving: onnxruntime on the saved float model (NAME.float.onnx) and QDQ model, runtime_ref on the
+    program lowered again from the saved QDQ model, and NAME.c compiled again. The build's quality gates
+    (from its report.json) are checked on the new figures. Writes nothing."""
+    import json
+    from pathlib import Path
+
+    import onnx_ir as ir
+
+    from qpass.codegen.lower import lower
+    from qpass.data import check_samples, load_array
+    from qpass.errors import QpassError
+    from qpass.pipeline import MARKER, gate_results, output_unit
+
+    out_dir, data = Path(out_dir), Path(data)
+    try:
+        build = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+        name = build["name"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise QpassError(f"{out_dir}: not a qpass output folder ({MARKER} unreadable: {exc}); pass the "
+                         "codegen.output_dir of a `qpass run`") from None
+    files = {k: out_dir / f"{name}.{k}" for k in ("float.onnx", "qdq.onnx", "c", "h")}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise QpassError(f"{out_dir}: {', '.join(missing)} missing; run `qpass run` again to rebuild the folder")
+    float_model = ir.load(str(files["float.onnx"]))
+    qdq = ir.load(str(files["qdq.onnx"]))
+    in_shape = tuple(int(d) for d in float_model.graph.inputs[0].shape)
+    if not data.is_file() or data.suffix.lower() not in (".npy", ".npz"):
+        raise QpassError(f"--data {data}: expected an existing .npy or .npz file")
+    x = load_array(data, key, yaml_file=str(data), yaml_key="--key")
+    check_samples(x, in_shape[1:], yaml_file=str(data), yaml_key="--data")
+    n = len(x) if limit is None else min(limit, len(x))
+    x = np.asarray(x[:n], dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise QpassError(f"--data {data}: holds NaN or infinity")
+    labels = None if labels_key is None else load_array(data, labels_key, yaml_file=str(data),
+                                                        yaml_key="--labels-key")[:n]
+    program = lower(qdq, name)
+    out = run_outputs(float_model, qdq, program, files["c"], files["h"], x, in_shape, cc=cc)
+    report = {"name": name, "data": str(data), "output_unit": output_unit(program), **comparison_report(out, labels)}
+    limits = {k: g["limit"] for k, g in (build.get("gates") or {}).items()}
+    report["gates"] = gate_results(limits, report) if limits else None
+    return report

@@ -155,23 +155,34 @@ def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: 
 
 def check_gates(pipe: Pipeline, report: dict) -> dict | None:
     """The YAML's quality gates against the C's figures: {gate: {limit, value, passed}}; None without gates."""
-    gates = pipe.gates
-    if gates is None:
+    if pipe.gates is None:
         return None
+    limits = {k: v for k, v in pipe.gates.model_dump().items() if v is not None and v is not False}
+    return gate_results(limits, report)
+
+
+def gate_results(limits: dict, report: dict) -> dict:
+    """Each gate's limit, the C's value in `report` and whether it passed; failures are logged."""
     c = report["comparisons"]["c_vs_float"]
-    checks = {}
-    if gates.min_argmax_agreement is not None:
-        checks["min_argmax_agreement"] = (gates.min_argmax_agreement, c["argmax_agreement"],
-                                          c["argmax_agreement"] >= gates.min_argmax_agreement)
-    if gates.max_abs_error is not None:
-        checks["max_abs_error"] = (gates.max_abs_error, c["max_abs_error"], c["max_abs_error"] <= gates.max_abs_error)
-    if gates.min_accuracy is not None:
-        acc = (report.get("accuracy") or {}).get("c")
-        checks["min_accuracy"] = (gates.min_accuracy, acc, acc is not None and acc >= gates.min_accuracy)
-    if gates.c_equals_runtime_ref:
-        checks["c_equals_runtime_ref"] = (True, report["c_equals_runtime_ref"], report["c_equals_runtime_ref"])
-    out = {k: {"limit": lim, "value": val, "passed": bool(ok)} for k, (lim, val, ok) in checks.items()}
-    for k, g in out.items():
-        if not g["passed"]:
-            log.warning("quality gate %s failed: %s against a limit of %s", k, g["value"], g["limit"])
+    values = {"min_argmax_agreement": c["argmax_agreement"], "max_abs_error": c["max_abs_error"],
+              "min_accuracy": (report.get("accuracy") or {}).get("c"),
+              "c_equals_runtime_ref": report["c_equals_runtime_ref"]}
+    out = {}
+    for k, limit in limits.items():
+        value = values[k]
+        if value is None:
+            passed = False
+        elif k.startswith("min_"):
+            passed = value >= limit
+        elif k.startswith("max_"):
+            passed = value <= limit
+        else:
+            passed = value == limit
+        out[k] = {"limit": limit, "value": value, "passed": bool(passed)}
+        if not passed:
+            log.warning("quality gate %s failed: %s against a limit of %s", k, value, limit)
     return out
+
+
+def gates_passed(report: dict) -> bool:
+    return all(g["passed"] for g in (report.get("gates") or {}).values())
