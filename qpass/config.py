@@ -152,6 +152,11 @@ class Pipeline(_Strict):
     def output_dir(self) -> Path:
         return self.resolve(self.codegen.output_dir)
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Read and validate a pipeline.yaml (as `qpass run` does); raises ConfigError naming the key."""
+        return load_pipeline(path)
+
 
 def _normalize(raw: Any) -> Any:
     """Accept the short forms: `model: file.h5`, `calibration: data.npz`, passes as bare names."""

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -26,7 +27,12 @@ from qpass.converters import load_model
 from qpass.data import calibration_batches, comparison_data
 from qpass.errors import ConfigError
 from qpass.passes.runner import op_counts, run_passes, save
-from qpass.report_warnings import calibration_warnings, log_warnings, saturation_warnings
+from qpass.report_warnings import (
+    calibration_warnings,
+    input_saturation_warnings,
+    log_warnings,
+    saturation_warnings,
+)
 from qpass.solver import apply_plan, calibrate, solve
 from qpass.solver.calibrate import activation_bits
 
@@ -111,7 +117,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     layers = per_layer(model, program, x, in_shape, {k: (r.lo, r.hi) for k, r in ranges.items()},
                        samples=layer_samples)
     report = build_report(pipe, model_path, name, program, outputs, labels, layers, ranges,
-                          model.graph.inputs[0].name)
+                          model.graph.inputs[0].name, x)
     report.update({
         "op_counts": {"converted": converted_ops, "final": op_counts(model)},
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
@@ -136,9 +142,11 @@ def output_unit(program) -> str:
 
 
 def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: Outputs, labels, layers: list[dict],
-                 ranges: dict, input_name: str) -> dict:
+                 ranges: dict, input_name: str, x: np.ndarray) -> dict:
     """The report's comparison, per-layer and warnings part; the warnings list is built here, in one place."""
-    warnings: list[str] = calibration_warnings(ranges, input_name, layers) + saturation_warnings(layers)
+    tin = program.tensors[program.input]
+    warnings: list[str] = calibration_warnings(ranges, input_name, layers) + \
+        input_saturation_warnings(x, tin.scale, tin.zero_point, tin.dtype, input_name) + saturation_warnings(layers)
     log_warnings(warnings)
     return {
         "qpass_version": __version__,

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
+from qpass.runtime_ref.intmath import QMAX, QMIN
+
 log = logging.getLogger(__name__)
 
 HUGE = 1e6  # a calibrated magnitude above this is not a trained network's normal input
@@ -59,6 +63,24 @@ def saturation_warnings(rows: list[dict]) -> list[str]:
                    f"{row['dtype']}: observed [{obs[0]:.4g}, {obs[1]:.4g}], {cal_txt}representable "
                    f"[{rep[0]:.4g}, {rep[1]:.4g}]; calibrate with data that covers the compare data")
     return out
+
+
+def input_saturation_warnings(x: np.ndarray, scale: float, zero_point: int, dtype: str, name: str) -> list[str]:
+    """A warning when the compare inputs fall outside what the quantized network input can hold."""
+    from qpass.compare import _Stats
+
+    if x.size == 0:
+        return []
+    s = _Stats()
+    s.add(x, x, scale, zero_point, dtype)
+    frac = s.saturated / s.count
+    if frac < SATURATION_FRACTION or s.overshoot <= SATURATION_STEPS:
+        return []
+    lo, hi = scale * (QMIN[dtype] - zero_point), scale * (QMAX[dtype] - zero_point)
+    return [f"saturation: the network input {name!r}: {frac * 100:.3g}% of the compare values ({s.saturated}/"
+            f"{s.count}) lie outside what {dtype} holds at the calibrated scale: observed [{s.lo:.4g}, {s.hi:.4g}], "
+            f"representable [{lo:.4g}, {hi:.4g}]; calibrate with data that covers the compare data (or set "
+            "quantization.input_range)"]
 
 
 def log_warnings(warnings: list[str]) -> None:
