@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
+from qpass import __version__
 from qpass.errors import QpassError
 
-EXIT_USER_ERROR = 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USER_ERROR = 0, 1, 2
+EXIT_CODES = "Exit codes: 0 ok, 1 a quality gate (`gates:` in the YAML) failed, 2 bad input (one line on stderr)."
 
 
 def one_line(text: object) -> str:
@@ -26,25 +28,60 @@ def _fail(exc: BaseException, debug: bool) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """-v / -q, before or after the subcommand: the last one given wins; --debug wins over both."""
+    if value:
+        obj = ctx.find_root().ensure_object(dict)
+        if not obj.get("debug"):
+            obj["level"] = logging.INFO if param.name == "verbose" else logging.ERROR
+            logging.getLogger().setLevel(obj["level"])
+    return value
+
+
+def _verbosity(fn):
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_level,
+                      help="Only errors on stderr; the summary is still printed.")(fn)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_level,
+                        help="Log every stage and pass.")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, "--version", prog_name="qpass", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every stage and pass.")
+@_verbosity
 @click.pass_context
-def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
-    """qpass: a trained network -> one integer-only C file for microcontrollers."""
-    ctx.obj = {"debug": debug}
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+def main(ctx: click.Context, debug: bool) -> None:
+    """qpass: a trained network -> one integer-only C file for microcontrollers.
+
+    \b
+    Example:
+      qpass init model.h5            # write a commented pipeline.yaml
+      qpass run pipeline.yaml        # convert, quantize, generate C, compare
+    """
+    obj = ctx.ensure_object(dict)
+    obj["debug"] = debug
+    level = logging.DEBUG if debug else obj.get("level", logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("pipeline_yaml", type=click.Path(path_type=Path))
 @click.option("--dump", is_flag=True, help="Save the graph after every stage as a numbered .onnx file.")
+@_verbosity
 @click.pass_context
 def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
-    """Convert, rewrite, quantize, generate C, compile it and compare with onnxruntime float."""
+    """Convert, rewrite, quantize, generate C, compile it and compare with onnxruntime float.
+
+    Writes NAME.c, NAME.h, report.json and report.html into codegen.output_dir.
+
+    \b
+    Example:
+      qpass run examples/har/pipeline.yaml
+      qpass run pipeline.yaml -v --dump
+    """
     from qpass.config import load_pipeline
-    from qpass.pipeline import run_pipeline
+    from qpass.pipeline import gates_passed, run_pipeline
 
     try:
         pipe = load_pipeline(pipeline_yaml)
@@ -53,16 +90,22 @@ def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
         _fail(exc, ctx.obj["debug"])
         return
     click.echo(format_report(report, pipe.output_dir))
+    if not gates_passed(report):
+        sys.exit(EXIT_GATE_FAILED)
 
 
-def format_report(report: dict, out_dir: Path) -> str:
-    lines = [f"qpass: {report['name']} -> {out_dir}  ({', '.join(report['files'])})",
-             f"{'comparison':<22}{'argmax agree':>13}{'max |err|':>11}{'mean |err|':>12}{'samples':>9}"]
-    labels = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_ref vs float",
-              "c_vs_float": "C vs float"}
+STAGES = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_ref vs float",
+          "c_vs_float": "C vs float"}
+
+
+def _comparison_lines(report: dict) -> list[str]:
+    unit = report.get("output_unit", "output value")
+    lines = [f"{'comparison':<22}{'argmax agree':>13}{'max |err|':>11}{'mean |err|':>12}{'samples':>9}"]
     for key, m in report["comparisons"].items():
-        lines.append(f"{labels.get(key, key):<22}{m['argmax_agreement'] * 100:>12.2f}%{m['max_abs_error']:>11.5f}"
+        lines.append(f"{STAGES.get(key, key):<22}{m['argmax_agreement'] * 100:>12.2f}%{m['max_abs_error']:>11.5f}"
                      f"{m['mean_abs_error']:>12.6f}{m['samples']:>9}")
+    lines.append(f"  float = onnxruntime on the converted model before any pass; QDQ sim = onnxruntime on the "
+                 f"quantize/dequantize graph (the plan simulated in float); errors in {unit} units")
     n = report["samples"]
     ok = n - report["c_mismatched_samples"]
     lines.append(f"C == runtime_ref bit for bit: {'yes' if report['c_equals_runtime_ref'] else 'NO'} "
@@ -70,28 +113,102 @@ def format_report(report: dict, out_dir: Path) -> str:
     if report.get("accuracy"):
         acc = report["accuracy"]
         lines.append("test accuracy: " + "  ".join(f"{k} {v * 100:.2f}%" for k, v in acc.items()))
+    return lines
+
+
+def _gate_lines(report: dict) -> list[str]:
+    gates = report.get("gates") or {}
+    if not gates:
+        return []
+    failed = [k for k, g in gates.items() if not g["passed"]]
+    return [("quality gates: FAILED " if failed else "quality gates: passed ")
+            + ", ".join(f"{k} {'ok' if g['passed'] else 'FAILED'} ({g['value']} vs limit {g['limit']})"
+                        for k, g in gates.items())]
+
+
+def format_report(report: dict, out_dir: Path) -> str:
+    lines = [f"qpass: {report['name']} -> {out_dir}  ({', '.join(report['files'])})"]
+    lines += _comparison_lines(report)
     ops = report["op_counts"]
     lines.append(f"ops: converted {sum(ops['converted'].values())} {ops['converted']}")
     lines.append(f"     final     {sum(ops['final'].values())} {ops['final']}")
-    layers = [row for row in report.get("layers", []) if row["sqnr_db"] != float("inf")]
+    layers = [row for row in report.get("layers", []) if row.get("sqnr_db") is not None]
     if layers:
         worst = sorted(layers, key=lambda row: row["sqnr_db"])[:3]
         lines.append("lowest SQNR: " + ", ".join(f"{w['kernel']} {w['node'][:32]} {w['sqnr_db']:.1f} dB"
-                                                   for w in worst))
+                                                   for w in worst)
+                     + "  (runtime_ref vs float per kernel: > 30 dB good, < 20 dB loses accuracy)")
     mem = report["memory"]
     lines.append(f"memory: arena {mem['arena_bytes']} B (lower bound {mem['arena_lower_bound']} B, one buffer "
                  f"per tensor {mem['arena_naive']} B), constants {mem['const_bytes']} B")
+    lines += _gate_lines(report)
+    warnings = report.get("warnings") or []
+    lines += [f"warnings ({len(warnings)}):"] + [f"  - {w}" for w in warnings] if warnings else []
+    if "report.html" in report.get("files", []):
+        lines.append(f"details (per layer, plots, memory plan): {out_dir / 'report.html'}")
     return "\n".join(lines)
 
 
-@main.command("passes")
+@main.command(epilog=EXIT_CODES)
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="New samples: a .npy, or a .npz with --key.")
+@click.option("--key", default=None, help="Array name inside the .npz (default: its first array).")
+@click.option("--labels-key", default=None, help="Labels array inside the .npz, for test accuracy.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most this many samples.")
+@click.option("--cc", default="gcc", show_default=True, help="C compiler for the host build.")
+@_verbosity
 @click.pass_context
-def list_passes(ctx: click.Context) -> None:
-    """List every registered pass with its summary and options."""
-    from qpass.passes import registered_passes
+def compare(ctx: click.Context, out_dir: Path, data: Path, key: str | None, labels_key: str | None,
+            limit: int | None, cc: str) -> None:
+    """Re-run the comparison of an existing build (OUT_DIR of `qpass run`) on new data.
+
+    The compiled C and runtime_ref against onnxruntime float, without converting or re-solving. The
+    build's quality gates apply to the new figures. Writes nothing.
+
+    \b
+    Example:
+      qpass compare build/har --data new.npz --key x --labels-key y
+    """
+    from qpass.compare import compare_build
+
+    try:
+        report = compare_build(out_dir, data, key=key, labels_key=labels_key, limit=limit, cc=cc)
+    except QpassError as exc:
+        _fail(exc, ctx.obj["debug"])
+        return
+    lines = [f"qpass compare: {report['name']} ({out_dir}) on {data}"] + _comparison_lines(report) + \
+        _gate_lines(report)
+    click.echo("\n".join(lines))
+    if not all(g["passed"] for g in (report["gates"] or {}).values()):
+        sys.exit(EXIT_GATE_FAILED)
+
+
+@main.command("passes")
+@click.argument("pipeline_yaml", required=False, type=click.Path(path_type=Path))
+@_verbosity
+@click.pass_context
+def list_passes(ctx: click.Context, pipeline_yaml: Path | None) -> None:
+    """List every registered pass with its summary and options.
+
+    Given PIPELINE_YAML, also the user passes it names (`file.py:Class`, `module:Class`).
+
+    \b
+    Example:
+      qpass passes
+      qpass passes examples/custom_pass/pipeline.yaml
+    """
+    from qpass.passes import registered_passes, resolve_pass
 
     try:
         registry = registered_passes()
+        if pipeline_yaml is not None:
+            from qpass.config import load_pipeline
+
+            pipe = load_pipeline(pipeline_yaml)
+            for entry in pipe.passes:
+                if entry.name not in registry:
+                    registry[entry.name] = resolve_pass(entry.name, base_dir=pipe.source.parent)
     except QpassError as exc:
         _fail(exc, ctx.obj["debug"])
         return
@@ -149,14 +266,20 @@ compare:                 # held-out data: onnxruntime float vs QDQ vs runtime_re
 """
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Where to write the YAML (default: pipeline.yaml next to the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@_verbosity
 @click.pass_context
 def init(ctx: click.Context, model: Path, output: Path | None, force: bool) -> None:
-    """Write a commented starter pipeline.yaml for MODEL."""
+    """Write a commented starter pipeline.yaml for MODEL.
+
+    \b
+    Example:
+      qpass init model.h5 -o pipeline.yaml
+    """
     import re
 
     output = output or model.parent / "pipeline.yaml"

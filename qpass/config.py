@@ -75,6 +75,20 @@ class CalibrationSection(DataSection):
         return self._function
 
 
+class CompareSection(DataSection):
+    layer_samples: int | None = Field(None, ge=1, description="compare samples the per-layer figures run on "
+                                                              "(default: all of them)")
+
+
+class GatesSection(_Strict):
+    """Quality gates on the compiled C against float; a run that misses one exits 1."""
+
+    min_argmax_agreement: float | None = Field(None, ge=0, le=1, description="C vs float argmax agreement, 0..1")
+    max_abs_error: float | None = Field(None, ge=0, description="largest |C − float| output difference")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="C test accuracy (needs compare.labels_key)")
+    c_equals_runtime_ref: bool = Field(True, description="the C must equal runtime_ref bit for bit")
+
+
 class PassEntry(_Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -131,8 +145,9 @@ class Pipeline(_Strict):
     passes: list[PassEntry] = Field(default_factory=list)
     quantization: QuantSection = Field(default_factory=QuantSection)
     codegen: CodegenSection = Field(default_factory=CodegenSection)
-    compare: DataSection | None = None
+    compare: CompareSection | None = None
     passes_check: PassesCheckSection = Field(default_factory=PassesCheckSection)
+    gates: GatesSection | None = None
     dump: bool = Field(False, description="save the graph after every stage as a numbered .onnx")
 
     # set by load_pipeline, not by the YAML
@@ -154,6 +169,11 @@ class Pipeline(_Strict):
     @property
     def output_dir(self) -> Path:
         return self.resolve(self.codegen.output_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Read and validate a pipeline.yaml (as `qpass run` does); raises ConfigError naming the key."""
+        return load_pipeline(path)
 
 
 def _normalize(raw: Any) -> Any:

@@ -19,21 +19,26 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qpass import __version__
-from qpass.codegen.build import compile_and_run, stack_usage
-from qpass.codegen.emit import CTYPE, render, write
+from qpass.codegen.build import stack_usage
+from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
-from qpass.compare import accuracy, metrics, per_layer
+from qpass.compare import Outputs, comparison_report, per_layer, run_outputs
 from qpass.config import Pipeline
 from qpass.converters import load_model
 from qpass.data import calibration_batches, callable_spec, comparison_data
 from qpass.errors import ConfigError
-from qpass.ort import ort_errors, session
+from qpass.ort import ort_errors
 from qpass.passes.runner import PassCheck, op_counts, run_passes, save
-from qpass.runtime_ref import run as run_ref
-from qpass.runtime_ref.intmath import dequantize, quantize
+from qpass.report_warnings import (
+    calibration_warnings,
+    input_saturation_warnings,
+    log_warnings,
+    saturation_warnings,
+)
 from qpass.solver import apply_plan, calibrate, solve
 from qpass.solver.calibrate import activation_bits
 
@@ -46,6 +51,7 @@ KEY = "codegen.output_dir"
 def qpass_owned_names() -> tuple[str, ...]:
     """Top-level names in an output folder that are qpass's own whatever the manifest lists (whole subtrees)."""
     return (MANIFEST, ".qpass-cache")
+HTML = "report.html"
 
 
 def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
@@ -269,6 +275,9 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     name = pipe.codegen.name
     model_path = pipe.resolve(pipe.model.path)
     dump_dir = stage / "stages" if dump else None
+    gates = pipe.gates
+    if gates is not None and gates.min_accuracy is not None and not (pipe.compare and pipe.compare.labels_key):
+        raise ConfigError(file, "gates.min_accuracy", "needs labels: set compare.labels_key")
     if dump_dir:
         dump_dir.mkdir()
 
@@ -309,39 +318,16 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
                                                                    "host target"))
         c_file, h_file = write(gen, stage, name)
 
-    n = len(x)
-
-    tin, tout = program.tensors[program.input], program.tensors[program.output]
-    in_name = model.graph.inputs[0].name
-    with ort_errors("comparison"):
-        float_sess, qdq_sess = session(float_proto), session(qdq, optimize=False)
-        y_float = np.stack([float_sess.run(None, {in_name: s.reshape(in_shape)})[0] for s in x])
-        y_qdq = np.stack([qdq_sess.run(None, {in_name: s.reshape(in_shape)})[0] for s in x])
-    xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(n, -1)
-    y_ref_q = np.stack([run_ref(program, s).reshape(-1) for s in xq])
-    y_c_q = compile_and_run(c_file, h_file, name, CTYPE[tin.dtype], CTYPE[tout.dtype], xq, tout.dtype, tout.size,
-                            cc=pipe.codegen.cc)
-    y_ref = dequantize(y_ref_q, tout.scale, tout.zero_point)
-    y_c = dequantize(y_c_q, tout.scale, tout.zero_point)
-    mismatches = int(np.sum(np.any(y_c_q != y_ref_q, axis=1)))
-
-    report = {
-        "qpass_version": __version__,
-        "model": str(model_path),
-        "name": name,
-        "precision": pipe.quantization.model_dump(),
-        "samples": n,
-        "comparisons": {
-            "qdq_vs_float": metrics(y_float, y_qdq),
-            "runtime_ref_vs_float": metrics(y_float, y_ref),
-            "c_vs_float": metrics(y_float, y_c),
-        },
-        "c_equals_runtime_ref": mismatches == 0,
-        "layers": _per_layer(model, program, x, in_shape),
-        "c_mismatched_samples": mismatches,
-        "accuracy": None if labels is None else {
-            "float": accuracy(y_float, labels), "qdq": accuracy(y_qdq, labels),
-            "runtime_ref": accuracy(y_ref, labels), "c": accuracy(y_c, labels)},
+    save_float = stage / f"{name}.float.onnx"  # what `qpass compare` compares against, later
+    onnx.save(float_proto, str(save_float))
+    with ort_errors("the comparison"):
+        outputs = run_outputs(float_proto, qdq, program, c_file, h_file, x, in_shape, cc=pipe.codegen.cc)
+        layer_samples = pipe.compare.layer_samples if pipe.compare is not None else None
+        layers = per_layer(model, program, x, in_shape, {k: (r.lo, r.hi) for k, r in ranges.items()},
+                           samples=layer_samples)
+    report = build_report(pipe, model_path, name, program, outputs, labels, layers, ranges,
+                          model.graph.inputs[0].name, x)
+    report.update({
         "op_counts": {"converted": converted_ops, "final": op_counts(model)},
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
                     "op_counts": r.op_counts, "max_deviation": r.max_deviation} for r in records],
@@ -350,16 +336,77 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
             "output_range": check.scale, "tolerance": check.tolerance, "samples": len(check.inputs)},
         "memory": {"arena_bytes": gen.arena_bytes, "arena_lower_bound": gen.arena_lower_bound,
                    "arena_naive": gen.arena_naive, "const_bytes": gen.const_bytes, "stack_bytes_host": stack},
-        "kernels": [s.kernel for s in program.steps],
         "plan": plan.to_report(),
-        "files": sorted({p.name for p in stage.iterdir() if p.is_file()} | {REPORT, MANIFEST}),
-    }
+        "files": [],
+    })
     if check is not None and check.warnings:
-        report.setdefault("warnings", []).extend(check.warnings)
+        report["warnings"].extend(check.warnings)
+        log_warnings(check.warnings)
+    report["gates"] = check_gates(pipe, report)
+    from qpass.report_html import write_html
+
+    write_html(report, outputs, program, labels, stage / HTML)
+    report["files"] = sorted({p.name for p in stage.iterdir() if p.is_file()} | {REPORT, MANIFEST})
     (stage / REPORT).write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return report
 
 
-def _per_layer(model: ir.Model, program, x: np.ndarray, in_shape: tuple[int, ...]) -> list[dict]:
-    with ort_errors("the per-layer comparison"):
-        return per_layer(model, program, x, in_shape)
+def output_unit(program) -> str:
+    """What the network's output values are, for labelling errors."""
+    return "softmax probability" if program.steps and program.steps[-1].kernel == "softmax" else \
+        "output value (e.g. logits)"
+
+
+def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: Outputs, labels, layers: list[dict],
+                 ranges: dict, input_name: str, x: np.ndarray) -> dict:
+    """The report's comparison, per-layer and warnings part; the warnings list is built here, in one place."""
+    tin = program.tensors[program.input]
+    warnings: list[str] = calibration_warnings(ranges, input_name, layers) + \
+        input_saturation_warnings(x, tin.scale, tin.zero_point, tin.dtype, input_name) + saturation_warnings(layers)
+    log_warnings(warnings)
+    return {
+        "qpass_version": __version__,
+        "model": str(model_path),
+        "name": name,
+        "precision": pipe.quantization.model_dump(),
+        **comparison_report(outputs, labels),
+        "output_unit": output_unit(program),
+        "layers": layers,
+        "kernels": [s.kernel for s in program.steps],
+        "warnings": warnings,
+    }
+
+
+def check_gates(pipe: Pipeline, report: dict) -> dict | None:
+    """The YAML's quality gates against the C's figures: {gate: {limit, value, passed}}; None without gates."""
+    if pipe.gates is None:
+        return None
+    limits = {k: v for k, v in pipe.gates.model_dump().items() if v is not None and v is not False}
+    return gate_results(limits, report)
+
+
+def gate_results(limits: dict, report: dict) -> dict:
+    """Each gate's limit, the C's value in `report` and whether it passed; failures are logged."""
+    c = report["comparisons"]["c_vs_float"]
+    values = {"min_argmax_agreement": c["argmax_agreement"], "max_abs_error": c["max_abs_error"],
+              "min_accuracy": (report.get("accuracy") or {}).get("c"),
+              "c_equals_runtime_ref": report["c_equals_runtime_ref"]}
+    out = {}
+    for k, limit in limits.items():
+        value = values[k]
+        if value is None:
+            passed = False
+        elif k.startswith("min_"):
+            passed = value >= limit
+        elif k.startswith("max_"):
+            passed = value <= limit
+        else:
+            passed = value == limit
+        out[k] = {"limit": limit, "value": value, "passed": bool(passed)}
+        if not passed:
+            log.warning("quality gate %s failed: %s against a limit of %s", k, value, limit)
+    return out
+
+
+def gates_passed(report: dict) -> bool:
+    return all(g["passed"] for g in (report.get("gates") or {}).values())

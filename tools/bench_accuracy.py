@@ -325,6 +325,11 @@ def checks(ex: Example) -> list[str]:
     return lines
 
 
+def _db(v: float | None) -> str:
+    """A per-layer SQNR; None means no noise at all (or no float twin to compare with)."""
+    return "exact" if v is None else f"{v:.1f}"
+
+
 def layer_table(ex: Example) -> list[str]:
     """Per-layer SQNR (dB) of every qpass precision whose report has `layers`.
 
@@ -341,10 +346,10 @@ def layer_table(ex: Example) -> list[str]:
     kernels = {tuple(row["kernel"] for row in rows) for rows in layers.values()}
     if len(kernels) == 1:
         first = next(iter(layers.values()))
-        rows = [[row["kernel"], name(row["node"]), *(f"{layers[label][i]['sqnr_db']:.1f}" for label in layers)]
+        rows = [[row["kernel"], name(row["node"]), *(_db(layers[label][i]['sqnr_db']) for label in layers)]
                 for i, row in enumerate(first)]
         return [table(rows, ["kernel", "node", *(f"{label} dB" for label in layers)])]
-    return [f"{label}:\n" + table([[row["kernel"], name(row["node"]), f"{row['sqnr_db']:.1f}"] for row in rows],
+    return [f"{label}:\n" + table([[row["kernel"], name(row["node"]), _db(row['sqnr_db'])] for row in rows],
                                   ["kernel", "node", "SQNR dB"]) for label, rows in layers.items()]
 
 
