@@ -534,14 +534,14 @@ def test_a_pass_that_drops_the_softmax_is_flagged(proj: Path, caplog):
     devs = [p["max_deviation"] for p in report["passes"]]
     assert devs[0] < 1e-5 and devs[1] > 0.1 and devs[2] == devs[1]
     assert report["passes_check"]["max_deviation"] == devs[1]
-    assert len(report["warnings"]) == 1 and "my_pass.py:DropSoftmax" in report["warnings"][0]
+    assert sum("my_pass.py:DropSoftmax" in w for w in report["warnings"]) == 1
 
 
 def test_faithful_passes_record_small_deviations(proj: Path):
     run_ok(proj)
     report = json.loads((proj / "out" / "tiny" / "report.json").read_text())
     assert all(0 <= p["max_deviation"] < 1e-5 for p in report["passes"])
-    assert "warnings" not in report
+    assert not any("changed the model's outputs" in w for w in report["warnings"])
 
 
 # ---------------------------------------------------------------------------------------------- qpass init
