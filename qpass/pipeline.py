@@ -271,6 +271,9 @@ def _json_safe(value: object) -> object:
 
 
 def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
+    # report.json's "warnings": one plain list of one-line strings for the whole run. A stage with
+    # something to say appends to it (and logs it); build_report adds the calibration and saturation ones.
+    warnings: list[str] = []
     file = str(pipe.source)
     name = pipe.codegen.name
     model_path = pipe.resolve(pipe.model.path)
@@ -327,7 +330,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         layers = per_layer(model, program, x, in_shape, {k: (r.lo, r.hi) for k, r in ranges.items()},
                            samples=layer_samples)
     report = build_report(pipe, model_path, name, program, outputs, labels, layers, ranges,
-                          model.graph.inputs[0].name, x)
+                          model.graph.inputs[0].name, x, warnings)
     report.update({
         "op_counts": {"converted": converted_ops, "final": op_counts(model)},
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
@@ -358,12 +361,14 @@ def output_unit(program) -> str:
 
 
 def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: Outputs, labels, layers: list[dict],
-                 ranges: dict, input_name: str, x: np.ndarray) -> dict:
-    """The report's comparison, per-layer and warnings part; the warnings list is built here, in one place."""
+                 ranges: dict, input_name: str, x: np.ndarray, warnings: list[str]) -> dict:
+    """The report's comparison, per-layer and warnings part; adds (and logs) the calibration and
+    saturation warnings to the run's `warnings` list, which becomes report["warnings"]."""
     tin = program.tensors[program.input]
-    warnings: list[str] = calibration_warnings(ranges, input_name, layers) + \
+    found = calibration_warnings(ranges, input_name, layers) + \
         input_saturation_warnings(x, tin.scale, tin.zero_point, tin.dtype, input_name) + saturation_warnings(layers)
-    log_warnings(warnings)
+    log_warnings(found)
+    warnings.extend(found)
     return {
         "qpass_version": __version__,
         "model": str(model_path),

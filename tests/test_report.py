@@ -180,3 +180,22 @@ def test_version_verbosity_and_help_examples() -> None:
         assert "1 a quality gate" in helped.stdout or command == "passes"
     assert runner.invoke(main, ["passes", "-v"]).exit_code == 0
     assert runner.invoke(main, ["-q", "passes"]).exit_code == 0
+
+
+def test_names_from_the_model_are_escaped_in_report_html(har) -> None:
+    import onnx_ir as ir
+
+    from qpass.codegen.lower import lower
+    from qpass.compare import Outputs
+    from qpass.report_html import render_html
+
+    _, out, report = har
+    program = lower(ir.load(str(out / "har.qdq.onnx")), "har")
+    evil = '</td><script>alert("x")</script><img src=http://evil.invalid/x.png>'
+    program.steps[0].origin = evil
+    report = json.loads(json.dumps(report))
+    report["layers"][0]["node"] = report["passes"][0]["name"] = evil
+    report["warnings"] = [f"calibration: {evil}"]
+    y = np.random.default_rng(0).dirichlet(np.ones(4), size=10)
+    html = render_html(report, Outputs(y, None, y, y, 0), program, None)
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html
