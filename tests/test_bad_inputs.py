@@ -363,6 +363,18 @@ quantization:
 codegen: {name: tiny, output_dir: out/tiny}
 """
 
+ALIAS_BOMB = "model: tiny.onnx\ncalibration: calib.npz\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+DUPLICATE_IN_LIST = """\
+model: tiny.onnx
+calibration: calib.npz
+passes:
+  - {name: fold-constants}
+  - name: strip-dropout
+    options: {}
+    name: fold-batchnorm
+"""
+
 CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     # -- the output folder: qpass removes only what it wrote
     "output is the yaml folder": _out_dir(lambda p: (_user_files(p), ".")[1], "YAML's folder"),
@@ -388,6 +400,8 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     # -- the YAML
     "duplicate top-level key": _yaml_text(DUPLICATE_TOP, "codegen: written twice, at lines 3 and 5"),
     "duplicate nested key": _yaml_text(DUPLICATE_NESTED, "quantization.weights: written twice, at lines 4 and 6"),
+    "duplicate key in a list item": _yaml_text(DUPLICATE_IN_LIST, "passes[1].name: written twice, at lines 5 and 7"),
+    "alias bomb (10^9 elements if expanded)": _yaml_text(ALIAS_BOMB, "l0: unknown key"),
     "batch size 4": _yaml(with_("model", batch_size=4), "model.batch_size", "only 1"),
     "passes_check tolerance 0": _yaml({**BASE, "passes_check": {"tolerance": 0}}, "passes_check.tolerance"),
     "passes_check unknown key": _yaml({**BASE, "passes_check": {"fial": True}}, "passes_check.fial"),
