@@ -87,6 +87,10 @@ def _protected(pipe: Pipeline) -> list[tuple[str, Path]]:
             out.append((f"the folder of {key}.path", pipe.resolve(section.path).parent))
         elif spec[0].endswith(".py"):
             out.append((f"the folder of {key}.path", pipe.resolve(spec[0]).parent))
+    for i, entry in enumerate(pipe.passes):
+        target = entry.name.rsplit(":", 1)[0]
+        if ":" in entry.name and target.endswith(".py"):
+            out.append((f"the folder of passes[{i}]", pipe.resolve(target).parent))
     return out
 
 
