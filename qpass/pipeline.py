@@ -27,7 +27,7 @@ from qpass.codegen.emit import CTYPE, render, write
 from qpass.codegen.lower import lower
 from qpass.compare import accuracy, metrics, per_layer
 from qpass.config import Pipeline
-from qpass.converters import load_model
+from qpass.converters import check_one_input, load_model
 from qpass.data import calibration_batches, callable_spec, comparison_data
 from qpass.errors import ConfigError
 from qpass.ort import ort_errors, session
@@ -278,6 +278,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
 
     model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
                        opset=pipe.model.opset)
+    check_one_input(model, model_path)
     if dump_dir:
         save(model, dump_dir / "00_converted.onnx")
     converted_ops = op_counts(model)

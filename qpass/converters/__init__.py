@@ -35,7 +35,6 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001
         raise ConvertError(f"{path}: the ONNX graph is not valid: {' '.join(str(exc).split())[:400]}") from None
-    _one_input_one_output(proto, path)
     return ir.serde.deserialize_model(proto)
 
 
@@ -50,15 +49,12 @@ def _standard_ops(proto: onnx.ModelProto, path: Path) -> None:
                                "op; qpass needs standard ONNX ops (export without custom ops)")
 
 
-def _one_input_one_output(proto: onnx.ModelProto, path: Path) -> None:
-    """The C API takes one input array and writes one output array."""
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i.name for i in proto.graph.input if i.name not in inits]
-    outputs = [o.name for o in proto.graph.output]
-    for what, names in (("input", inputs), ("output", outputs)):
-        if len(names) != 1:
-            raise ConvertError(f"{path}: the graph has {len(names)} {what}s {names}; qpass needs exactly one "
-                               f"{what} (export a model with a single {what} tensor)")
+def check_one_input(model: ir.Model, path: Path) -> None:
+    """The C API takes one input array: refuse a graph with several inputs, naming them."""
+    names = [v.name for v in model.graph.inputs if not v.is_initializer()]
+    if len(names) != 1:
+        raise ConvertError(f"{path}: the graph has {len(names)} inputs {names}; qpass needs exactly one input "
+                           "(export a model with a single input tensor)")
 
 
 def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.ModelProto:
