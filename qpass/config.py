@@ -236,11 +236,14 @@ def load_yaml(text: str, file: str) -> Any:
     """yaml.safe_load, refusing a key written twice in one mapping (naming both lines)."""
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     if node is not None:
-        _no_duplicates(node, (), file)
+        _no_duplicates(node, (), file, set())
     return yaml.safe_load(text)
 
 
-def _no_duplicates(node: yaml.Node, where: tuple[Any, ...], file: str) -> None:
+def _no_duplicates(node: yaml.Node, where: tuple[Any, ...], file: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: its node was checked where the anchor is (and no exponential walk)
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -251,10 +254,10 @@ def _no_duplicates(node: yaml.Node, where: tuple[Any, ...], file: str) -> None:
                     raise ConfigError(file, _key_path((*where, key)), f"written twice, at lines {first[key]} and "
                                       f"{line}; keep one")
                 first[key] = line
-            _no_duplicates(value_node, (*where, key), file)
+            _no_duplicates(value_node, (*where, key), file, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _no_duplicates(item, (*where, i), file)
+            _no_duplicates(item, (*where, i), file, seen)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

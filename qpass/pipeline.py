@@ -28,7 +28,7 @@ from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
 from qpass.compare import Outputs, comparison_report, per_layer, run_outputs
 from qpass.config import Pipeline
-from qpass.converters import load_model, require_single_io
+from qpass.converters import check_one_input, load_model
 from qpass.data import calibration_batches, callable_spec, comparison_data
 from qpass.errors import ConfigError
 from qpass.ort import ort_errors
@@ -93,6 +93,10 @@ def _protected(pipe: Pipeline) -> list[tuple[str, Path]]:
             out.append((f"the folder of {key}.path", pipe.resolve(section.path).parent))
         elif spec[0].endswith(".py"):
             out.append((f"the folder of {key}.path", pipe.resolve(spec[0]).parent))
+    for i, entry in enumerate(pipe.passes):
+        target = entry.name.rsplit(":", 1)[0]
+        if ":" in entry.name and target.endswith(".py"):
+            out.append((f"the folder of passes[{i}]", pipe.resolve(target).parent))
     return out
 
 
@@ -286,7 +290,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
 
     model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
                        opset=pipe.model.opset)
-    require_single_io(model, model_path)
+    check_one_input(model, model_path)
     if dump_dir:
         save(model, dump_dir / "00_converted.onnx")
     converted_ops = op_counts(model)

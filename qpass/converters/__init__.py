@@ -49,15 +49,12 @@ def _standard_ops(proto: onnx.ModelProto, path: Path) -> None:
                                "op; qpass needs standard ONNX ops (export without custom ops)")
 
 
-def require_single_io(model: ir.Model, path: Path) -> None:
-    """The C API takes one input array and writes one output array (passes work on any graph; the pipeline
-    calls this right after loading)."""
-    inputs = [v.name for v in model.graph.inputs if not v.is_initializer()]
-    outputs = [v.name for v in model.graph.outputs]
-    for what, names in (("input", inputs), ("output", outputs)):
-        if len(names) != 1:
-            raise ConvertError(f"{path}: the graph has {len(names)} {what}s {names}; qpass needs exactly one "
-                               f"{what} (export a model with a single {what} tensor)")
+def check_one_input(model: ir.Model, path: Path) -> None:
+    """The C API takes one input array: refuse a graph with several inputs, naming them."""
+    names = [v.name for v in model.graph.inputs if not v.is_initializer()]
+    if len(names) != 1:
+        raise ConvertError(f"{path}: the graph has {len(names)} inputs {names}; qpass needs exactly one input "
+                           "(export a model with a single input tensor)")
 
 
 def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.ModelProto:

@@ -2,8 +2,12 @@
 
 After each pass the graph must still be valid ONNX (checker + strict shape inference on the serialized
 model), or a PassError names the pass. With a PassCheck, onnxruntime runs the graph on a few samples after
-each pass (or only after the last) and the largest deviation from the converted model's outputs is
-recorded; above `tolerance` × the output range, a warning (or a PassError when `fail`) names the pass.
+each pass (or only after the last) and records the largest deviation from the converted model's outputs;
+a pass whose own change (against the graph checked before it) exceeds `tolerance` × the output range is
+a warning, or a PassError when `fail`, naming the pass:
+
+    converted ──pass 1──▶ g1 ──pass 2──▶ g2      max|g2(x) − converted(x)| → passes[2].max_deviation
+                                                 max|g2(x) − g1(x)| > tol·range → "pass 2 changed ..."
 """
 
 from __future__ import annotations
