@@ -31,6 +31,7 @@ from qpass.runtime_ref import run as run_ref
 from qpass.runtime_ref.intmath import dequantize, quantize
 from qpass.solver import apply_plan, calibrate, solve
 from qpass.solver.calibrate import activation_bits
+from qpass.solver.unshare import unshare_constants
 
 log = logging.getLogger(__name__)
 MARKER = "report.json"
@@ -80,6 +81,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     float_proto = ir.serde.serialize_model(model)
     records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
                          dump_dir=dump_dir)
+    unshare_constants(model)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
     calib = calibration_batches(pipe.calibration, in_shape[1:], base_dir=pipe.source.parent, yaml_file=file)

@@ -46,9 +46,10 @@ def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel
 
 def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
                dump_dir: Path | None = None) -> list[PassRecord]:
-    """Apply the named passes in order; after each, drop what became unused, keep graph order and
-    re-infer shapes, so the next pass sees the shapes this one made static (shape inference only
-    updates value shapes and types: nodes, and their metadata, stay as they are)."""
+    """Apply the named passes in order; after each one that changed the graph, drop what became unused,
+    keep graph order and re-infer shapes, so the next pass sees the shapes this one made static (shape
+    inference only updates value shapes and types: nodes, and their metadata, stay as they are). A pass
+    that changed nothing costs no cleanup: shape inference serializes the whole model twice."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
                                    ir.passes.common.TopologicalSortPass(),
                                    ir.passes.common.ShapeInferencePass())
@@ -64,7 +65,8 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
         except Exception as exc:
             raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
         model = result.model
-        cleanup(model)
+        if result.modified:
+            cleanup(model)
         rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
         log.info("pass %-18s %s in %.3fs  %s", name, "modified" if rec.modified else "no change",
                  rec.seconds, rec.op_counts)
