@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from qpass import __version__
 from qpass.errors import QpassError
 
 EXIT_USER_ERROR = 2
@@ -17,11 +18,13 @@ EXIT_USER_ERROR = 2
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    click.echo(f"qpass: error: {exc}", err=True)
+    for line in str(exc).splitlines() or [""]:  # ConfigErrors: one line per problem
+        click.echo(f"qpass: error: {line}", err=True)
     sys.exit(EXIT_USER_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="qpass", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every stage and pass.")
 @click.pass_context
@@ -48,6 +51,29 @@ def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
         _fail(exc, ctx.obj["debug"])
         return
     click.echo(format_report(report, pipe.output_dir))
+
+
+@main.command()
+@click.argument("pipeline_yaml", type=click.Path(path_type=Path))
+@click.pass_context
+def check(ctx: click.Context, pipeline_yaml: Path) -> None:
+    """Validate PIPELINE_YAML (keys, files, data shapes, passes) without converting the model; every problem
+    is printed, one line each."""
+    from qpass.config import load_pipeline
+    from qpass.model_shape import ShapeUnknown, input_shape
+
+    try:
+        pipe = load_pipeline(pipeline_yaml)
+    except QpassError as exc:
+        _fail(exc, ctx.obj["debug"])
+        return
+    try:
+        shape = input_shape(pipe.resolve(pipe.model.path))
+    except ShapeUnknown:
+        shape = None
+    what = "unknown until converted" if shape is None else "(" + ", ".join("N" if d is None else str(d)
+                                                                       for d in shape) + ")"
+    click.echo(f"qpass: {pipeline_yaml}: ok (model input {what}, {len(pipe.passes)} passes)")
 
 
 def format_report(report: dict, out_dir: Path) -> str:
@@ -83,18 +109,28 @@ def format_report(report: dict, out_dir: Path) -> str:
 @click.pass_context
 def list_passes(ctx: click.Context) -> None:
     """List every registered pass with its summary and options."""
-    from qpass.passes import registered_passes
+    from importlib.metadata import entry_points
 
-    try:
-        registry = registered_passes()
-    except QpassError as exc:
-        _fail(exc, ctx.obj["debug"])
-        return
-    for name, cls in sorted(registry.items()):
-        click.echo(f"{name:<18} {cls.summary()}")
-        for opt, field in cls.Options.model_fields.items():
-            default = field.default if field.default is not None else "none"
-            click.echo(f"{'':<20}{opt} = {default!r}  {field.description or ''}".rstrip())
+    from qpass.catalog import OptionInfo, builtin_catalog
+
+    # built-in passes are read from their source (no onnx_ir import); installed plug-ins must be loaded
+    rows = {name: (info.summary, list(info.options)) for name, info in builtin_catalog().items()}
+    if entry_points(group="qpass.passes"):
+        from qpass.passes import registered_passes
+
+        try:
+            registry = registered_passes()
+        except QpassError as exc:
+            _fail(exc, ctx.obj["debug"])
+            return
+        for name, cls in registry.items():
+            rows.setdefault(name, (cls.summary(), [OptionInfo(opt, f.default, f.description or "")
+                                                   for opt, f in cls.Options.model_fields.items()]))
+    for name, (summary, options) in sorted(rows.items()):
+        click.echo(f"{name:<18} {summary}")
+        for opt in options:
+            default = opt.default if opt.default is not None else "none"
+            click.echo(f"{'':<20}{opt.name} = {default!r}  {opt.description}".rstrip())
 
 
 STARTER = """\
@@ -161,12 +197,15 @@ def init(ctx: click.Context, model: Path, output: Path | None, force: bool) -> N
     if not re.match(r"[A-Za-z_]", name):
         name = "m_" + name
     shape = "..."
-    try:
-        from qpass.converters import load_model
+    from qpass.model_shape import ShapeUnknown, input_shape
 
-        m = load_model(model)
-        shape = ", ".join(str(d) for d in list(m.graph.inputs[0].shape)[1:])
-    except QpassError as exc:
+    try:  # read from the file, not converted: seconds, not a minute
+        dims = input_shape(model)
+        if dims is None:
+            click.echo("qpass: warning: a SavedModel does not state its input shape; fill it in", err=True)
+        else:
+            shape = ", ".join("?" if d is None else str(d) for d in dims[1:])
+    except ShapeUnknown as exc:
         click.echo(f"qpass: warning: could not read the input shape: {exc}", err=True)
     rel = Path(__import__("os").path.relpath(model.resolve(), output.resolve().parent))
     output.write_text(STARTER.format(model=rel.as_posix(), yaml=output.name, name=name[:40], shape=shape))
