@@ -38,15 +38,16 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @main.command()
 @click.argument("pipeline_yaml", type=click.Path(path_type=Path))
 @click.option("--dump", is_flag=True, help="Save the graph after every stage as a numbered .onnx file.")
+@click.option("--no-cache", is_flag=True, help="Convert and run the passes again; keep no cache in the output.")
 @click.pass_context
-def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
+def run(ctx: click.Context, pipeline_yaml: Path, dump: bool, no_cache: bool) -> None:
     """Convert, rewrite, quantize, generate C, compile it and compare with onnxruntime float."""
     from qpass.config import load_pipeline
     from qpass.pipeline import run_pipeline
 
     try:
         pipe = load_pipeline(pipeline_yaml)
-        report = run_pipeline(pipe, dump=dump)
+        report = run_pipeline(pipe, dump=dump, cache=not no_cache)
     except QpassError as exc:
         _fail(exc, ctx.obj["debug"])
         return
@@ -74,6 +75,19 @@ def check(ctx: click.Context, pipeline_yaml: Path) -> None:
     what = "unknown until converted" if shape is None else "(" + ", ".join("N" if d is None else str(d)
                                                                        for d in shape) + ")"
     click.echo(f"qpass: {pipeline_yaml}: ok (model input {what}, {len(pipe.passes)} passes)")
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.pass_context
+def clean(ctx: click.Context, output_dir: Path) -> None:
+    """Remove the build cache (OUTPUT_DIR/.qpass-cache: converted model, float graph) of a qpass output."""
+    from qpass.cache import CACHE_DIR, clear
+
+    if not (output_dir / "report.json").is_file():
+        _fail(QpassError(f"{output_dir} is not a qpass output folder (no report.json); nothing removed"),
+              ctx.obj["debug"])
+    click.echo(f"removed {output_dir / CACHE_DIR}" if clear(output_dir) else f"{output_dir} has no cache")
 
 
 def format_report(report: dict, out_dir: Path) -> str:

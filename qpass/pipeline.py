@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass import __version__
+from qpass.cache import BuildCache, converted_key, float_key
 from qpass.codegen.build import compile_and_run, stack_usage
 from qpass.codegen.emit import CTYPE, render, write
 from qpass.codegen.lower import lower
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 MARKER = "report.json"
 
 
-def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
-    """Run every stage; return the report (also written to OUTPUT_DIR/report.json)."""
+def run_pipeline(pipe: Pipeline, *, dump: bool = False, cache: bool = True) -> dict:
+    """Run every stage; return the report (also written to OUTPUT_DIR/report.json). With `cache`, the converted
+    model and the float graph after the passes are reused from OUTPUT_DIR/.qpass-cache when their key matches."""
     out_dir = pipe.output_dir
     file = str(pipe.source)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).exists())):
@@ -47,7 +49,7 @@ def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
-        report = _run(pipe, stage, dump or pipe.dump)
+        report = _run(pipe, stage, dump or pipe.dump, BuildCache.for_run(out_dir, stage, cache))
         _replace_dir(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -65,7 +67,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
+def _run(pipe: Pipeline, stage: Path, dump: bool, cache: BuildCache) -> dict:
     file = str(pipe.source)
     name = pipe.codegen.name
     model_path = pipe.resolve(pipe.model.path)
@@ -73,14 +75,24 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     if dump_dir:
         dump_dir.mkdir()
 
-    model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
-                       opset=pipe.model.opset)
+    conv_key = converted_key(pipe)
+    model = cache.converted(conv_key)
+    if model is None:
+        model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
+                           opset=pipe.model.opset)
+        cache.save_converted(conv_key, model)
     if dump_dir:
         save(model, dump_dir / "00_converted.onnx")
     converted_ops = op_counts(model)
     float_proto = ir.serde.serialize_model(model)
-    records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
-                         dump_dir=dump_dir)
+    pass_key = float_key(pipe, conv_key)
+    hit = None if dump_dir else cache.float_graph(pass_key)  # a dump shows every pass: run them
+    if hit is not None:
+        model, records = hit
+    else:
+        records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
+                             dump_dir=dump_dir)
+        cache.save_float(pass_key, model, records)
     unshare_constants(model)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
@@ -133,6 +145,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         "c_equals_runtime_ref": mismatches == 0,
         "layers": per_layer(model, program, x, in_shape),
         "c_mismatched_samples": mismatches,
+        "cache": cache.used,
         "accuracy": None if labels is None else {
             "float": accuracy(y_float, labels), "qdq": accuracy(y_qdq, labels),
             "runtime_ref": accuracy(y_ref, labels), "c": accuracy(y_c, labels)},
