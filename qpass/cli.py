@@ -43,10 +43,11 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 def run(ctx: click.Context, pipeline_yaml: Path, dump: bool, no_cache: bool) -> None:
     """Convert, rewrite, quantize, generate C, compile it and compare with onnxruntime float."""
     from qpass.config import load_pipeline
-    from qpass.pipeline import run_pipeline
 
     try:
-        pipe = load_pipeline(pipeline_yaml)
+        pipe = load_pipeline(pipeline_yaml)  # every YAML problem before the heavy imports below
+        from qpass.pipeline import run_pipeline
+
         report = run_pipeline(pipe, dump=dump, cache=not no_cache)
     except QpassError as exc:
         _fail(exc, ctx.obj["debug"])
