@@ -30,7 +30,7 @@ def new_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Va
         i += 1
         name = f"{name_hint}_{i}"
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+                     const_value=ir.Tensor(np.asarray(array), name=name))  # ir.tensor(): 0.3 ms of Protocol checks
     graph.register_initializer(value)
     return value
 
