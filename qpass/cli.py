@@ -24,7 +24,10 @@ def one_line(text: object) -> str:
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    click.echo(f"qpass: error: {one_line(exc)}", err=True)
+    from qpass.errors import ConfigErrors
+
+    for problem in exc.errors if isinstance(exc, ConfigErrors) else [exc]:  # one line per problem
+        click.echo(f"qpass: error: {one_line(problem)}", err=True)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -68,9 +71,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command(epilog=EXIT_CODES)
 @click.argument("pipeline_yaml", type=click.Path(path_type=Path))
 @click.option("--dump", is_flag=True, help="Save the graph after every stage as a numbered .onnx file.")
+@click.option("--no-cache", is_flag=True, help="Convert and run the passes again; keep no cache in the output.")
 @_verbosity
 @click.pass_context
-def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
+def run(ctx: click.Context, pipeline_yaml: Path, dump: bool, no_cache: bool) -> None:
     """Convert, rewrite, quantize, generate C, compile it and compare with onnxruntime float.
 
     Writes NAME.c, NAME.h, report.json and report.html into codegen.output_dir.
@@ -81,17 +85,65 @@ def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
       qpass run pipeline.yaml -v --dump
     """
     from qpass.config import load_pipeline
-    from qpass.pipeline import gates_passed, run_pipeline
 
     try:
-        pipe = load_pipeline(pipeline_yaml)
-        report = run_pipeline(pipe, dump=dump)
+        pipe = load_pipeline(pipeline_yaml)  # every YAML problem before the heavy imports below
+        from qpass.pipeline import gates_passed, run_pipeline
+
+        report = run_pipeline(pipe, dump=dump, cache=not no_cache)
     except QpassError as exc:
         _fail(exc, ctx.obj["debug"])
         return
     click.echo(format_report(report, pipe.output_dir))
     if not gates_passed(report):
         sys.exit(EXIT_GATE_FAILED)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("pipeline_yaml", type=click.Path(path_type=Path))
+@click.pass_context
+def check(ctx: click.Context, pipeline_yaml: Path) -> None:
+    """Validate PIPELINE_YAML (keys, files, data shapes, passes) without converting the model.
+
+    Every problem is printed, one line each.
+
+    \b
+    Example:
+      qpass check examples/har/pipeline.yaml
+    """
+    from qpass.config import load_pipeline
+    from qpass.model_shape import ShapeUnknown, input_shape
+
+    try:
+        pipe = load_pipeline(pipeline_yaml)
+    except QpassError as exc:
+        _fail(exc, ctx.obj["debug"])
+        return
+    try:
+        shape = input_shape(pipe.resolve(pipe.model.path))
+    except ShapeUnknown:
+        shape = None
+    what = "unknown until converted" if shape is None else "(" + ", ".join("N" if d is None else str(d)
+                                                                       for d in shape) + ")"
+    click.echo(f"qpass: {pipeline_yaml}: ok (model input {what}, {len(pipe.passes)} passes)")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.pass_context
+def clean(ctx: click.Context, output_dir: Path) -> None:
+    """Remove the build cache (OUTPUT_DIR/.qpass-cache: converted model, float graph) of a qpass output.
+
+    \b
+    Example:
+      qpass clean build/har
+    """
+    from qpass.cache import CACHE_DIR, clear
+
+    if not (output_dir / "report.json").is_file():
+        _fail(QpassError(f"{output_dir} is not a qpass output folder (no report.json); nothing removed"),
+              ctx.obj["debug"])
+    click.echo(f"removed {output_dir / CACHE_DIR}" if clear(output_dir) else f"{output_dir} has no cache")
 
 
 STAGES = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_ref vs float",
@@ -198,6 +250,15 @@ def list_passes(ctx: click.Context, pipeline_yaml: Path | None) -> None:
       qpass passes
       qpass passes examples/custom_pass/pipeline.yaml
     """
+    from importlib.metadata import entry_points
+
+    from qpass.catalog import OptionInfo, builtin_catalog
+
+    # built-in passes are read from their source (no onnx_ir import); plug-ins and a YAML's passes are loaded
+    rows = {name: (info.summary, list(info.options)) for name, info in builtin_catalog().items()}
+    if not entry_points(group="qpass.passes") and pipeline_yaml is None:
+        _print_passes(rows)
+        return
     from qpass.passes import registered_passes, resolve_pass
 
     try:
@@ -212,11 +273,18 @@ def list_passes(ctx: click.Context, pipeline_yaml: Path | None) -> None:
     except QpassError as exc:
         _fail(exc, ctx.obj["debug"])
         return
-    for name, cls in sorted(registry.items()):
-        click.echo(f"{name:<18} {cls.summary()}")
-        for opt, field in cls.Options.model_fields.items():
-            default = field.default if field.default is not None else "none"
-            click.echo(f"{'':<20}{opt} = {default!r}  {field.description or ''}".rstrip())
+    for name, cls in registry.items():
+        rows.setdefault(name, (cls.summary(), [OptionInfo(opt, f.default, f.description or "")
+                                               for opt, f in cls.Options.model_fields.items()]))
+    _print_passes(rows)
+
+
+def _print_passes(rows: dict) -> None:
+    for name, (summary, options) in sorted(rows.items()):
+        click.echo(f"{name:<18} {summary}")
+        for opt in options:
+            default = opt.default if opt.default is not None else "none"
+            click.echo(f"{'':<20}{opt.name} = {default!r}  {opt.description}".rstrip())
 
 
 STARTER = """\
@@ -289,12 +357,15 @@ def init(ctx: click.Context, model: Path, output: Path | None, force: bool) -> N
     if not re.match(r"[A-Za-z_]", name):
         name = "m_" + name
     shape = "..."
-    try:
-        from qpass.converters import load_model
+    from qpass.model_shape import ShapeUnknown, input_shape
 
-        m = load_model(model)
-        shape = ", ".join(str(d) for d in list(m.graph.inputs[0].shape)[1:])
-    except QpassError as exc:
+    try:  # read from the file, not converted: seconds, not a minute
+        dims = input_shape(model)
+        if dims is None:
+            click.echo("qpass: warning: a SavedModel does not state its input shape; fill it in", err=True)
+        else:
+            shape = ", ".join("?" if d is None else str(d) for d in dims[1:])
+    except ShapeUnknown as exc:
         click.echo(f"qpass: warning: could not read the input shape: {one_line(exc)}", err=True)
     rel = Path(__import__("os").path.relpath(model.resolve(), output.resolve().parent))
     try:

@@ -1,21 +1,27 @@
 """pipeline.yaml: schema, loading and validation.
 
-Every path in the YAML is relative to the YAML file. Validation happens before anything runs and
-turns every problem into one ConfigError naming the file and the key path.
+Every path in the YAML is relative to the YAML file. Validation happens before anything runs, converts
+nothing (`qpass check` is exactly this), and reports every problem at once, each as a ConfigError naming
+the file and the key path.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
 
-from qpass.data import callable_spec, load_callable
-from qpass.errors import ConfigError
+from qpass.data import callable_spec, check_samples, load_array, load_callable
+from qpass.errors import ConfigError, ConfigErrors
+from qpass.model_shape import ShapeUnknown, input_shape
+
+log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".npy", ".npz")
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".onnx")
@@ -197,9 +203,32 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
-    """Read, validate and check a pipeline.yaml; raise ConfigError on the first problem."""
+    """Read, validate and check a pipeline.yaml, converting nothing.
+
+    Every problem is collected: schema errors in any section, missing or misnamed files, data arrays
+    that are missing, do not fit the model's input shape (read from the model file without converting
+    it) or have a labels array of another length, unknown passes and bad pass options. One problem
+    raises its ConfigError; several raise ConfigErrors listing them all.
+    """
     path = Path(path)
     file = str(path)
+    raw = _read_yaml(path, file)
+    problems: list[ConfigError] = []
+    normalized = _normalize(raw)
+    try:
+        pipe = Pipeline.model_validate(normalized)
+    except ValidationError as exc:
+        problems += _schema_problems(exc, file)
+        pipe = _valid_sections(normalized, {err["loc"][0] for err in exc.errors() if err["loc"]})
+    pipe.source = path.resolve()
+    _check_files(pipe, file, problems)
+    _check_passes(pipe, file, problems)
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
+    return pipe
+
+
+def _read_yaml(path: Path, file: str) -> dict:
     if not path.is_file():
         raise ConfigError(file, "", "no such file; pass the path of a pipeline.yaml (see `qpass init`)")
     try:
@@ -213,23 +242,41 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise ConfigError(file, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "expected a mapping with at least `model` and `calibration`")
-    try:
-        pipe = Pipeline.model_validate(_normalize(raw))
-    except ValidationError as exc:
-        # a misspelt key also makes its intended key "missing": name what the user wrote first
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        err = errors[0]
-        key = _key_path(err["loc"])
+    return raw
+
+
+def _schema_problems(exc: ValidationError, file: str) -> list[ConfigError]:
+    """One ConfigError per schema error; a misspelt key's "did you mean" replaces the intended key's "missing"."""
+    out, guessed = [], set()
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for err in errors:
+        loc = tuple(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            parent_fields = _fields_at(err["loc"][:-1])
-            guess = difflib.get_close_matches(str(err["loc"][-1]), parent_fields, n=1)
+            parent_fields = _fields_at(loc[:-1])
+            guess = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
             msg = "unknown key" + (f"; did you mean {guess[0]!r}?" if guess else f"; known: {parent_fields}")
-        raise ConfigError(file, key, msg) from None
-    pipe.source = path.resolve()
-    _check_files(pipe, file)
-    _check_passes(pipe, file)
-    return pipe
+            if guess:
+                guessed.add((*loc[:-1], guess[0]))
+        elif err["type"] == "missing" and loc in guessed:
+            continue
+        out.append(ConfigError(file, _key_path(loc), msg))
+    return out
+
+
+def _valid_sections(normalized: dict, bad: set) -> Pipeline:
+    """A Pipeline holding only the top-level sections that validated (the others None), so the file and
+    pass checks still run on them."""
+    values: dict[str, Any] = {}
+    for key, info in Pipeline.model_fields.items():
+        if key == "model" and key in bad and isinstance(normalized.get(key), dict) \
+                and isinstance(normalized[key].get("path"), str):
+            values[key] = ModelSection.model_construct(path=normalized[key]["path"])  # its file is still checked
+        elif key in bad or (key not in normalized and info.is_required()):
+            values[key] = None
+        elif key in normalized:
+            values[key] = TypeAdapter(info.annotation).validate_python(normalized[key])
+    return Pipeline.model_construct(**values)
 
 
 def load_yaml(text: str, file: str) -> Any:
@@ -276,52 +323,115 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return [k for k in model.model_fields if k != "source"]
 
 
-def _check_files(pipe: Pipeline, file: str) -> None:
-    model = pipe.resolve(pipe.model.path)
-    if not model.exists():
-        raise ConfigError(file, "model.path", f"{model} does not exist")
-    if model.is_file() and model.suffix.lower() not in MODEL_SUFFIXES:
-        raise ConfigError(file, "model.path", f"{model.name}: expected one of {MODEL_SUFFIXES} "
-                          "or a SavedModel directory")
+def _check_files(pipe: Pipeline, file: str, problems: list[ConfigError]) -> None:
+    sample_shape = None
+    if pipe.model is not None:
+        model = pipe.resolve(pipe.model.path)
+        if not model.exists():
+            problems.append(ConfigError(file, "model.path", f"{model} does not exist"))
+        elif model.is_file() and model.suffix.lower() not in MODEL_SUFFIXES:
+            problems.append(ConfigError(file, "model.path", f"{model.name}: expected one of {MODEL_SUFFIXES} "
+                                        "or a SavedModel directory"))
+        else:
+            sample_shape = _sample_shape(model)
     for key, section in (("calibration", pipe.calibration), ("compare", pipe.compare)):
         if section is None or (key == "calibration" and callable_spec(section.path)):
             continue
         data = pipe.resolve(section.path)
         if not data.is_file():
-            raise ConfigError(file, f"{key}.path", f"{data} does not exist")
-        if data.suffix.lower() not in DATA_SUFFIXES:
-            raise ConfigError(file, f"{key}.path", f"{data.name}: data must be one of {DATA_SUFFIXES}")
-    _check_calibration(pipe, file)
+            problems.append(ConfigError(file, f"{key}.path", f"{data} does not exist"))
+        elif data.suffix.lower() not in DATA_SUFFIXES:
+            problems.append(ConfigError(file, f"{key}.path", f"{data.name}: data must be one of {DATA_SUFFIXES}"))
+        else:
+            _check_data(data, section, key, sample_shape, file, problems)
+    if pipe.calibration is not None:
+        _check_calibration(pipe, file, problems)
 
 
-def _check_calibration(pipe: Pipeline, file: str) -> None:
+def _sample_shape(model: Path) -> tuple[int, ...] | None:
+    """The model input's shape without the batch, read from the file; None when it cannot be told."""
+    try:
+        shape = input_shape(model)
+    except ShapeUnknown as exc:
+        log.info("%s: input shape not read (%s); data shapes are checked after conversion", model, exc)
+        return None
+    if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+        return None
+    return tuple(int(d) for d in shape[1:])  # type: ignore[arg-type]
+
+
+def _check_data(data: Path, section: DataSection, key: str, sample_shape: tuple[int, ...] | None, file: str,
+                problems: list[ConfigError]) -> None:
+    """The array (and labels array) the section names exist, fit the model input and agree in length."""
+    try:
+        x = load_array(data, section.key, yaml_file=file, yaml_key=f"{key}.key", path_key=f"{key}.path")
+        if sample_shape is not None:
+            check_samples(x, sample_shape, yaml_file=file, yaml_key=f"{key}.path", name=section.path)
+    except ConfigError as exc:
+        problems.append(exc)
+        x = None
+    if section.labels_key is None:
+        return
+    try:
+        labels = load_array(data, section.labels_key, yaml_file=file, yaml_key=f"{key}.labels_key",
+                            path_key=f"{key}.path")
+    except ConfigError as exc:
+        problems.append(exc)
+        return
+    if x is not None and (labels.ndim == 0 or len(labels) != len(x)):
+        problems.append(ConfigError(file, f"{key}.labels_key", f"{data.name}: {section.labels_key!r} holds "
+                                    f"{labels.shape} labels for {len(x)} samples; expected one per sample"))
+
+
+def _check_calibration(pipe: Pipeline, file: str, problems: list[ConfigError]) -> None:
     """A data callable is loaded now, so a typo fails before the model converts; keys that do nothing fail."""
     calib = pipe.calibration
     if "percentile" in calib.model_fields_set and calib.method != "percentile":
-        raise ConfigError(file, "calibration.percentile", f"only used with `method: percentile` (method is "
-                          f"{calib.method!r})")
+        problems.append(ConfigError(file, "calibration.percentile", f"only used with `method: percentile` "
+                                    f"(method is {calib.method!r})"))
     if callable_spec(calib.path) is None:
         return
     for key in ("key", "labels_key"):
         if getattr(calib, key) is not None:
-            raise ConfigError(file, f"calibration.{key}", "names an array in a .npz; calibration.path is a callable")
-    if pipe.compare is None:
-        raise ConfigError(file, "compare", "required when calibration.path is a callable: the comparison needs "
-                          f"a data file ({' or '.join(DATA_SUFFIXES)})")
-    calib._function = load_callable(calib.path, pipe.source.parent, yaml_file=file, yaml_key="calibration.path")
+            problems.append(ConfigError(file, f"calibration.{key}", "names an array in a .npz; calibration.path "
+                                        "is a callable"))
+    if pipe.compare is None and "compare" in pipe.model_fields_set:
+        pass  # the compare section is there but invalid: its own problem is reported
+    elif pipe.compare is None:
+        problems.append(ConfigError(file, "compare", "required when calibration.path is a callable: the "
+                                    f"comparison needs a data file ({' or '.join(DATA_SUFFIXES)})"))
+    try:
+        calib._function = load_callable(calib.path, pipe.source.parent, yaml_file=file,
+                                        yaml_key="calibration.path")
+    except ConfigError as exc:
+        problems.append(exc)
 
 
-def _check_passes(pipe: Pipeline, file: str) -> None:
-    from qpass.errors import PassError
-    from qpass.passes import resolve_pass
+def _check_passes(pipe: Pipeline, file: str, problems: list[ConfigError]) -> None:
+    """Pass names and options. A built-in pass without options is checked against the catalog, without
+    importing the passes (onnx_ir); a user pass, a plug-in or options load the pass to validate them."""
+    from qpass.catalog import builtin_catalog
 
-    for i, entry in enumerate(pipe.passes):
+    catalog = builtin_catalog()
+    for i, entry in enumerate(pipe.passes or []):
+        if entry.name in catalog and not entry.options:
+            continue
+        if ":" not in entry.name and entry.name not in catalog and not entry_points(group="qpass.passes",
+                                                                                    name=entry.name):
+            guess = difflib.get_close_matches(entry.name, list(catalog), n=1)
+            hint = f"did you mean {guess[0]!r}?" if guess else "run `qpass passes` to list them"
+            problems.append(ConfigError(file, f"passes[{i}].name", f"unknown pass {entry.name!r}; {hint}"))
+            continue
+        from qpass.errors import PassError
+        from qpass.passes import resolve_pass
+
         try:
             cls = resolve_pass(entry.name, base_dir=pipe.source.parent)
         except PassError as exc:
-            raise ConfigError(file, f"passes[{i}].name", str(exc)) from None
+            problems.append(ConfigError(file, f"passes[{i}].name", str(exc)))
+            continue
         try:
             cls.Options.model_validate(entry.options)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(file, f"passes[{i}].options.{_key_path(err['loc'])}", err["msg"]) from None
+            problems += [ConfigError(file, f"passes[{i}].options.{_key_path(err['loc'])}", err["msg"])
+                         for err in exc.errors()]

@@ -16,6 +16,16 @@ class ConfigError(QpassError):
         super().__init__(f"{where}: {message}")
 
 
+class ConfigErrors(ConfigError):
+    """Several problems found in one pipeline.yaml, reported together (one line each); `file` and `key`
+    are the first one's."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        self.file, self.key = errors[0].file, errors[0].key
+        QpassError.__init__(self, "\n".join(str(e) for e in self.errors))
+
+
 class ConvertError(QpassError):
     """The model file could not be loaded or converted to ONNX."""
 

@@ -10,6 +10,7 @@ else. It can never be the YAML's folder, the model's, a data file's, or a parent
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from qpass import __version__
+from qpass.cache import CACHE_DIR, BuildCache, converted_key, float_key
 from qpass.codegen.build import stack_usage
 from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
@@ -41,6 +43,7 @@ from qpass.report_warnings import (
 )
 from qpass.solver import apply_plan, calibrate, solve
 from qpass.solver.calibrate import activation_bits
+from qpass.solver.unshare import unshare_constants
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -50,12 +53,15 @@ KEY = "codegen.output_dir"
 
 def qpass_owned_names() -> tuple[str, ...]:
     """Top-level names in an output folder that are qpass's own whatever the manifest lists (whole subtrees)."""
-    return (MANIFEST, ".qpass-cache")
+    return (MANIFEST, CACHE_DIR)
+
+
 HTML = "report.html"
 
 
-def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
-    """Run every stage; return the report (also written to OUTPUT_DIR/report.json)."""
+def run_pipeline(pipe: Pipeline, *, dump: bool = False, cache: bool = True) -> dict:
+    """Run every stage; return the report (also written to OUTPUT_DIR/report.json). With `cache`, the converted
+    model and the float graph after the passes are reused from OUTPUT_DIR/.qpass-cache when their key matches."""
     out_dir = pipe.output_dir
     file = str(pipe.source)
     check_output_dir(pipe)
@@ -70,13 +76,15 @@ def run_pipeline(pipe: Pipeline, *, dump: bool = False) -> dict:
         _remove_empty(made)
         raise ConfigError(file, KEY, f"cannot write in {out_dir.parent}: {exc.strerror or exc}") from None
     try:
-        report = _run(pipe, stage, dump or pipe.dump)
+        report = _run(pipe, stage, dump or pipe.dump, BuildCache.for_run(out_dir, stage, cache))
         _write_manifest(stage, _walk(stage), None)
         _replace_dir(stage, out_dir, owned, file)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_empty(made)
         raise
+    finally:
+        gc.unfreeze()
     return report
 
 
@@ -274,7 +282,7 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
+def _run(pipe: Pipeline, stage: Path, dump: bool, cache: BuildCache) -> dict:
     # report.json's "warnings": one plain list of one-line strings for the whole run. A stage with
     # something to say appends to it (and logs it); build_report adds the calibration and saturation ones.
     warnings: list[str] = []
@@ -288,11 +296,16 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     if dump_dir:
         dump_dir.mkdir()
 
-    model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
-                       opset=pipe.model.opset)
+    conv_key = converted_key(pipe)
+    model = cache.converted(conv_key)
+    if model is None:
+        model = load_model(model_path, batch_size=pipe.model.batch_size, safe_mode=pipe.model.safe_mode,
+                           opset=pipe.model.opset)
+        cache.save_converted(conv_key, model)
     check_one_input(model, model_path)
     if dump_dir:
         save(model, dump_dir / "00_converted.onnx")
+    gc.freeze()  # TensorFlow's objects and the model: later collections need not walk them (halves the passes)
     converted_ops = op_counts(model)
     float_proto = ir.serde.serialize_model(model)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
@@ -302,8 +315,18 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     if pipe.passes:
         check = PassCheck.of(float_proto, [s.reshape(in_shape) for s in x[:opts.samples]], tolerance=opts.tolerance,
                              fail=opts.fail, per_pass=opts.per_pass)
-    records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
-                         dump_dir=dump_dir, check=check)
+    pass_key = float_key(pipe, conv_key)
+    hit = None if dump_dir else cache.float_graph(pass_key)  # a dump shows every pass: run them
+    if hit is not None:
+        model, records = hit
+        if check is not None:  # the per-pass figures are the cached run's; the final graph is judged again
+            check.measure(model, "the cached passes")
+    else:
+        records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
+                             dump_dir=dump_dir, check=check)
+        cache.save_float(pass_key, model, records)
+    gc.freeze()
+    unshare_constants(model)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
     calib = calibration_batches(pipe.calibration, in_shape[1:], base_dir=pipe.source.parent, yaml_file=file)
@@ -345,6 +368,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         "memory": {"arena_bytes": gen.arena_bytes, "arena_lower_bound": gen.arena_lower_bound,
                    "arena_naive": gen.arena_naive, "const_bytes": gen.const_bytes, "stack_bytes_host": stack},
         "plan": plan.to_report(),
+        "cache": cache.used,
         "files": [],
     })
     if check is not None and check.warnings:

@@ -381,8 +381,8 @@ quantization:
 codegen: {name: tiny, output_dir: out/tiny}
 """
 
-ALIAS_BOMB = "model: tiny.onnx\ncalibration: calib.npz\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+ALIAS_BOMB = "model: tiny.onnx\ncalibration: calib.npz\nbomb:\n  l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
 DUPLICATE_IN_LIST = """\
 model: tiny.onnx
 calibration: calib.npz
@@ -417,7 +417,7 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     "duplicate top-level key": _yaml_text(DUPLICATE_TOP, "codegen: written twice, at lines 3 and 5"),
     "duplicate nested key": _yaml_text(DUPLICATE_NESTED, "quantization.weights: written twice, at lines 4 and 6"),
     "duplicate key in a list item": _yaml_text(DUPLICATE_IN_LIST, "passes[1].name: written twice, at lines 5 and 7"),
-    "alias bomb (10^9 elements if expanded)": _yaml_text(ALIAS_BOMB, "l0: unknown key"),
+    "alias bomb (10^9 elements if expanded)": _yaml_text(ALIAS_BOMB, "bomb: unknown key"),
     "batch size 4": _yaml(with_("model", batch_size=4), "model.batch_size", "only 1"),
     "passes_check tolerance 0": _yaml({**BASE, "passes_check": {"tolerance": 0}}, "passes_check.tolerance"),
     "passes_check unknown key": _yaml({**BASE, "passes_check": {"fial": True}}, "passes_check.fial"),
@@ -528,7 +528,7 @@ def test_stale_staging_is_cleaned_and_a_cache_is_kept_apart(proj: Path):
     a `.qpass-cache` folder in the output is qpass's own, not a foreign file."""
     out = proj / "out" / "tiny"
     run_ok(proj)
-    (out / ".qpass-cache").mkdir()
+    (out / ".qpass-cache").mkdir(exist_ok=True)
     (out / ".qpass-cache" / "model.onnx").write_bytes(b"cache")
     dead = proj / "out" / ".tiny.staging-dead"
     dead.mkdir()

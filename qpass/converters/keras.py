@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+from qpass.converters.no_sklearn import without_sklearn
 from qpass.errors import ConvertError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ def _quiet_tf():
 
 
 def convert_keras(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onnx.ModelProto:
+    with without_sklearn():  # keras would import its scikit-learn wrappers: seconds, never used here
+        return _convert(path, batch_size=batch_size, safe_mode=safe_mode, opset=opset)
+
+
+def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onnx.ModelProto:
     tf = _quiet_tf()
     import keras
     import tf2onnx

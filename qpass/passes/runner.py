@@ -128,10 +128,10 @@ def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel
 
 def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
                dump_dir: Path | None = None, check: PassCheck | None = None) -> list[PassRecord]:
-    """Apply the named passes in order; after each, drop what became unused, keep graph order and
-    re-infer shapes, so the next pass sees the shapes this one made static (shape inference only
-    updates value shapes and types: nodes, and their metadata, stay as they are); then validate the
-    graph and, with `check`, measure how far its outputs moved."""
+    """Apply the named passes in order; after each one that changed the graph, drop what became unused, keep
+    graph order and re-infer shapes, so the next pass sees the shapes this one made static (shape inference
+    only updates value shapes and types: nodes, and their metadata, stay as they are), then validate the graph.
+    A pass that changed nothing costs no cleanup. With `check`, measure how far the outputs moved."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
                                    ir.passes.common.TopologicalSortPass(),
                                    ir.passes.common.ShapeInferencePass())
@@ -147,12 +147,13 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
         except Exception as exc:
             raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
         model = result.model
-        try:
-            cleanup(model)
-        except Exception as exc:  # noqa: BLE001 - a broken graph fails inside onnx_ir's common passes
-            raise PassError(f"pass {name!r} left a graph that cannot be cleaned up: {type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:300]}") from None
-        validate(model, name)
+        if result.modified:
+            try:
+                cleanup(model)
+            except Exception as exc:  # noqa: BLE001 - a broken graph fails inside onnx_ir's common passes
+                raise PassError(f"pass {name!r} left a graph that cannot be cleaned up: {type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:300]}") from None
+            validate(model, name)
         rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
         if check is not None and (check.per_pass or index == len(entries)):
             if not result.modified and records and records[-1].max_deviation is not None:

@@ -77,7 +77,7 @@ def project(tmp_path: Path, parse_onnx) -> Path:
     """A folder with a pipeline.yaml, its model and data, and my_passes.py next to it."""
     (tmp_path / "my_passes.py").write_text(SCALE_PASS)
     ir.save(parse_onnx(TINY), str(tmp_path / "tiny.onnx"))
-    np.save(tmp_path / "calib.npy", np.ones((2, 1, 4), np.float32))
+    np.save(tmp_path / "calib.npy", np.ones((2, 4), np.float32))  # (N, 4): the input is [1, 4]
     (tmp_path / "pipeline.yaml").write_text(textwrap.dedent("""\
         model: tiny.onnx
         calibration: calib.npy
