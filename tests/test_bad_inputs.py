@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from qpass.cli import main
 from qpass.config import load_pipeline
-from qpass.pipeline import MANIFEST
+from qpass.outdir import MANIFEST
 
 F = onnx.TensorProto.FLOAT
 BASE = {"model": {"path": "tiny.onnx"}, "calibration": {"path": "calib.npz", "key": "x"},
