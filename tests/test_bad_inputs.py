@@ -568,6 +568,25 @@ def test_a_pass_that_drops_the_softmax_is_flagged(proj: Path, caplog):
     assert len(report["warnings"]) == 1 and "my_pass.py:DropSoftmax" in report["warnings"][0]
 
 
+def test_checked_after_the_last_pass_only(proj: Path):
+    (proj / "my_pass.py").write_text(PASSES)
+    write_yaml(proj, {**BASE, "passes": ["my_pass.py:DropSoftmax", "fold-constants"],
+                      "passes_check": {"per_pass": False, "samples": 2}})
+    run_ok(proj)
+    report = json.loads((proj / "out" / "tiny" / "report.json").read_text())
+    assert report["passes"][0]["max_deviation"] is None and report["passes"][1]["max_deviation"] > 0.1
+    assert report["passes_check"]["samples"] == 2
+    assert report["warnings"][0].startswith("the passes (checked after the last, 'fold-constants') changed")
+
+
+def test_report_json_is_strict_json():
+    from qpass.pipeline import _json_safe
+
+    report = {"layers": [{"sqnr_db": float("inf")}], "x": (float("nan"), 1.5, -float("inf")), "n": 3}
+    assert json.loads(json.dumps(_json_safe(report), allow_nan=False)) == {
+        "layers": [{"sqnr_db": None}], "x": [None, 1.5, None], "n": 3}
+
+
 def test_faithful_passes_record_small_deviations(proj: Path):
     run_ok(proj)
     report = json.loads((proj / "out" / "tiny" / "report.json").read_text())
