@@ -64,6 +64,28 @@ def tiny_model(*, extra_input: bool = False, extra_output: bool = False, custom:
     return oh.make_model(graph, opset_imports=opsets)
 
 
+def custom_op_in_a_loop_body() -> onnx.ModelProto:
+    """tiny_model whose Relu runs inside a one-trip Loop whose body holds a com.example op."""
+    model = tiny_model()
+    body = oh.make_graph([oh.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+                          oh.make_node("Twist", ["h"], ["hv"], name="loop_twist", domain="com.example")], "body",
+                         [oh.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                          oh.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+                         [oh.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+                          oh.make_tensor_value_info("hv", F, None)])
+    graph = model.graph
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1, np.int64), "trips"),
+                              onnx.numpy_helper.from_array(np.array(True), "cond")])
+    loop = oh.make_node("Loop", ["trips", "cond"], ["scan_h"], name="loop", body=body)
+    squeeze = oh.make_node("Squeeze", ["scan_h", "axis0"], ["h_loop"], name="squeeze")
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    graph.node[1].input[0] = "h_loop"
+    graph.node.insert(1, squeeze)
+    graph.node.insert(1, loop)
+    model.opset_import.append(oh.make_opsetid("com.example", 1))
+    return model
+
+
 def gru_batch_first() -> onnx.ModelProto:
     """A GRU with layout=1 (batch first): valid ONNX that onnxruntime's CPU provider refuses."""
     rng = np.random.default_rng(3)
@@ -428,6 +450,7 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     "second graph input": _save_model(tiny_model(extra_input=True)),
     "second graph output": _save_model(tiny_model(extra_output=True)),  # refused by the lowering, today
     "custom-domain node": _save_model(tiny_model(custom=True)),
+    "custom-domain node in a Loop body": _save_model(custom_op_in_a_loop_body()),
     "batch fixed to 3": _save_model(tiny_model(batch=3)),
     "symbolic feature dimension": _save_model(tiny_model(width="W")),
     "truncated onnx file": _truncated_model,
@@ -463,6 +486,7 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     "user pass drops the softmax, fail on": _user_pass(PASSES, "DropSoftmax", fail=True),
 }
 NODE_NAMED = {"second graph input": "bias_in", "custom-domain node": "scramble_1",
+              "custom-domain node in a Loop body": "loop_twist",
               "batch fixed to 3": "'x'", "symbolic feature dimension": "'W'", "user pass breaks the shapes": "fc1",
               "user pass writes an unknown op": "Relux", "user pass drops the softmax, fail on": "changed the model's"}
 
