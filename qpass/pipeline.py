@@ -1,11 +1,8 @@
 """`qpass run`: convert → passes → calibrate → solve → QDQ → lower → C → compare, into one output dir.
 
 Outputs are written to a staging folder next to the output directory and moved into place only when
-every stage succeeded, so a failed run never leaves a half-written output directory.
-
-The output folder is qpass's only when it holds a manifest (`.qpass-manifest.json`) listing every file
-and folder a run wrote there: a later run replaces exactly those, and refuses a folder holding anything
-else. It can never be the YAML's folder, the model's, a data file's, or a parent of one of them.
+every stage succeeded, so a failed run never leaves a half-written output directory; what qpass may
+replace there, and what it refuses, is qpass/outdir.py's business.
 """
 
 from __future__ import annotations
@@ -14,9 +11,6 @@ import gc
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +18,17 @@ import onnx
 import onnx_ir as ir
 
 from qpass import __version__
-from qpass.cache import CACHE_DIR, BuildCache, converted_key, float_key
+from qpass.cache import BuildCache, converted_key, float_key
 from qpass.codegen.build import stack_usage
 from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
 from qpass.compare import Outputs, comparison_report, per_layer, run_outputs
 from qpass.config import Pipeline
 from qpass.converters import check_one_input, load_model
-from qpass.data import calibration_batches, callable_spec, comparison_data
+from qpass.data import calibration_batches, comparison_data
 from qpass.errors import ConfigError
 from qpass.ort import ort_errors
+from qpass.outdir import MANIFEST, staged_output
 from qpass.passes.runner import PassCheck, op_counts, run_passes, save
 from qpass.report_warnings import (
     calibration_warnings,
@@ -47,228 +42,18 @@ from qpass.solver.unshare import unshare_constants
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
-MANIFEST = ".qpass-manifest.json"
-KEY = "codegen.output_dir"
-
-
-def qpass_owned_names() -> tuple[str, ...]:
-    """Top-level names in an output folder that are qpass's own whatever the manifest lists (whole subtrees)."""
-    return (MANIFEST, CACHE_DIR)
-
-
 HTML = "report.html"
 
 
 def run_pipeline(pipe: Pipeline, *, dump: bool = False, cache: bool = True) -> dict:
     """Run every stage; return the report (also written to OUTPUT_DIR/report.json). With `cache`, the converted
     model and the float graph after the passes are reused from OUTPUT_DIR/.qpass-cache when their key matches."""
-    out_dir = pipe.output_dir
-    file = str(pipe.source)
-    check_output_dir(pipe)
-    owned = owned_entries(out_dir, file)
-    made = _make_parents(out_dir.parent, file)
-    clean_stale_staging(out_dir)
-    stage = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:12]}"
     try:
-        stage.mkdir()  # normal umask permissions, unlike tempfile.mkdtemp's 0700
-        _write_manifest(stage, [], os.getpid())
-    except OSError as exc:
-        _remove_empty(made)
-        raise ConfigError(file, KEY, f"cannot write in {out_dir.parent}: {exc.strerror or exc}") from None
-    try:
-        report = _run(pipe, stage, dump or pipe.dump, BuildCache.for_run(out_dir, stage, cache))
-        _write_manifest(stage, _walk(stage), None)
-        _replace_dir(stage, out_dir, owned, file)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(made)
-        raise
+        with staged_output(pipe) as stage:
+            report = _run(pipe, stage, dump or pipe.dump, BuildCache.for_run(pipe.output_dir, stage, cache))
     finally:
         gc.unfreeze()
     return report
-
-
-def _protected(pipe: Pipeline) -> list[tuple[str, Path]]:
-    """(what, folder) pairs the output folder must never be, nor contain."""
-    model = pipe.resolve(pipe.model.path)
-    out = [("the YAML's folder", pipe.source.parent.resolve()),
-           ("the model's folder", model if model.is_dir() else model.parent)]
-    for key, section in (("calibration", pipe.calibration), ("compare", pipe.compare)):
-        if section is None:
-            continue
-        spec = callable_spec(section.path)
-        if spec is None:
-            out.append((f"the folder of {key}.path", pipe.resolve(section.path).parent))
-        elif spec[0].endswith(".py"):
-            out.append((f"the folder of {key}.path", pipe.resolve(spec[0]).parent))
-    for i, entry in enumerate(pipe.passes):
-        target = entry.name.rsplit(":", 1)[0]
-        if ":" in entry.name and target.endswith(".py"):
-            out.append((f"the folder of passes[{i}]", pipe.resolve(target).parent))
-    return out
-
-
-def check_output_dir(pipe: Pipeline) -> None:
-    """Refuse an output folder that is, or contains, one of the user's input folders (symlinks resolved)."""
-    out_dir = pipe.output_dir.resolve()
-    for what, folder in _protected(pipe):
-        folder = folder.resolve()
-        if folder == out_dir or out_dir in folder.parents:
-            where = "is" if folder == out_dir else "contains"
-            raise ConfigError(str(pipe.source), KEY, f"{out_dir} {where} {what} ({folder}); qpass replaces its "
-                              "output folder on every run: give it a folder of its own, e.g. build/NAME")
-
-
-def owned_entries(out_dir: Path, file: str) -> list[str]:
-    """The relative paths under an existing output folder that a later run may replace (empty when the folder
-    does not exist or is empty); ConfigError when it holds anything qpass did not write."""
-    if not out_dir.exists():
-        return []
-    if not out_dir.is_dir():
-        raise ConfigError(file, KEY, f"{out_dir} exists and is not a folder; choose another path")
-    try:
-        present = _walk(out_dir)
-    except OSError as exc:
-        raise ConfigError(file, KEY, f"cannot read {out_dir}: {exc.strerror or exc}") from None
-    if not present:
-        return []
-    listed = _read_manifest(out_dir, file)
-    foreign = [p for p in present if p not in listed and p.split("/")[0] not in qpass_owned_names()]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(file, KEY, f"{out_dir} holds files qpass did not write ({shown}); choose another "
-                          "folder or move them away")
-    return present
-
-
-def _read_manifest(out_dir: Path, file: str) -> set[str]:
-    path = out_dir / MANIFEST
-    refuse = f"{out_dir} is not empty and is not a qpass output directory (no valid {MANIFEST}); choose another " \
-             "folder or empty it"
-    if not path.is_file():
-        raise ConfigError(file, KEY, refuse)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        entries = data["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(file, KEY, refuse) from None
-    if not isinstance(entries, list) or not all(isinstance(e, str) and _plain(e) for e in entries):
-        raise ConfigError(file, KEY, refuse)
-    return set(entries)
-
-
-def _plain(rel: str) -> bool:
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and all(p not in ("", ".", "..") for p in parts)
-
-
-def _walk(root: Path) -> list[str]:
-    """Every file and folder under root, as sorted relative posix paths (symlinks are not followed)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        out += [(rel / n).as_posix() for n in dirnames + filenames]
-    return sorted(out)
-
-
-def _write_manifest(folder: Path, entries: list[str], pid: int | None) -> None:
-    data = {"qpass_version": __version__, "entries": sorted(set(entries) | {MANIFEST})}
-    if pid is not None:
-        data["staging_pid"] = pid
-    (folder / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-
-
-def _make_parents(folder: Path, file: str) -> list[Path]:
-    """Create folder and its missing parents; return the ones created (deepest first) so a failure can undo."""
-    missing = []
-    for p in [folder, *folder.parents]:
-        if p.exists():
-            break
-        missing.append(p)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _remove_empty(missing)
-        raise ConfigError(file, KEY, f"cannot create {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(file, KEY, f"cannot write in {folder}: permission denied")
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for p in folders:  # deepest first
-        try:
-            p.rmdir()
-        except OSError:
-            break
-
-
-def clean_stale_staging(out_dir: Path) -> None:
-    """Remove the `.NAME.staging-*` folders a killed run of this output left behind.
-
-    Only folders holding a qpass manifest: a staging folder whose run is no longer alive goes whole (qpass
-    made it and everything in it); an old output caught mid-swap loses only what its manifest lists.
-    """
-    for stale in sorted(out_dir.parent.glob(f".{out_dir.name}.staging-*")):
-        try:
-            data = json.loads((stale / MANIFEST).read_text(encoding="utf-8"))
-            listed = set(data["entries"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        pid = data.get("staging_pid")
-        if isinstance(pid, int):
-            if pid != os.getpid() and _alive(pid):
-                continue
-            log.info("removing %s, left by an interrupted run", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            log.info("removing the old output %s, left by an interrupted run", stale)
-            _remove_entries(stale, [p for p in _walk(stale) if p in listed or p.split("/")[0] in qpass_owned_names()])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_entries(root: Path, entries: list[str]) -> None:
-    """Remove the listed files and folders under root (deepest first; a folder only once empty), then root."""
-    for rel in sorted(entries, key=lambda e: (-e.count("/"), e)):
-        p = root / rel
-        try:
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()
-            else:
-                p.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("left %s in place: %s", p, exc.strerror or exc)
-    try:
-        root.rmdir()
-    except OSError as exc:
-        log.warning("left %s in place: %s", root, exc.strerror or exc)
-
-
-def _replace_dir(new: Path, target: Path, owned: list[str], file: str) -> None:
-    """Swap the finished staging folder in; the old output keeps only what its manifest listed, then goes."""
-    old = None
-    try:
-        if target.exists():
-            old = target.with_name(f"{new.name}.old")
-            target.rename(old)
-        new.rename(target)
-    except OSError as exc:
-        if old is not None and not target.exists():
-            old.rename(target)
-        raise ConfigError(file, KEY, f"cannot replace {target}: {exc.strerror or exc}") from None
-    if old is not None:
-        _remove_entries(old, owned)
 
 
 def _json_safe(value: object) -> object:

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from qpass.cli import main
 from qpass.config import load_pipeline
-from qpass.pipeline import MANIFEST
+from qpass.outdir import MANIFEST
 
 F = onnx.TensorProto.FLOAT
 BASE = {"model": {"path": "tiny.onnx"}, "calibration": {"path": "calib.npz", "key": "x"},
@@ -62,6 +62,28 @@ def tiny_model(*, extra_input: bool = False, extra_output: bool = False, custom:
     graph = oh.make_graph(nodes, "tiny", inputs, outputs,
                           [weight("w1", (6, 8)), weight("b1", (6,)), weight("w2", (4, 6)), weight("b2", (4,))])
     return oh.make_model(graph, opset_imports=opsets)
+
+
+def custom_op_in_a_loop_body() -> onnx.ModelProto:
+    """tiny_model whose Relu runs inside a one-trip Loop whose body holds a com.example op."""
+    model = tiny_model()
+    body = oh.make_graph([oh.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+                          oh.make_node("Twist", ["h"], ["hv"], name="loop_twist", domain="com.example")], "body",
+                         [oh.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                          oh.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+                         [oh.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+                          oh.make_tensor_value_info("hv", F, None)])
+    graph = model.graph
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1, np.int64), "trips"),
+                              onnx.numpy_helper.from_array(np.array(True), "cond")])
+    loop = oh.make_node("Loop", ["trips", "cond"], ["scan_h"], name="loop", body=body)
+    squeeze = oh.make_node("Squeeze", ["scan_h", "axis0"], ["h_loop"], name="squeeze")
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    graph.node[1].input[0] = "h_loop"
+    graph.node.insert(1, squeeze)
+    graph.node.insert(1, loop)
+    model.opset_import.append(oh.make_opsetid("com.example", 1))
+    return model
 
 
 def gru_batch_first() -> onnx.ModelProto:
@@ -428,6 +450,7 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     "second graph input": _save_model(tiny_model(extra_input=True)),
     "second graph output": _save_model(tiny_model(extra_output=True)),  # refused by the lowering, today
     "custom-domain node": _save_model(tiny_model(custom=True)),
+    "custom-domain node in a Loop body": _save_model(custom_op_in_a_loop_body()),
     "batch fixed to 3": _save_model(tiny_model(batch=3)),
     "symbolic feature dimension": _save_model(tiny_model(width="W")),
     "truncated onnx file": _truncated_model,
@@ -463,6 +486,7 @@ CASES: dict[str, Callable[[Path], tuple[str, ...]]] = {
     "user pass drops the softmax, fail on": _user_pass(PASSES, "DropSoftmax", fail=True),
 }
 NODE_NAMED = {"second graph input": "bias_in", "custom-domain node": "scramble_1",
+              "custom-domain node in a Loop body": "loop_twist",
               "batch fixed to 3": "'x'", "symbolic feature dimension": "'W'", "user pass breaks the shapes": "fc1",
               "user pass writes an unknown op": "Relux", "user pass drops the softmax, fail on": "changed the model's"}
 
@@ -566,6 +590,25 @@ def test_a_pass_that_drops_the_softmax_is_flagged(proj: Path, caplog):
     assert devs[0] < 1e-5 and devs[1] > 0.1 and devs[2] == devs[1]
     assert report["passes_check"]["max_deviation"] == devs[1]
     assert sum("my_pass.py:DropSoftmax" in w for w in report["warnings"]) == 1
+
+
+def test_checked_after_the_last_pass_only(proj: Path):
+    (proj / "my_pass.py").write_text(PASSES)
+    write_yaml(proj, {**BASE, "passes": ["my_pass.py:DropSoftmax", "fold-constants"],
+                      "passes_check": {"per_pass": False, "samples": 2}})
+    run_ok(proj)
+    report = json.loads((proj / "out" / "tiny" / "report.json").read_text())
+    assert report["passes"][0]["max_deviation"] is None and report["passes"][1]["max_deviation"] > 0.1
+    assert report["passes_check"]["samples"] == 2
+    assert report["warnings"][0].startswith("the passes (checked after the last, 'fold-constants') changed")
+
+
+def test_report_json_is_strict_json():
+    from qpass.pipeline import _json_safe
+
+    report = {"layers": [{"sqnr_db": float("inf")}], "x": (float("nan"), 1.5, -float("inf")), "n": 3}
+    assert json.loads(json.dumps(_json_safe(report), allow_nan=False)) == {
+        "layers": [{"sqnr_db": None}], "x": [None, 1.5, None], "n": 3}
 
 
 def test_faithful_passes_record_small_deviations(proj: Path):

@@ -6,6 +6,7 @@ The batch dimension is fixed (1 by default) and shapes are inferred, so later st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -41,9 +42,18 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the graph and of its subgraphs (Loop, If, Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
 def _standard_ops(proto: onnx.ModelProto, path: Path) -> None:
     """Refuse a node outside the standard ONNX domain (custom ops, ONNX-ML, model-local functions)."""
-    for node in proto.graph.node:
+    for node in _nodes(proto.graph):
         if node.domain not in STANDARD_DOMAINS:
             raise ConvertError(f"{path}: node {node.name!r} is {node.domain}::{node.op_type}, not a standard ONNX "
                                "op; qpass needs standard ONNX ops (export without custom ops)")

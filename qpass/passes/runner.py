@@ -66,13 +66,14 @@ class PassCheck:
         got = _outputs(model, self.inputs, f"the graph after pass {name!r}")
         previous = self.expected if self.last is None else self.last
         self.last = got
-        self.judge(name, _max_abs(got, previous))
+        self.judge(f"pass {name!r}" if self.per_pass else f"the passes (checked after the last, {name!r})",
+                   _max_abs(got, previous))
         return _max_abs(got, self.expected)
 
-    def judge(self, name: str, dev: float) -> None:
+    def judge(self, who: str, dev: float) -> None:
         if dev <= self.tolerance * self.scale:
             return
-        msg = (f"pass {name!r} changed the model's outputs by up to {dev:.4g} (output range {self.scale:.4g}, "
+        msg = (f"{who} changed the model's outputs by up to {dev:.4g} (output range {self.scale:.4g}, "
                f"tolerance {self.tolerance:g} of it) on {len(self.inputs)} samples; a float pass must keep the "
                "model's function")
         if self.fail:
