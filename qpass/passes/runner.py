@@ -34,6 +34,11 @@ def save(model: ir.Model, path: Path) -> None:
     ir.save(model, str(path))
 
 
+def _shapes_known(model: ir.Model) -> bool:
+    """Every node output has a type and a shape of known rank (what shape inference would add)."""
+    return all(v.type is not None and v.shape is not None for node in model.graph for v in node.outputs)
+
+
 def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel:
     """The pass's validated options; a bad key or value is a PassError naming the pass."""
     try:
@@ -49,10 +54,11 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
     """Apply the named passes in order; after each one that changed the graph, drop what became unused,
     keep graph order and re-infer shapes, so the next pass sees the shapes this one made static (shape
     inference only updates value shapes and types: nodes, and their metadata, stay as they are). A pass
-    that changed nothing costs no cleanup: shape inference serializes the whole model twice."""
+    that changed nothing costs no cleanup, and shape inference (which serializes the whole model twice) runs
+    only when some value has no shape or type."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
-                                   ir.passes.common.TopologicalSortPass(),
-                                   ir.passes.common.ShapeInferencePass())
+                                   ir.passes.common.TopologicalSortPass())
+    infer = ir.passes.common.ShapeInferencePass()
     records = []
     for index, (name, options) in enumerate(entries, start=1):
         cls = resolve_pass(name, base_dir=base_dir)
@@ -67,6 +73,8 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
         model = result.model
         if result.modified:
             cleanup(model)
+            if not _shapes_known(model):
+                infer(model)
         rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
         log.info("pass %-18s %s in %.3fs  %s", name, "modified" if rec.modified else "no change",
                  rec.seconds, rec.op_counts)
