@@ -25,6 +25,7 @@ column across a table.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import shutil
@@ -138,7 +139,9 @@ def _keras_model(kind: str, size: int, path: Path) -> None:
     keras.utils.set_random_seed(size)
     L = keras.layers
     if kind == "mlp":
-        layers = [keras.Input((16,)), *[L.Dense(16, activation="relu") for _ in range(size)], L.Dense(4)]
+        # He-initialized, so a deep random ReLU stack neither dies out nor explodes
+        layers = [keras.Input((16,)), *[L.Dense(16, activation="relu", kernel_initializer="he_normal")
+                                        for _ in range(size)], L.Dense(4)]
     else:
         layers = [keras.Input((size, 6)), L.LSTM(16), L.Dense(4, activation="softmax")]
     keras.Sequential(layers).save(path)
@@ -163,7 +166,9 @@ def _stages(path: Path) -> tuple[int, dict[str, float]]:
         return out
 
     model = timed("convert", load_model, path)
+    gc.freeze()  # as run_pipeline does: long-lived objects are not walked by every collection
     timed("passes", run_passes, model, [(p, {}) for p in PASSES], base_dir=ROOT)
+    gc.freeze()
     unshare_constants(model)
     shape = tuple(int(d) for d in model.graph.inputs[0].shape)
     rng = np.random.default_rng(0)
@@ -173,6 +178,7 @@ def _stages(path: Path) -> tuple[int, dict[str, float]]:
     qdq = timed("apply_plan", apply_plan, model, plan)
     program = timed("lower", lower, qdq, "bench")
     timed("render", render, program)
+    gc.unfreeze()
     return sum(1 for _ in qdq.graph), times
 
 
@@ -188,7 +194,11 @@ def scaling(mlp_sizes: list[int], lstm_sizes: list[int]) -> None:
             for size in sizes:
                 path = work / f"{kind}{size}.keras"
                 _keras_model(kind, size, path)
-                nodes, times = _stages(path)
+                try:
+                    nodes, times = _stages(path)
+                except Exception as exc:  # noqa: BLE001 - one failing size must not hide the others
+                    print(f"{size:>6}  failed: {type(exc).__name__}: {exc}", flush=True)
+                    continue
                 rest = sum(v for k, v in times.items() if k != "convert")
                 print(f"{size:>6}{nodes:>8}" + "".join(f"{times[s]:>11.3f}" for s in stages)
                       + f"{rest / nodes * 1000:>12.3f}", flush=True)

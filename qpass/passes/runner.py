@@ -117,6 +117,11 @@ def save(model: ir.Model, path: Path) -> None:
     ir.save(model, str(path))
 
 
+def _shapes_known(model: ir.Model) -> bool:
+    """Every node output has a type and a shape of known rank (what shape inference would add)."""
+    return all(v.type is not None and v.shape is not None for node in model.graph for v in node.outputs)
+
+
 def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel:
     """The pass's validated options; a bad key or value is a PassError naming the pass."""
     try:
@@ -129,13 +134,15 @@ def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel
 
 def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Path,
                dump_dir: Path | None = None, check: PassCheck | None = None) -> list[PassRecord]:
-    """Apply the named passes in order; after each one that changed the graph, drop what became unused, keep
-    graph order and re-infer shapes, so the next pass sees the shapes this one made static (shape inference
-    only updates value shapes and types: nodes, and their metadata, stay as they are), then validate the graph.
-    A pass that changed nothing costs no cleanup. With `check`, measure how far the outputs moved."""
+    """Apply the named passes in order; after each one that changed the graph, drop what became unused and
+    keep graph order, so the next pass sees the shapes this one made static (shape inference only updates
+    value shapes and types: nodes, and their metadata, stay as they are). A pass that changed nothing costs
+    no cleanup, and shape inference (which serializes the whole model twice) runs only when some value has no
+    shape or type. The graph is validated (checker, strict shape inference) after every user pass, whose
+    bugs are not ours to know, and after the last pass. With `check`, measure how far the outputs moved."""
     cleanup = ir.passes.Sequential(ir.passes.common.RemoveUnusedNodesPass(),
-                                   ir.passes.common.TopologicalSortPass(),
-                                   ir.passes.common.ShapeInferencePass())
+                                   ir.passes.common.TopologicalSortPass())
+    infer = ir.passes.common.ShapeInferencePass()
     records = []
     for index, (name, options) in enumerate(entries, start=1):
         cls = resolve_pass(name, base_dir=base_dir)
@@ -151,10 +158,13 @@ def run_passes(model: ir.Model, entries: list[tuple[str, dict]], *, base_dir: Pa
         if result.modified:
             try:
                 cleanup(model)
+                if not _shapes_known(model):
+                    infer(model)
             except Exception as exc:  # noqa: BLE001 - a broken graph fails inside onnx_ir's common passes
                 raise PassError(f"pass {name!r} left a graph that cannot be cleaned up: {type(exc).__name__}: "
                                 f"{' '.join(str(exc).split())[:300]}") from None
-            validate(model, name)
+            if not cls.__module__.startswith("qpass.passes.") or index == len(entries):
+                validate(model, name)
         rec = PassRecord(name, result.modified, time.perf_counter() - start, op_counts(model))
         if check is not None and (check.per_pass or index == len(entries)):
             if not result.modified and records and records[-1].max_deviation is not None:
