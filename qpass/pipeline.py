@@ -120,6 +120,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     report = {
         "qpass_version": __version__,
         "model": str(model_path),
+        "converter": next((p.value for p in float_proto.metadata_props if p.key == "qpass.converter"), None),
         "name": name,
         "precision": pipe.quantization.model_dump(),
         "samples": n,
