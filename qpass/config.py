@@ -18,7 +18,7 @@ from qpass.data import callable_spec, load_callable
 from qpass.errors import ConfigError
 
 DATA_SUFFIXES = (".npy", ".npz")
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".onnx")
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".tflite", ".onnx")
 
 
 class _Strict(BaseModel):
