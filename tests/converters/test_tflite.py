@@ -92,19 +92,6 @@ def test_dynamic_range_weights_fold_and_keep_their_int8_values(tflite_files, ort
     np.testing.assert_allclose(np.stack([ort_run(model, s[None]) for s in x]), before, atol=1e-6)
 
 
-def test_fold_constants_keeps_dequantize_in_a_qdq_model(parse_onnx, apply_pass) -> None:
-    w = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
-    text = """<ir_version: 8, opset_import: ["" : 17]> g (float[1, 3] x) => (float[1, 4] y) {
-        xq = QuantizeLinear(x, s, z)
-        xd = DequantizeLinear(xq, s, z)
-        wd = DequantizeLinear(w, sw)
-        y = MatMul(xd, wd)
-    }"""
-    model = parse_onnx(text, w=w, s=np.array(0.1, np.float32), z=np.array(0, np.int8), sw=np.array(0.5, np.float32))
-    apply_pass("fold-constants", model)
-    assert [n.op_type for n in model.graph].count("DequantizeLinear") == 2
-
-
 def test_fully_integer_tflite_is_refused_by_name(tflite_files) -> None:
     with pytest.raises(ConvertError, match=r"har_int8\.tflite.*INT8.*float model"):
         load_model(tflite_files["int8"])
