@@ -51,12 +51,16 @@ def run(ctx: click.Context, pipeline_yaml: Path, dump: bool) -> None:
 
 
 def format_report(report: dict, out_dir: Path) -> str:
+    scores = "argmax_agreement" not in report["comparisons"]["c_vs_float"]  # a reconstruction model
     lines = [f"qpass: {report['name']} -> {out_dir}  ({', '.join(report['files'])})",
-             f"{'comparison':<22}{'argmax agree':>13}{'max |err|':>11}{'mean |err|':>12}{'samples':>9}"]
+             f"{'comparison':<22}{'score r/rho' if scores else 'argmax agree':>13}{'max |err|':>11}"
+             f"{'mean |err|':>12}{'samples':>9}"]
     labels = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_ref vs float",
               "c_vs_float": "C vs float"}
     for key, m in report["comparisons"].items():
-        lines.append(f"{labels.get(key, key):<22}{m['argmax_agreement'] * 100:>12.2f}%{m['max_abs_error']:>11.5f}"
+        first = (f"{m['score_pearson']:.3f}/{m['score_spearman']:.3f}" if scores
+                 else f"{m['argmax_agreement'] * 100:.2f}%")
+        lines.append(f"{labels.get(key, key):<22}{first:>13}{m['max_abs_error']:>11.5f}"
                      f"{m['mean_abs_error']:>12.6f}{m['samples']:>9}")
     n = report["samples"]
     ok = n - report["c_mismatched_samples"]

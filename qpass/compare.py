@@ -5,17 +5,49 @@ from __future__ import annotations
 import numpy as np
 
 
-def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
-    """Argmax agreement, max and mean absolute error of `got` against `ref` (N x outputs)."""
+def metrics(ref: np.ndarray, got: np.ndarray, x: np.ndarray | None = None) -> dict:
+    """Max and mean absolute error of `got` against `ref` (N x outputs), and argmax agreement; for a
+    reconstruction model (given its inputs `x`, whose per-sample size the output has: an autoencoder), the
+    anomaly-score correlation of `reconstruction_scores` instead of argmax."""
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     got = got.reshape(len(got), -1).astype(np.float64)
     err = np.abs(ref - got)
-    return {
-        "argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
-        "max_abs_error": float(err.max()),
-        "mean_abs_error": float(err.mean()),
-        "samples": len(ref),
-    }
+    out = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "samples": len(ref)}
+    if x is not None and is_reconstruction(x, ref):
+        return {**out, **score_correlation(reconstruction_scores(x, ref), reconstruction_scores(x, got))}
+    return {"argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))), **out}
+
+
+def is_reconstruction(x: np.ndarray, y: np.ndarray) -> bool:
+    """An output of the input's size per sample is a reconstruction (autoencoder), not class scores."""
+    return len(x) == len(y) and int(np.prod(x.shape[1:])) == int(np.prod(y.shape[1:]))
+
+
+def reconstruction_scores(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample anomaly score: the mean squared reconstruction error of output y for input x."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return np.mean((y.reshape(len(y), -1).astype(np.float64) - x) ** 2, axis=1)
+
+
+def score_correlation(ref: np.ndarray, got: np.ndarray) -> dict:
+    """Pearson and Spearman (Pearson of average ranks) correlation of two score vectors; 1.0 when equal."""
+    def pearson(a: np.ndarray, b: np.ndarray) -> float:
+        if np.array_equal(a, b):
+            return 1.0
+        a, b = a - a.mean(), b - b.mean()
+        den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+        return float(np.sum(a * b) / den) if den > 0 else 0.0
+
+    def ranks(a: np.ndarray) -> np.ndarray:
+        order = np.argsort(a, kind="stable")
+        r = np.empty(len(a), dtype=np.float64)
+        r[order] = np.arange(len(a), dtype=np.float64)
+        for v in np.unique(a):  # ties share their average rank
+            tie = a == v
+            r[tie] = r[tie].mean()
+        return r
+
+    return {"score_pearson": pearson(ref, got), "score_spearman": pearson(ranks(ref), ranks(got))}
 
 
 def accuracy(out: np.ndarray, labels: np.ndarray) -> float:

@@ -125,9 +125,9 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
         "precision": pipe.quantization.model_dump(),
         "samples": n,
         "comparisons": {
-            "qdq_vs_float": metrics(y_float, y_qdq),
-            "runtime_ref_vs_float": metrics(y_float, y_ref),
-            "c_vs_float": metrics(y_float, y_c),
+            "qdq_vs_float": metrics(y_float, y_qdq, x),
+            "runtime_ref_vs_float": metrics(y_float, y_ref, x),
+            "c_vs_float": metrics(y_float, y_c, x),
         },
         "c_equals_runtime_ref": mismatches == 0,
         "layers": per_layer(model, program, x, in_shape),
