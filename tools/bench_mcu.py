@@ -594,6 +594,20 @@ def tables(results: list[Result], precisions: list[str]) -> str:
     return "\n".join(out).rstrip()
 
 
+def per_mac_table(results: list[Result], precisions: list[str]) -> str:
+    """MACs per inference (from the integer program) and instructions per MAC of every build."""
+    rows = _index(results)
+    configs = list(dict.fromkeys((r.model, r.core, r.opt) for r in results))
+    out = ["Instructions per MAC:", "", "| model | core | opt | MACs | float | " + " | ".join(precisions) + " |",
+           "|---|---|---|---:|---:|" + "---:|" * len(precisions)]
+    for model, core, opt in configs:
+        found = [rows.get((model, core, opt, p)) for p in [FLOAT, *precisions]]
+        macs = next((r.macs for r in found if r is not None and r.macs), 0)
+        cells = ["n/a" if r is None or not r.macs else f"{r.per_mac:.2f}" + ("" if r.ok else " FAIL") for r in found]
+        out.append(f"| {model} | {core} | -{opt} | {macs:,} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _cell(r: Result | None, attr: str) -> str:
     if r is None:
         return "n/a"
@@ -764,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print()
     print(tables(results, precisions))
+    print()
+    print(per_mac_table(results, precisions))
     lmul = lmul_table(results, precisions)
     if lmul:
         print()

@@ -167,6 +167,9 @@ def test_tables_give_float_over_int_per_precision(bench) -> None:
     assert row == "| har | m3 | -O2 | 9,000 | 1,000 (9.0x) | 1,500 FAIL (6.0x) | n/a |"
     assert "| har | m3 | -O2 | 3,000 | 1,000 (3.00x) |" in text
     assert bench.lmul_table(results, ["a8w8"]) == ""  # no Cortex-M0 build measured
+    results[0].macs = results[1].macs = 500
+    per_mac = bench.per_mac_table(results, ["a8w8", "a16w8"])
+    assert "| har | m3 | -O2 | 500 | 18.00 | 2.00 | n/a |" in per_mac  # the a16w8 result has no MACs recorded
 
 
 def test_target_checks_state_numbers_and_verdicts(bench) -> None:
