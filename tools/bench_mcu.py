@@ -1,7 +1,7 @@
 """Cortex-M benchmark: the integer C at several precisions against the float C of the same graph, on
 Cortex-M0/M3/M4, emulated.
 
-    python tools/bench_mcu.py [--examples digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
+    python tools/bench_mcu.py [--examples autoencoder digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
                               [--precisions a8w8 a16w8 a16w16 a8w8-pow2] [--json out.json] [--keep DIR]
 
 (default: every example, core, optimization level and precision). For every examples/*/pipeline.yaml and
