@@ -152,9 +152,13 @@ STAGES = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_r
 
 def _comparison_lines(report: dict) -> list[str]:
     unit = report.get("output_unit", "output value")
-    lines = [f"{'comparison':<22}{'argmax agree':>13}{'max |err|':>11}{'mean |err|':>12}{'samples':>9}"]
+    scores = "argmax_agreement" not in report["comparisons"]["c_vs_float"]  # a reconstruction model
+    lines = [f"{'comparison':<22}{'score r/rho' if scores else 'argmax agree':>13}{'max |err|':>11}"
+             f"{'mean |err|':>12}{'samples':>9}"]
     for key, m in report["comparisons"].items():
-        lines.append(f"{STAGES.get(key, key):<22}{m['argmax_agreement'] * 100:>12.2f}%{m['max_abs_error']:>11.5f}"
+        first = (f"{m['score_pearson']:.3f}/{m['score_spearman']:.3f}" if scores
+                 else f"{m['argmax_agreement'] * 100:.2f}%")
+        lines.append(f"{STAGES.get(key, key):<22}{first:>13}{m['max_abs_error']:>11.5f}"
                      f"{m['mean_abs_error']:>12.6f}{m['samples']:>9}")
     lines.append(f"  float = onnxruntime on the converted model before any pass; QDQ sim = onnxruntime on the "
                  f"quantize/dequantize graph (the plan simulated in float); errors in {unit} units")

@@ -14,17 +14,49 @@ import numpy as np
 from qpass.runtime_ref.intmath import QMAX, QMIN
 
 
-def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
-    """Argmax agreement, max and mean absolute error of `got` against `ref` (N x outputs)."""
+def metrics(ref: np.ndarray, got: np.ndarray, x: np.ndarray | None = None) -> dict:
+    """Max and mean absolute error of `got` against `ref` (N x outputs), and argmax agreement; for a
+    reconstruction model (given its inputs `x`, whose per-sample size the output has: an autoencoder), the
+    anomaly-score correlation of `reconstruction_scores` instead of argmax."""
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     got = got.reshape(len(got), -1).astype(np.float64)
     err = np.abs(ref - got)
-    return {
-        "argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
-        "max_abs_error": float(err.max()),
-        "mean_abs_error": float(err.mean()),
-        "samples": len(ref),
-    }
+    out = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "samples": len(ref)}
+    if x is not None and is_reconstruction(x, ref):
+        return {**out, **score_correlation(reconstruction_scores(x, ref), reconstruction_scores(x, got))}
+    return {"argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))), **out}
+
+
+def is_reconstruction(x: np.ndarray, y: np.ndarray) -> bool:
+    """An output of the input's size per sample is a reconstruction (autoencoder), not class scores."""
+    return len(x) == len(y) and int(np.prod(x.shape[1:])) == int(np.prod(y.shape[1:]))
+
+
+def reconstruction_scores(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample anomaly score: the mean squared reconstruction error of output y for input x."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return np.mean((y.reshape(len(y), -1).astype(np.float64) - x) ** 2, axis=1)
+
+
+def score_correlation(ref: np.ndarray, got: np.ndarray) -> dict:
+    """Pearson and Spearman (Pearson of average ranks) correlation of two score vectors; 1.0 when equal."""
+    def pearson(a: np.ndarray, b: np.ndarray) -> float:
+        if np.array_equal(a, b):
+            return 1.0
+        a, b = a - a.mean(), b - b.mean()
+        den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+        return float(np.sum(a * b) / den) if den > 0 else 0.0
+
+    def ranks(a: np.ndarray) -> np.ndarray:
+        order = np.argsort(a, kind="stable")
+        r = np.empty(len(a), dtype=np.float64)
+        r[order] = np.arange(len(a), dtype=np.float64)
+        for v in np.unique(a):  # ties share their average rank
+            tie = a == v
+            r[tie] = r[tie].mean()
+        return r
+
+    return {"score_pearson": pearson(ref, got), "score_spearman": pearson(ranks(ref), ranks(got))}
 
 
 def accuracy(out: np.ndarray, labels: np.ndarray) -> float:
@@ -187,13 +219,14 @@ def run_outputs(float_model, qdq_model, program, c_file, h_file, x: np.ndarray, 
                    dequantize(y_c_q, tout.scale, tout.zero_point), int(np.sum(np.any(y_c_q != y_ref_q, axis=1))))
 
 
-def comparison_report(out: Outputs, labels: np.ndarray | None) -> dict:
-    """The report's comparison part: metrics of each stage against float, C vs runtime_ref, accuracy."""
+def comparison_report(out: Outputs, labels: np.ndarray | None, x: np.ndarray | None = None) -> dict:
+    """The report's comparison part: metrics of each stage against float, C vs runtime_ref, accuracy. Given
+    the inputs `x`, a reconstruction model (an autoencoder) gets score correlations instead of argmax."""
     stages = {"qdq_vs_float": out.qdq, "runtime_ref_vs_float": out.runtime_ref, "c_vs_float": out.c}
     n = len(out.float)
     return {
         "samples": n,
-        "comparisons": {k: metrics(out.float, v) for k, v in stages.items() if v is not None},
+        "comparisons": {k: metrics(out.float, v, x) for k, v in stages.items() if v is not None},
         "c_equals_runtime_ref": out.c_mismatched == 0,
         "c_mismatched_samples": out.c_mismatched,
         "accuracy": None if labels is None else {
@@ -244,7 +277,7 @@ def compare_build(out_dir, data, *, key: str | None = None, labels_key: str | No
                                                         yaml_key="--labels-key")[:n]
     program = lower(qdq, name)
     out = run_outputs(float_model, qdq, program, files["c"], files["h"], x, in_shape, cc=cc)
-    report = {"name": name, "data": str(data), "output_unit": output_unit(program), **comparison_report(out, labels)}
+    report = {"name": name, "data": str(data), "output_unit": output_unit(program), **comparison_report(out, labels, x)}
     limits = {k: g["limit"] for k, g in (build.get("gates") or {}).items()}
     report["gates"] = gate_results(limits, report) if limits else None
     return report

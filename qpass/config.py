@@ -24,7 +24,7 @@ from qpass.model_shape import ShapeUnknown, input_shape
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".npy", ".npz")
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".onnx")
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".tflite", ".onnx")
 
 
 class _Strict(BaseModel):

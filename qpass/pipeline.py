@@ -144,6 +144,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool, cache: BuildCache) -> dict:
     report = build_report(pipe, model_path, name, program, outputs, labels, layers, ranges,
                           model.graph.inputs[0].name, x, warnings)
     report.update({
+        "converter": next((p.value for p in float_proto.metadata_props if p.key == "qpass.converter"), None),
         "op_counts": {"converted": converted_ops, "final": op_counts(model)},
         "passes": [{"name": r.name, "modified": r.modified, "seconds": round(r.seconds, 4),
                     "op_counts": r.op_counts, "max_deviation": r.max_deviation} for r in records],
@@ -187,7 +188,7 @@ def build_report(pipe: Pipeline, model_path: Path, name: str, program, outputs: 
         "model": str(model_path),
         "name": name,
         "precision": pipe.quantization.model_dump(),
-        **comparison_report(outputs, labels),
+        **comparison_report(outputs, labels, x),
         "output_unit": output_unit(program),
         "layers": layers,
         "kernels": [s.kernel for s in program.steps],

@@ -146,9 +146,11 @@ def render_html(report: dict, out: Outputs, program, labels: np.ndarray | None) 
         "stage_names": {"qdq_vs_float": "QDQ simulation vs float", "runtime_ref_vs_float": "runtime_ref vs float",
                         "c_vs_float": "C vs float"},
     }
-    ctx["confusion_svg"], ctx["confusion"] = confusion_plot(out.float, out.c, "float prediction")
-    ctx["labels_svg"] = None
-    if labels is not None:
+    ctx["scores"] = "argmax_agreement" not in report["comparisons"]["c_vs_float"]  # a reconstruction model
+    ctx["confusion_svg"], ctx["confusion"], ctx["labels_svg"] = None, None, None
+    if not ctx["scores"]:
+        ctx["confusion_svg"], ctx["confusion"] = confusion_plot(out.float, out.c, "float prediction")
+    if labels is not None and not ctx["scores"]:
         k = out.c.shape[1]
         onehot = np.eye(k)[np.clip(labels.reshape(-1).astype(int), 0, k - 1)]
         ctx["labels_svg"], _ = confusion_plot(onehot, out.c, "true label")

@@ -1,7 +1,7 @@
 """Cortex-M benchmark: the integer C at several precisions against the float C of the same graph, on
 Cortex-M0/M3/M4, emulated.
 
-    python tools/bench_mcu.py [--examples digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
+    python tools/bench_mcu.py [--examples autoencoder digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
                               [--precisions a8w8 a16w8 a16w16 a8w8-pow2] [--json out.json] [--keep DIR]
 
 (default: every example, core, optimization level and precision). For every examples/*/pipeline.yaml and
@@ -22,16 +22,25 @@ and a linker script with .text/.rodata in flash at 0x0 and .data/.bss/stack in R
 
 Each ELF runs ONE inference in the unicorn emulator: its segments are loaded, the stack painted, the input
 (the first comparison sample, quantized for the integer build) written to the harness's input buffer; then
-SP = top of RAM, LR = a stop address and PC = NAME_run / NAME_float_run. A UC_HOOK_CODE counter counts every
-instruction executed (instructions, not cycles: no wait states or multi-cycle multiplies are modelled); calls
-into compiler-runtime and libm functions (soft-float __aeabi_f*, and on Cortex-M0, which has no 32x32->64
-multiply, __aeabi_lmul for the integer kernels' int64 math) are counted at their entry points. The integer
+SP = top of RAM, LR = a stop address and PC = NAME_run / NAME_float_run. A UC_HOOK_BLOCK counter counts every
+instruction of every executed block, decoded from the block's bytes (BlockCounter): unicorn's per-instruction
+hook skips the condition-failed instructions of IT blocks, which a Cortex-M issues (it undercounted by ~0.9 %
+on the integer C and ~12 % on soft float); tests/tools/test_bench_counter.py checks the counter on a
+hand-written Thumb-2 program of known count. Instructions, not cycles: no wait states or multi-cycle multiplies
+are modelled. Calls into compiler-runtime and libm functions (soft-float __aeabi_f*, and on Cortex-M0, which
+has no 32x32->64 multiply, __aeabi_lmul for the integer kernels' int64 math) are counted at their entry points.
+Every instruction is attributed to a kernel call of the model's run function through the DWARF line tables
+(the C is built with -g, which leaves the code unchanged; addr2line -i maps an inlined kernel's instructions to
+the line calling it), out-of-line code and library helpers to the call that led there. MACs come from the
+integer program (conv1d, linear, LSTM/GRU dot products). The integer
 output must equal qpass.runtime_ref bit for bit, the float output onnxruntime's within 1e-4.
 
-Reported: instructions per inference; flash = every byte the image keeps in flash (vector table, .text,
+Reported: instructions per inference and per MAC; flash = every byte the image keeps in flash (vector table, .text,
 .rodata, .ARM.exidx, the .data initializers); RAM = .data + .bss (the arena, the harness's input and output
 buffers, libm's errno) + the measured stack peak; the float/int ratio of each per precision; the
-__aeabi_lmul calls per inference on Cortex-M0; then the issue's targets, each met / not met with the numbers.
+__aeabi_lmul calls per inference on Cortex-M0; the per-kernel breakdown of every Cortex-M3 -O2 build (instructions
+per kernel call, and per kernel kind with MACs and instructions per MAC); then the targets (issue 11's among
+them), each met / not met with the numbers.
 Needs arm-none-eabi-gcc, newlib (libnewlib-arm-none-eabi) and `pip install -e '.[bench]'` (unicorn).
 """
 
@@ -41,6 +50,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -74,6 +84,8 @@ PRECISIONS = {  # label → the quantization keys it sets (the YAML's per_channe
     "a8w8-pow2": {**INT8, "requant": "pow2"},
 }
 FLOAT = "float"
+# a8w8 flash bytes measured before issue 11's kernel work (commit cdbbbc0), the flash target's reference
+FLASH_BEFORE = {("har", "m3", "Os"): 12_948, ("har", "m0", "Os"): 13_572}
 
 LINKER_SCRIPT = f"""\
 /* qpass bench: code and constants in flash at 0x0, data, bss and the stack in RAM at 0x20000000 */
@@ -165,6 +177,7 @@ class Variant:
     x: np.ndarray  # the input, in the C's element type
     expected: np.ndarray  # runtime_ref's integers / onnxruntime's floats
     arena_bytes: int
+    macs: dict[str, int] = field(default_factory=dict)  # kernel (the program step's kind) → MACs per inference
 
 
 @dataclass
@@ -173,6 +186,7 @@ class Build:
     sections: dict[str, int]
     symbols: dict[str, int]  # name → address
     lib_functions: dict[int, str]  # entry address → name, for functions from libgcc / libm
+    site_of: dict[int, Site] = field(default_factory=dict)  # instruction address → line of the run function
 
     @property
     def flash(self) -> int:
@@ -198,6 +212,27 @@ class Result:
     ok: bool
     check: str  # what the output check found
     lib_calls: dict[str, int] = field(default_factory=dict)
+    macs: int = 0  # multiply-accumulates per inference, from the integer program
+    kernels: dict[str, int] = field(default_factory=dict)  # kernel call (its C comment) → instructions
+    kernel_macs: dict[str, int] = field(default_factory=dict)  # kernel kind → MACs
+
+    @property
+    def per_mac(self) -> float:
+        return self.instructions / self.macs if self.macs else float("nan")
+
+
+def step_macs(kernel: str, params: dict) -> int:
+    """Multiply-accumulates of one program step: the dot products of conv1d, linear and recurrent kernels
+    (LSTM: 4 gates, GRU: 3, each over input and hidden state); element-wise and data-movement kernels: 0."""
+    p = params
+    if kernel == "conv1d" and {"c_out", "l_out", "k", "c_in"} <= p.keys():
+        return int(p["c_out"] * p["l_out"] * p["k"] * (p["c_in"] // max(int(p.get("groups", 1)), 1)))
+    if kernel == "linear" and {"in_features", "out_features"} <= p.keys():
+        return int(p.get("rows", 1) * p["in_features"] * p["out_features"])
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}.get(kernel)
+    if gates and {"t", "n_in", "hidden"} <= p.keys():
+        return int(p["t"] * gates * p["hidden"] * (p["n_in"] + p["hidden"]))
+    return 0
 
 
 # -- preparing the C files of one example ---------------------------------------------------------
@@ -227,6 +262,7 @@ def prepare(pipeline_yaml: Path, work: Path, precisions: tuple[str, ...] | list[
                               yaml_key="compare.key")[:1], dtype=np.float32)
     variants: list[Variant] = []
     float_model = None
+    macs: Counter = Counter()
     for precision in precisions:
         out = work / precision
         run_pipeline(pipe.model_copy(update={
@@ -236,11 +272,15 @@ def prepare(pipeline_yaml: Path, work: Path, precisions: tuple[str, ...] | list[
         if float_model is None:
             float_model = ir.load(str(next(iter(sorted((out / "stages").glob("*_float_final.onnx"))))))
         program = lower(ir.load(str(out / f"{name}.qdq.onnx")), name)
+        macs = Counter()
+        for step in program.steps:
+            macs[step.kernel] += step_macs(step.kernel, step.params)
         tin, tout = program.tensors[program.input], program.tensors[program.output]
         xq = quantize(x, tin.scale, tin.zero_point, tin.dtype).reshape(-1)
         yq = np.asarray(run_ref(program, xq)).reshape(-1).astype(tout.dtype)
         variants.append(Variant("int", precision, name, out / f"{name}.c", out / f"{name}.h", CTYPE[tin.dtype],
-                                CTYPE[tout.dtype], xq, yq, _arena_macro(out / f"{name}.h", name)))
+                                CTYPE[tout.dtype], xq, yq, _arena_macro(out / f"{name}.h", name),
+                                {k: n for k, n in macs.items() if n}))
 
     gen = float_c.generate(float_model, name, source=f"{name} float graph")
     (work / FLOAT).mkdir(parents=True, exist_ok=True)
@@ -248,7 +288,7 @@ def prepare(pipeline_yaml: Path, work: Path, precisions: tuple[str, ...] | list[
     in_value = float_model.graph.inputs[0]
     y_ort = session(float_model).run(None, {in_value.name: x.reshape(tuple(in_value.shape))})[0].reshape(-1)
     variants.append(Variant("float", FLOAT, f"{name}_float", fc_file, fh_file, "float", "float", x.reshape(-1),
-                            y_ort.astype(np.float32), gen.arena_bytes))
+                            y_ort.astype(np.float32), gen.arena_bytes, {k: n for k, n in macs.items() if n}))
     return name, variants
 
 
@@ -285,7 +325,8 @@ def build(v: Variant, cpu: str, opt: str, work: Path) -> Build:
     for src, strict in ((v.c_file, True), (work / "harness.c", True), (work / "startup.c", False)):
         obj = work / (src.stem + ".o")
         warn = WARN_FLAGS if strict else ["-std=c99", "-Wall", "-Wextra", "-Werror"]
-        text = _run([CC, *flags, *warn, "-I", str(work), "-c", str(src), "-o", str(obj)], f"compiling {src.name}")
+        text = _run([CC, *flags, *warn, "-g", "-I", str(work), "-c", str(src), "-o", str(obj)],
+                    f"compiling {src.name}")  # -g: line tables for the per-kernel breakdown; code unchanged
         if strict and text.strip():
             raise BenchError(f"compiling {src.name} printed warnings:\n{text.strip()[:3000]}")
         objs.append(obj)
@@ -305,7 +346,37 @@ def build(v: Variant, cpu: str, opt: str, work: Path) -> Build:
                 prev = lib_functions.get(addr & ~1)
                 if prev is None or (name.startswith("__aeabi") and not prev.startswith("__aeabi")):
                     lib_functions[addr & ~1] = name
-    return Build(elf, _sections(elf), symbols, lib_functions)
+    return Build(elf, _sections(elf), symbols, lib_functions, _sites(elf, objs[0], v.c_file.name, f"{v.api}_run"))
+
+
+def _sites(elf: Path, model_obj: Path, c_name: str, run_prefix: str) -> dict[int, Site]:
+    """Every halfword address of the model's functions → the line of its run function (NAME_run*) that the
+    instruction serves, from the DWARF line tables with inlining (addr2line -i): the outermost frame when it is
+    a run function (an inlined kernel's instructions → the line that calls it). Out-of-line code gets none."""
+    model_functions = {parts[-1] for parts in _nm(model_obj) if parts[-2] in "Tt"}
+    addrs = []
+    for parts in (line.split() for line in _run(["arm-none-eabi-nm", "-S", "--defined-only", str(elf)], "nm")
+                  .splitlines()):
+        if len(parts) == 4 and parts[2] in "Tt" and parts[3] in model_functions:
+            start = int(parts[0], 16) & ~1
+            addrs += range(start, start + int(parts[1], 16), 2)
+    if not addrs:
+        return {}
+    proc = subprocess.run(["arm-none-eabi-addr2line", "-a", "-f", "-i", "-e", str(elf)], capture_output=True,
+                          text=True, check=True, input="\n".join(f"{a:#x}" for a in addrs))
+    sites: dict[int, Site] = {}
+    addr, frames = None, []
+    for line in [*proc.stdout.splitlines(), "0x0"]:
+        if line.startswith("0x") and len(frames) % 2 == 0:
+            if addr is not None and frames:
+                function, where = frames[-2], frames[-1].split(" ")[0]
+                path, _, number = where.rpartition(":")
+                if function.startswith(run_prefix) and Path(path).name == c_name and number.isdigit():
+                    sites[addr] = (function, int(number))
+            addr, frames = int(line, 16), []
+        else:
+            frames.append(line.strip())
+    return sites
 
 
 def _nm(path: Path) -> list[list[str]]:
@@ -337,8 +408,66 @@ def load_segments(elf: Path) -> list[tuple[int, int, bytes, int]]:
     return segments
 
 
-def emulate(b: Build, v: Variant, cpu: str) -> tuple[int, int, np.ndarray, Counter]:
-    """One inference: (instructions, stack peak in bytes, the output, calls per library function)."""
+def thumb_offsets(code: bytes) -> list[int]:
+    """Byte offsets of the instructions in a run of Thumb code: a halfword whose top five bits are 0b11101,
+    0b11110 or 0b11111 starts a 32-bit instruction, any other a 16-bit one (ARMv6-M / ARMv7-M encoding)."""
+    offsets, i = [], 0
+    while i + 1 < len(code):
+        offsets.append(i)
+        i += 4 if (code[i + 1] >> 3) in (0b11101, 0b11110, 0b11111) else 2
+    return offsets
+
+
+Site = tuple[str, int]  # (function, line) in the model's C: a line of its run function
+
+
+class BlockCounter:
+    """Counts every executed instruction with a UC_HOOK_BLOCK hook: each time a translation block runs, all its
+    instructions are counted, found by decoding the block's bytes once (cached per block address and size).
+
+    unicorn's per-instruction hook (UC_HOOK_CODE) is not called for the instructions of an IT block whose
+    condition fails, which a Cortex-M still issues; a block hook sees them, since they are part of the block.
+
+    With `site_of` (instruction address → the line of the model's run function it belongs to, or None), every
+    instruction is also attributed to a site: its own, or, for code outside the run function's inlined kernels
+    (a kernel gcc kept out of line, a libgcc helper), the last site executed before it: the call that led there.
+    """
+
+    def __init__(self, uc, site_of: dict[int, Site] | None = None) -> None:
+        from unicorn import UC_HOOK_BLOCK
+
+        self.site_of = site_of or {}
+        self.blocks: dict[tuple[int, int], tuple[tuple[Site | None, ...], Site | None]] = {}
+        self.runs: Counter = Counter()  # (site on entry, block address, block size) → executions
+        self.site: Site | None = None
+        uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+
+    def _on_block(self, uc, addr: int, size: int, _data) -> None:
+        key = (addr, size)
+        info = self.blocks.get(key)
+        if info is None:
+            sites = tuple(self.site_of.get(addr + o) for o in thumb_offsets(bytes(uc.mem_read(addr, size))))
+            info = self.blocks[key] = (sites, next((x for x in reversed(sites) if x is not None), None))
+        self.runs[(self.site, addr, size)] += 1
+        if info[1] is not None:
+            self.site = info[1]
+
+    @property
+    def total(self) -> int:
+        return sum(n * len(self.blocks[(addr, size)][0]) for (_, addr, size), n in self.runs.items())
+
+    def by_site(self) -> Counter:
+        """Instructions per site (None: before the first site)."""
+        out: Counter = Counter()
+        for (site, addr, size), n in self.runs.items():
+            for own in self.blocks[(addr, size)][0]:
+                site = own if own is not None else site
+                out[site] += n
+        return out
+
+
+def emulate(b: Build, v: Variant, cpu: str) -> tuple[BlockCounter, int, np.ndarray, Counter]:
+    """One inference: (its instruction counter, stack peak in bytes, the output, calls per library function)."""
     from unicorn import UC_ARCH_ARM, UC_HOOK_CODE, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, UcError
     from unicorn import arm_const as arm
 
@@ -355,17 +484,12 @@ def emulate(b: Build, v: Variant, cpu: str) -> tuple[int, int, np.ndarray, Count
     x = np.ascontiguousarray(v.x).tobytes()
     uc.mem_write(b.symbols["qb_input"], x)
 
-    count = [0]
-
-    def on_code(_uc, _addr, _size, _data) -> None:
-        count[0] += 1
-
+    counter = BlockCounter(uc, b.site_of)
     calls: Counter = Counter()
 
     def on_entry(_uc, addr, _size, _data) -> None:
         calls[b.lib_functions[addr]] += 1
 
-    uc.hook_add(UC_HOOK_CODE, on_code)
     for addr in b.lib_functions:
         uc.hook_add(UC_HOOK_CODE, on_entry, begin=addr, end=addr)
     uc.reg_write(arm.UC_ARM_REG_SP, estack)
@@ -382,7 +506,7 @@ def emulate(b: Build, v: Variant, cpu: str) -> tuple[int, int, np.ndarray, Count
     ram = bytes(uc.mem_read(ebss, estack - ebss))
     low = next((i for i in range(0, len(ram), 4) if ram[i:i + 4] != PAINT), len(ram))
     out = np.frombuffer(bytes(uc.mem_read(b.symbols["qb_output"], v.expected.nbytes)), dtype=v.expected.dtype)
-    return count[0], len(ram) - low, out.copy(), calls
+    return counter, len(ram) - low, out.copy(), calls
 
 
 def check(v: Variant, out: np.ndarray) -> tuple[bool, str]:
@@ -396,10 +520,42 @@ def check(v: Variant, out: np.ndarray) -> tuple[bool, str]:
 def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Result:
     cpu = CORES[core]
     b = build(v, cpu, opt, work / f"{v.precision}-{core}-{opt}")
-    instructions, stack, out, calls = emulate(b, v, cpu)
+    counter, stack, out, calls = emulate(b, v, cpu)
     ok, what = check(v, out)
-    return Result(model, core, opt, v.kind, v.precision, instructions, b.flash, b.static_ram + stack, stack,
-                  v.arena_bytes, ok, what, dict(calls.most_common()))
+    kernels: Counter = Counter()
+    labels = site_labels(v.c_file, f"{v.api}_run")
+    for site, n in counter.by_site().items():
+        kernels[labels.get(site, GLUE) if site else GLUE] += n
+    return Result(model, core, opt, v.kind, v.precision, counter.total, b.flash, b.static_ram + stack, stack,
+                  v.arena_bytes, ok, what, dict(calls.most_common()), sum(v.macs.values()),
+                  dict(kernels.most_common()), dict(v.macs))
+
+
+GLUE = "(glue)"  # the run function's own instructions, between kernel calls
+
+
+def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
+    """Each line of the model's run functions that calls a kernel → that call's comment (`/* conv1d: name */`,
+    the line above it) or, without one, the called function's name. Other lines: none (glue)."""
+    labels: dict[Site, str] = {}
+    function = None
+    lines = c_file.read_text().splitlines()
+    for number, text in enumerate(lines, start=1):
+        head = re.match(r"^\w[\w\s\*]*?\b(\w+)\s*\(", text)
+        if head and not text.rstrip().endswith(";"):
+            function = head.group(1)
+            continue
+        call = re.match(r"^\s+(\w+)\s*\(", text)
+        if function is None or not function.startswith(run_prefix) or not call or call.group(1).startswith(run_prefix):
+            continue
+        comment = re.match(r"^\s*/\*\s*(.*?)\s*\*/\s*$", lines[number - 2]) if number > 1 else None
+        labels[(function, number)] = comment.group(1) if comment else call.group(1)
+    return labels
+
+
+def kernel_kind(label: str) -> str:
+    """`lstm: LSTM har_1_...` → lstm (the program step's kernel, as the C comment starts)."""
+    return label.split(":", 1)[0].strip() if ":" in label and label != GLUE else label
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -438,6 +594,20 @@ def tables(results: list[Result], precisions: list[str]) -> str:
     return "\n".join(out).rstrip()
 
 
+def per_mac_table(results: list[Result], precisions: list[str]) -> str:
+    """MACs per inference (from the integer program) and instructions per MAC of every build."""
+    rows = _index(results)
+    configs = list(dict.fromkeys((r.model, r.core, r.opt) for r in results))
+    out = ["Instructions per MAC:", "", "| model | core | opt | MACs | float | " + " | ".join(precisions) + " |",
+           "|---|---|---|---:|---:|" + "---:|" * len(precisions)]
+    for model, core, opt in configs:
+        found = [rows.get((model, core, opt, p)) for p in [FLOAT, *precisions]]
+        macs = next((r.macs for r in found if r is not None and r.macs), 0)
+        cells = ["n/a" if r is None or not r.macs else f"{r.per_mac:.2f}" + ("" if r.ok else " FAIL") for r in found]
+        out.append(f"| {model} | {core} | -{opt} | {macs:,} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _cell(r: Result | None, attr: str) -> str:
     if r is None:
         return "n/a"
@@ -456,6 +626,23 @@ def lmul_table(results: list[Result], precisions: list[str]) -> str:
         cells = [(f"{r.lib_calls.get('__aeabi_lmul', 0):,}" if (r := rows.get((model, "m0", opt, p))) else "n/a")
                  for p in precisions]
         lines.append(f"| {model} | -{opt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def breakdown(r: Result) -> str:
+    """Where one build's instructions went: a row per kernel call (its C comment), then per kernel kind with
+    its MACs and instructions per MAC. Library helpers (soft float, __aeabi_lmul) count for their caller."""
+    total = r.instructions or 1
+    lines = [f"Per-kernel breakdown: {r.model} {r.precision} {r.core} -{r.opt} ({r.instructions:,} instructions, "
+             f"{r.macs:,} MACs, {r.per_mac:.2f} per MAC)", "", "| kernel | instructions | share |", "|---|---:|---:|"]
+    kinds: Counter = Counter()
+    for label, n in r.kernels.items():
+        lines.append(f"| {label} | {n:,} | {n / total:.1%} |")
+        kinds[kernel_kind(label)] += n
+    lines += ["", "| kind | instructions | share | MACs | instructions / MAC |", "|---|---:|---:|---:|---:|"]
+    for kind, n in kinds.most_common():
+        macs = r.kernel_macs.get(kind, 0)
+        lines.append(f"| {kind} | {n:,} | {n / total:.1%} | {macs:,} | {f'{n / macs:.2f}' if macs else '-'} |")
     return "\n".join(lines)
 
 
@@ -497,6 +684,35 @@ def target_checks(results: list[Result]) -> list[str]:
                 share = i.ram / f.ram
                 ram.append((f"{core} -{opt}: a16w8 {i.ram:,} vs float {f.ram:,} bytes = {share:.1%}", share <= 0.5))
     verdict("har: int16 (a16w8) RAM <= 50% of float RAM", ram)
+
+    per_mac, ratio, os_o2 = [], [], []
+    for ex in ("har", "har_lstm"):
+        i, f, s = (rows.get((ex, "m3", o, p)) for o, p in (("O2", "a8w8"), ("O2", FLOAT), ("Os", "a8w8")))
+        if i and i.ok and i.macs:
+            per_mac.append((f"{ex}: {i.instructions:,} instructions / {i.macs:,} MACs = {i.per_mac:.2f}",
+                            i.per_mac <= 5))
+        if i and f and i.ok and f.ok:
+            x = f.instructions / i.instructions
+            ratio.append((f"{ex}: float {f.instructions:,} / a8w8 {i.instructions:,} = {x:.1f}x", x >= 15))
+        if i and s and i.ok and s.ok:
+            x = s.instructions / i.instructions - 1
+            os_o2.append((f"{ex}: -Os {s.instructions:,} vs -O2 {i.instructions:,} instructions = {x:+.1%}",
+                          x <= 0.30))
+    verdict("Cortex-M3 -O2 a8w8: <= 5 instructions per MAC", per_mac)
+    verdict("Cortex-M3 -O2: float / a8w8 instructions >= 15x", ratio)
+    verdict("Cortex-M3 a8w8: -Os within 30% of -O2", os_o2)
+    verdict("Cortex-M0: no __aeabi_lmul in any a8w8-pow2 build",
+            [(f"{r.model} -{r.opt}: {r.lib_calls.get('__aeabi_lmul', 0):,} calls", not r.lib_calls.get("__aeabi_lmul"))
+             for r in results if r.core == "m0" and r.precision == "a8w8-pow2" and r.ok])
+    flash = []
+    for (ex, core, opt), before in FLASH_BEFORE.items():
+        i = rows.get((ex, core, opt, "a8w8"))
+        if i and i.ok:
+            flash.append((f"{ex} {core} -{opt}: {i.flash:,} bytes vs {before:,} before issue 11 = "
+                          f"{i.flash / before - 1:+.1%}", i.flash <= 1.10 * before))
+    verdict("a8w8 flash at -Os no more than 10% above the flash before issue 11", flash)
+    m0 = [r for r in results if r.core == "m0" and r.precision == "a8w8" and r.ok and r.macs]
+    lines += [f"Cortex-M0 a8w8 instructions per MAC: {r.model} -{r.opt}: {r.per_mac:.2f}" for r in m0]
     return lines
 
 
@@ -555,12 +771,15 @@ def main(argv: list[str] | None = None) -> int:
                                   flush=True)
                             continue
                         results.append(r)
-                        print(f"{model:10s} {core} -{opt} {r.precision:9s} {r.instructions:>12,} instr  flash "
+                        print(f"{model:10s} {core} -{opt} {r.precision:9s} {r.instructions:>12,} instr "
+                              f"({r.per_mac:5.2f}/MAC)  flash "
                               f"{r.flash:>7,}  RAM {r.ram:>7,} (stack {r.stack:>4})  "
                               f"{'ok' if r.ok else 'FAIL'}: {r.check}", flush=True)
     elapsed = time.monotonic() - started
     print()
     print(tables(results, precisions))
+    print()
+    print(per_mac_table(results, precisions))
     lmul = lmul_table(results, precisions)
     if lmul:
         print()
@@ -569,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
     print("Library calls per inference at -O2 (the most frequent six):")
     for line in helper_lines(results):
         print(line)
+    for r in results:
+        if r.core == "m3" and r.opt == "O2" and r.kernels:
+            print()
+            print(breakdown(r))
     print()
     for line in target_checks(results):
         print(line)

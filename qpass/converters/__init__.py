@@ -1,6 +1,7 @@
 """Converters: any supported model file → a float `onnx_ir.Model` with static shapes.
 
-Keras `.h5` / `.keras` and SavedModel directories go through tf2onnx; `.onnx` is loaded as is.
+Keras `.h5` / `.keras`, SavedModel directories and `.tflite` files go through tf2onnx; `.onnx` is loaded
+as is.
 The batch dimension is fixed (1 by default) and shapes are inferred, so later stages see static shapes.
 """
 
@@ -22,6 +23,10 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
         from qpass.converters.keras import convert_keras
 
         proto = convert_keras(path, batch_size=batch_size, safe_mode=safe_mode, opset=opset)
+    elif path.suffix.lower() == ".tflite":
+        from qpass.converters.tflite import convert_tflite
+
+        proto = _fix_batch(convert_tflite(path, opset=opset), batch_size, path)
     elif path.suffix.lower() == ".onnx":
         try:
             proto = onnx.load(str(path))
@@ -30,7 +35,8 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
         _standard_ops(proto, path)
         proto = _fix_batch(proto, batch_size, path)
     else:
-        raise ConvertError(f"{path}: unknown model format; expected .h5, .keras, .onnx or a SavedModel folder")
+        raise ConvertError(f"{path}: unknown model format; expected .h5, .keras, .tflite, .onnx or a "
+                           "SavedModel folder")
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
         onnx.checker.check_model(proto)

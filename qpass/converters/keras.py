@@ -2,6 +2,12 @@
 
 The model is traced as a `tf.function` with a fixed input signature (batch fixed) and converted with
 `tf2onnx.convert.from_function`, which works for Keras 3 where `from_keras` does not.
+
+Files saved by Keras 2 (TF <= 2.15) that Keras 3 refuses (e.g. a DepthwiseConv2D config with `groups: 1`)
+are loaded with `tf_keras`, the Keras 2 package, when it is installed. safe_mode holds on that route too:
+tf_keras ignores safe_mode for legacy .h5 files, so qpass itself refuses an .h5 whose config holds a Lambda
+layer (Python bytecode) unless safe_mode is off. The loader used is logged and recorded in the ONNX model's
+metadata (`qpass.converter`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ def convert_keras(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -
 
 def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onnx.ModelProto:
     tf = _quiet_tf()
-    import keras
     import tf2onnx
 
     try:
@@ -45,9 +50,9 @@ def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onn
             if fn is None:
                 raise ConvertError(f"{path}: the SavedModel has no 'serving_default' signature")
             specs = [s for s in fn.structured_input_signature[1].values()]
-            call = fn
+            call, loader = fn, f"TensorFlow {tf.__version__} SavedModel"
         else:
-            model = keras.models.load_model(str(path), compile=False, safe_mode=safe_mode)
+            model, loader = _load_keras_file(path, safe_mode)
             specs = [tf.TensorSpec(t.shape, t.dtype, name=_input_name(t, i)) for i, t in enumerate(model.inputs)]
             call = None
     except ConvertError:
@@ -79,7 +84,69 @@ def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onn
     if bad:
         raise ConvertError(f"{path}: tf2onnx could not convert op {bad[0].op_type!r} (node {bad[0].name!r}); "
                            "qpass needs standard ONNX ops")
+    converter = f"tf2onnx {tf2onnx.__version__} from {loader}"
+    log.info("%s: converted with %s", path, converter)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, CONVERTER_KEY: converter})
     return proto
+
+
+CONVERTER_KEY = "qpass.converter"
+
+
+def _load_keras_file(path: Path, safe_mode: bool):
+    """Load with Keras 3; if it refuses the file, with tf_keras (Keras 2). Returns (model, loader description)."""
+    import keras
+
+    try:
+        return keras.models.load_model(str(path), compile=False, safe_mode=safe_mode), f"Keras {keras.__version__}"
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; the message names the layer
+        keras3_error = exc
+    if "lambda" in str(keras3_error).lower():
+        raise keras3_error
+    try:
+        import tf_keras
+    except ImportError:
+        log.info("tf_keras is not installed: no Keras 2 fallback for %s", path)
+        raise keras3_error from None
+    if safe_mode and path.suffix.lower() in (".h5", ".hdf5") and _h5_has_lambda(path):
+        raise ConvertError(f"{path}: Keras 3 could not load this Keras 2 file ({_short(keras3_error)}), and it "
+                           "holds a Lambda layer (Python code), which tf_keras would run "
+                           "without safe_mode; set `model.safe_mode: false` if you trust the file")
+    try:
+        model = tf_keras.models.load_model(str(path), compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # noqa: BLE001
+        raise ConvertError(f"{path}: could not load the model: with Keras 3: {_short(keras3_error)}; "
+                           f"with tf_keras (Keras 2): {_short(exc)}") from None
+    log.warning("%s: loaded with tf_keras %s (Keras 2), since Keras 3 refused it: %s", path, tf_keras.__version__,
+                _short(keras3_error))
+    return model, f"tf_keras {tf_keras.__version__} (Keras 2; Keras 3 refused the file)"
+
+
+def _short(exc: Exception) -> str:
+    """The type and the last line of an exception's message (Keras puts the layer config first, the cause last)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1].removeprefix("Exception encountered: ") if lines else ""
+    return f"{type(exc).__name__}: {last[:300]}"
+
+
+def _h5_has_lambda(path: Path) -> bool:
+    """Whether a Keras .h5 file's model_config holds a Lambda layer anywhere (nested models included)."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("model_config")
+    if raw is None:
+        return False
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    def walk(node) -> bool:
+        if isinstance(node, dict):
+            return node.get("class_name") == "Lambda" or any(walk(v) for v in node.values())
+        return isinstance(node, list) and any(walk(v) for v in node)
+
+    return walk(config)
 
 
 def _input_name(tensor, index: int) -> str:

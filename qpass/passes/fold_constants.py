@@ -6,6 +6,10 @@
 Also folds `Shape` of a tensor whose shape is fully static, and a Cast to the type a tensor already
 has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
 chain of constant nodes folds in a single round. A node that produces a graph output is left as it is.
+A DequantizeLinear of a constant (int8 weights stored behind a dequantize, as TFLite "dynamic range" models
+and weight-only quantized ONNX files have them) folds into a float constant when the graph has no
+QuantizeLinear, i.e. is a float model with quantized weight storage; qpass's own quantization then re-quantizes
+those weights (symmetric, as the file's were). In a QDQ model (with QuantizeLinear) every Q/DQ stays.
 So is the Gather that `unroll-lstm` makes of a constant initial state (role "h0"/"c0"): folded, the
 initial state would become an anonymous constant that the LSTM lowering could not tell from zero.
 
@@ -29,6 +33,7 @@ from qpass.passes.unroll_lstm import ROLE_KEY
 MAX_ROUNDS = 4
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "Bernoulli", "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
+_WEIGHT_STORAGE = {"DequantizeLinear"}  # folded when the graph has no QuantizeLinear (a float model)
 _KEEP_LSTM_ROLES = {"h0", "c0"}  # an unrolled LSTM's initial state stays visible to the lowering
 
 
@@ -46,8 +51,9 @@ class FoldConstantsPass(QPass):
         lifted = ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
         modified = lifted(model).modified
         infer = ir.passes.common.ShapeInferencePass()
+        float_model = not any(n.op_type == "QuantizeLinear" for n in model.graph.all_nodes())
         for _ in range(MAX_ROUNDS):
-            if not self._fold_round(model.graph):
+            if not self._fold_round(model.graph, float_model):
                 break
             modified = True
             if not infer(model).modified:
@@ -55,11 +61,13 @@ class FoldConstantsPass(QPass):
         unused = ir.passes.common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified or unused)
 
-    def _fold_round(self, graph: ir.Graph) -> bool:
+    def _fold_round(self, graph: ir.Graph, float_model: bool) -> bool:
         """One sweep in graph order; True if a node was folded or removed."""
         changed = False
         for node in list(graph):
-            if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type in _NEVER_FOLD and not (float_model and node.op_type in _WEIGHT_STORAGE):
                 continue
             if node.metadata_props.get(ROLE_KEY) in _KEEP_LSTM_ROLES:
                 continue

@@ -111,6 +111,11 @@ def test_emulated_cortex_m0_equals_runtime_ref(bench, digits) -> None:
     assert r.ok, r.check
     assert r.instructions > 1000 and r.stack > 0 and r.flash > variants["int"].expected.size
     assert r.lib_calls.get("__aeabi_lmul", 0) > 0, "Cortex-M0 has no 32x32->64 multiply: int64 math is a call"
+    # every instruction attributed to a kernel call of the C (its comment), MACs from the program
+    assert sum(r.kernels.values()) == r.instructions and r.macs == sum(variants["int"].macs.values()) > 0
+    comments = set(re.findall(r"/\* (\w+: [^*]+?) \*/", variants["int"].c_file.read_text()))
+    assert set(r.kernels) - {bench.GLUE} <= comments and max(r.kernels, key=r.kernels.get) in comments
+    assert "linear" in r.kernel_macs and "breakdown" in bench.breakdown(r)
     f = bench.bench_variant("digits", variants["float"], "m4", "Os", work / "mcu")
     assert f.ok, f.check
     assert f.instructions > r.instructions and f.flash > r.flash
@@ -162,6 +167,9 @@ def test_tables_give_float_over_int_per_precision(bench) -> None:
     assert row == "| har | m3 | -O2 | 9,000 | 1,000 (9.0x) | 1,500 FAIL (6.0x) | n/a |"
     assert "| har | m3 | -O2 | 3,000 | 1,000 (3.00x) |" in text
     assert bench.lmul_table(results, ["a8w8"]) == ""  # no Cortex-M0 build measured
+    results[0].macs = results[1].macs = 500
+    per_mac = bench.per_mac_table(results, ["a8w8", "a16w8"])
+    assert "| har | m3 | -O2 | 500 | 18.00 | 2.00 | n/a |" in per_mac  # the a16w8 result has no MACs recorded
 
 
 def test_target_checks_state_numbers_and_verdicts(bench) -> None:
@@ -175,9 +183,53 @@ def test_target_checks_state_numbers_and_verdicts(bench) -> None:
     missed = bench.target_checks([_result(bench, "float", instructions=5000, ram=3000),
                                   _result(bench, "a8w8", instructions=1000), _result(bench, "a16w8", ram=2000)])
     assert missed[0].endswith(": NOT MET") and missed[1].endswith(": not met") and missed[2].endswith(": NOT MET")
-    assert bench.target_checks([]) == [
+    unmeasured = bench.target_checks([])
+    assert unmeasured[:2] == [
         "har on Cortex-M3: int8 runs >= 6x fewer instructions than float: not measured",
         "har: int16 (a16w8) RAM <= 50% of float RAM: not measured"]
+    assert all(line.endswith(": not measured") for line in unmeasured)
+
+
+def test_issue_11_targets(bench) -> None:
+    """<= 5 instructions per MAC, float/int >= 15x, -Os within 30 % of -O2, no __aeabi_lmul in pow2 on M0,
+    flash within 10 % of the reference: each with its numbers."""
+    def r(model, core, opt, precision, instructions, macs=1000, flash=2000, calls=None):
+        kind = "float" if precision == "float" else "int"
+        return bench.Result(model, core, opt, kind, precision, instructions, flash, 1000, 100, 500, True, "checked",
+                            calls or {}, macs)
+
+    before = bench.FLASH_BEFORE[("har", "m3", "Os")]
+    lines = bench.target_checks([
+        r("har", "m3", "O2", "a8w8", 4500), r("har", "m3", "O2", "float", 90_000), r("har", "m3", "Os", "a8w8", 5000,
+                                                                                     flash=before + 1),
+        r("har_lstm", "m3", "O2", "a8w8", 6000), r("har_lstm", "m3", "O2", "float", 60_000),
+        r("har_lstm", "m3", "Os", "a8w8", 9000),
+        r("har", "m0", "O2", "a8w8-pow2", 7000, calls={"__aeabi_lmul": 3}), r("har", "m0", "O2", "a8w8", 9000)])
+    text = "\n".join(lines)
+    assert "Cortex-M3 -O2 a8w8: <= 5 instructions per MAC: NOT MET" in lines
+    assert "    har: 4,500 instructions / 1,000 MACs = 4.50: met" in lines
+    assert "    har_lstm: 6,000 instructions / 1,000 MACs = 6.00: not met" in lines
+    assert "    har: float 90,000 / a8w8 4,500 = 20.0x: met" in lines
+    assert "    har_lstm: float 60,000 / a8w8 6,000 = 10.0x: not met" in lines
+    assert "    har: -Os 5,000 vs -O2 4,500 instructions = +11.1%: met" in lines
+    assert "    har_lstm: -Os 9,000 vs -O2 6,000 instructions = +50.0%: not met" in lines
+    assert "Cortex-M0: no __aeabi_lmul in any a8w8-pow2 build: NOT MET" in lines
+    assert "    har -O2: 3 calls: not met" in lines
+    assert f"har m3 -Os: {before + 1:,} bytes vs {before:,} before issue 11 = +0.0%: met" in text
+    assert "Cortex-M0 a8w8 instructions per MAC: har -O2: 9.00" in lines
+
+
+def test_step_macs_and_site_labels(bench, tmp_path: Path) -> None:
+    assert bench.step_macs("conv1d", {"c_in": 6, "l_in": 100, "c_out": 16, "l_out": 100, "k": 5, "groups": 1}) == 48_000
+    assert bench.step_macs("conv1d", {"c_in": 8, "c_out": 8, "l_out": 10, "k": 3, "groups": 8}) == 240
+    assert bench.step_macs("lstm", {"t": 50, "n_in": 16, "hidden": 32}) == 307_200
+    assert bench.step_macs("linear", {"in_features": 32, "out_features": 4, "rows": 1}) == 128
+    assert bench.step_macs("transpose", {"perm": [0, 2, 1]}) == 0
+    c = tmp_path / "m.c"
+    c.write_text("static void qp_k(int *x)\n{\n    qp_helper(x);\n}\n\nvoid m_run(const int *in, int *out)\n{\n"
+                 "    int n = 0;\n    /* conv1d: layer/one */\n    qp_k(in);\n    qp_k(out);\n}\n")
+    assert bench.site_labels(c, "m_run") == {("m_run", 10): "conv1d: layer/one", ("m_run", 11): "qp_k"}
+    assert bench.kernel_kind("conv1d: layer/one") == "conv1d" and bench.kernel_kind(bench.GLUE) == bench.GLUE
 
 
 @pytest.mark.slow

@@ -144,17 +144,27 @@ def test_cast_to_its_own_type_is_removed_and_a_real_cast_kept(parse_onnx, check_
     assert model.graph.node(0).inputs[0] is model.graph.inputs[0]
 
 
-def test_random_and_quantize_ops_are_never_folded(parse_onnx, apply_pass):
-    model = parse_onnx(f"""{OPSET}
+def test_random_ops_are_never_folded_and_weight_dequantize_only_in_float_graphs(parse_onnx, apply_pass):
+    def model(qdq: bool):
+        quant = "xq = QuantizeLinear(x, scale, zp)\n            xd = DequantizeLinear(xq, scale, zp)" if qdq else \
+            "xd = Identity(x)"
+        return parse_onnx(f"""{OPSET}
         g (float[1,4] x) => (float[1,4] y) {{
+            {quant}
             r = RandomUniform <shape = [1, 4], seed = 1.0> ()
             w = DequantizeLinear(wq, scale, zp)
-            a = Add(x, r)
+            a = Add(xd, r)
             y = Mul(a, w)
         }}""", wq=np.array([[1, -2, 3, -4]], np.int8), scale=np.array(0.5, np.float32), zp=np.array(0, np.int8))
-    result = apply_pass("fold-constants", model)
-    assert result.modified is False
-    assert _ops(model) == Counter({"RandomUniform": 1, "DequantizeLinear": 1, "Add": 1, "Mul": 1})
+
+    qdq = model(qdq=True)  # a QDQ model: every Q/DQ stays
+    assert apply_pass("fold-constants", qdq).modified is False
+    assert _ops(qdq) == Counter({"RandomUniform": 1, "QuantizeLinear": 1, "DequantizeLinear": 2, "Add": 1, "Mul": 1})
+    float_model = model(qdq=False)  # int8 weight storage in a float model: the dequantize folds
+    assert apply_pass("fold-constants", float_model).modified is True
+    assert _ops(float_model) == Counter({"RandomUniform": 1, "Identity": 1, "Add": 1, "Mul": 1})
+    (mul,) = [n for n in float_model.graph if n.op_type == "Mul"]
+    np.testing.assert_array_equal(mul.inputs[1].const_value.numpy(), np.array([[0.5, -1, 1.5, -2]], np.float32))
 
 
 def test_foldable_node_that_produces_a_graph_output_is_reported_unchanged(parse_onnx, apply_pass):
