@@ -97,6 +97,14 @@ def list_passes(ctx: click.Context) -> None:
             click.echo(f"{'':<20}{opt} = {default!r}  {field.description or ''}".rstrip())
 
 
+@main.command("ops")
+def list_ops() -> None:
+    """Print the supported layers (ONNX op, Keras, PyTorch, constraints, precisions) as a Markdown table."""
+    from qpass.codegen.support import markdown_table
+
+    click.echo(markdown_table(), nl=False)
+
+
 STARTER = """\
 # qpass pipeline for {model}. Paths are relative to this file. `qpass run {yaml}`
 model:

@@ -20,6 +20,7 @@ from qpass import __version__
 from qpass.codegen.build import compile_and_run, stack_usage
 from qpass.codegen.emit import CTYPE, render, write
 from qpass.codegen.lower import lower
+from qpass.codegen.support import check_model
 from qpass.compare import accuracy, metrics, per_layer
 from qpass.config import Pipeline
 from qpass.converters import load_model
@@ -80,6 +81,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool) -> dict:
     float_proto = ir.serde.serialize_model(model)
     records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
                          dump_dir=dump_dir)
+    check_model(model)  # every unsupported node, named, before the slow calibration
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)
 
     calib = calibration_batches(pipe.calibration, in_shape[1:], base_dir=pipe.source.parent, yaml_file=file)
