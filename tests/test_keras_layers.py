@@ -21,7 +21,8 @@ keras = pytest.importorskip("keras")
 from qpass.config import load_pipeline  # noqa: E402
 from qpass.pipeline import run_pipeline  # noqa: E402
 
-PASSES = ["strip-dropout", "fold-constants", "squeeze-conv2d", "simplify-layout", "fold-batchnorm", "keras-lstm",
+PASSES = ["strip-dropout", "fold-constants", "squeeze-conv2d", "simplify-layout", "fold-pad", "fold-batchnorm",
+          "keras-lstm",
           "simplify-layout", "fold-time-distributed", "unroll-lstm", "matmul-to-gemm", "simplify-layout"]
 L = keras.layers
 
@@ -50,12 +51,16 @@ MODELS = {
     "lstm-go-backwards": lambda: [L.LSTM(8, go_backwards=True), _head(3, "softmax")],
     "dense-3d-reshape": lambda: [_head(6, "sigmoid"), L.Reshape((12, 6)), _bn(), L.Flatten(),
                                  _head(3, "softmax")],
+    "lut-activations": lambda: [L.Conv1D(6, 3, padding="same"), L.LeakyReLU(0.2), L.Conv1D(6, 3, padding="causal"),
+                                L.ELU(), L.Conv1D(6, 3), L.ReLU(max_value=6.0), L.Flatten(), L.Dense(8, "softsign"),
+                                L.Dense(8, "selu"), L.Dense(8, "softplus"), L.Dense(8, "hard_sigmoid"),
+                                _head(3, "softmax")],
     "conv-lstm-har-shape": lambda: [L.Conv1D(8, 3, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
                                     L.Dropout(0.2), L.LSTM(8), _head(4, "softmax")],
 }
 
 
-def _pipeline(tmp: Path, name: str) -> Path:
+def _pipeline(tmp: Path, name: str, quant: str = "") -> Path:
     keras.utils.set_random_seed(zlib.crc32(name.encode()))
     model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
     model.save(tmp / "m.h5")
@@ -65,7 +70,7 @@ def _pipeline(tmp: Path, name: str) -> Path:
     np.savez(tmp / "test.npz", x=x[64:])
     (tmp / "pipeline.yaml").write_text(
         "model: m.h5\ncalibration: {path: calib.npz}\n"
-        f"passes: [{', '.join(PASSES)}]\n"
+        f"passes: [{', '.join(PASSES)}]\n{quant}"
         "codegen: {name: m, output_dir: out}\ncompare: {path: test.npz}\n")
     return tmp / "pipeline.yaml"
 
@@ -85,3 +90,13 @@ def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
     assert not {"Loop", "LSTM", "BatchNormalization", "Dropout", "Identity", "Cast"} & set(final), final
     if "lstm" in name:
         assert report["kernels"].count("lstm") == 1
+
+
+def test_lut_activations_int16(tmp_path: Path) -> None:
+    """The same activations at int16: 257-entry interpolated tables built from each ONNX op."""
+    yaml = _pipeline(tmp_path, "lut-activations", "quantization: {activations: int16, weights: int8}\n")
+    report = run_pipeline(load_pipeline(yaml))
+    assert report["c_equals_runtime_ref"]
+    c = report["comparisons"]["c_vs_float"]
+    assert c["max_abs_error"] < 0.02 and c["argmax_agreement"] >= 0.99, c
+    assert report["kernels"].count("lut") >= 5, report["kernels"]

@@ -80,10 +80,19 @@ def unsupported_reason(node: ir.Node) -> str | None:
         return f"custom-domain op {node.domain!r}: no integer kernel"
     if node.op_type in RECURRENT:
         return RECURRENT[node.op_type]
+    if node.op_type in PASS_HINTS:
+        return PASS_HINTS[node.op_type]
     if node.op_type not in EMITTERS:
         return "no integer kernel for this op (`qpass ops` lists the supported ones)"
     check = CHECKS.get(node.op_type)
     return check(node) if check is not None else None
+
+
+PASS_HINTS: dict[str, str] = {  # ops a float pass removes, and which one
+    "Pad": "a zero Pad before a Conv (Keras causal padding) folds into it with the fold-pad pass; other Pads "
+           "have no kernel",
+    "BatchNormalization": "folds into the Conv/Gemm before it (or becomes Mul/Add) with the fold-batchnorm pass",
+}
 
 
 # Recurrent ONNX ops are lowered only after a pass has unrolled and tagged them (codegen/lower_lstm.py
