@@ -55,6 +55,13 @@ MODELS = {
                                 L.ELU(), L.Conv1D(6, 3), L.ReLU(max_value=6.0), L.Flatten(), L.Dense(8, "softsign"),
                                 L.Dense(8, "selu"), L.Dense(8, "softplus"), L.Dense(8, "hard_sigmoid"),
                                 _head(3, "softmax")],
+    "depthwise-separable-bn": lambda: [L.DepthwiseConv1D(3, padding="same", use_bias=False), _bn(), L.ReLU(),
+                                       L.SeparableConv1D(8, 3, strides=2, padding="same"), L.ReLU(),
+                                       L.Conv1D(8, 1, use_bias=False), _bn(), L.ReLU(), L.Flatten(),
+                                       _head(3, "softmax")],
+    "conv2d-k1-over-time": lambda: [L.Reshape((12, 1, 3)), L.Conv2D(6, (3, 1), padding="same"), L.ReLU(),
+                                    L.DepthwiseConv2D((3, 1), dilation_rate=(2, 1), use_bias=False), _bn(),
+                                    L.Conv2D(4, (1, 1)), L.Flatten(), _head(3, "softmax")],
     "conv-lstm-har-shape": lambda: [L.Conv1D(8, 3, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
                                     L.Dropout(0.2), L.LSTM(8), _head(4, "softmax")],
 }
@@ -90,6 +97,8 @@ def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
     assert not {"Loop", "LSTM", "BatchNormalization", "Dropout", "Identity", "Cast"} & set(final), final
     if "lstm" in name:
         assert report["kernels"].count("lstm") == 1
+    if name in ("depthwise-separable-bn", "conv2d-k1-over-time"):  # BatchNorm folded into bias-free convs
+        assert not {"Mul", "Add"} & set(final), final
 
 
 def test_lut_activations_int16(tmp_path: Path) -> None:

@@ -599,7 +599,7 @@ def _check_spatial(node: ir.Node, what: str, kernel: tuple[int, ...]) -> str | N
     x = _shape(node.inputs[0])
     if len(kernel) == 2:
         one_axis = x is not None and len(x) == 4 and ((x[2] == 1 and kernel[0] == 1) or (x[3] == 1 and kernel[1] == 1))
-        hint = "; it spans one axis only: add the squeeze-conv2d pass" if one_axis else ""
+        hint = "; it spans one axis only: the squeeze-conv2d pass makes it 1-D (explicit pads)" if one_axis else ""
         return f"2-D {what} (kernel {kernel[0]}x{kernel[1]}) is not supported, only 1-D{hint}"
     if len(kernel) != 1:
         return f"{len(kernel)}-D {what} is not supported, only 1-D"
