@@ -64,12 +64,36 @@ MODELS = {
                                     L.Conv2D(4, (1, 1)), L.Flatten(), _head(3, "softmax")],
     "conv-lstm-har-shape": lambda: [L.Conv1D(8, 3, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
                                     L.Dropout(0.2), L.LSTM(8), _head(4, "softmax")],
+    "dense-binary-sigmoid": lambda: [L.Flatten(), L.Dense(8, activation="relu"), _head(1, "sigmoid")],
+    "dense-regression": lambda: [L.Flatten(), L.Dense(8, activation="relu"), L.Dense(2)],
 }
+
+
+def _pooling_two_branch(x):
+    h = L.Conv1D(6, 3, padding="same", activation="relu")(x)
+    a = L.GlobalAveragePooling1D()(L.AveragePooling1D(2)(h))
+    m = L.GlobalMaxPooling1D()(L.Conv1D(4, 3, activation="tanh")(h))
+    return _head(3, "softmax")(L.Concatenate()([a, m]))
+
+
+def _residual(x):
+    a = L.Conv1D(6, 3, padding="same")(x)
+    b = L.Conv1D(6, 3, padding="same", activation="relu")(a)
+    c = L.Add()([a, b])
+    d = L.Subtract()([c, L.Conv1D(6, 1)(x)])
+    return _head(3, "softmax")(L.GlobalAveragePooling1D()(L.ReLU()(d)))
+
+
+FUNCTIONAL = {"pooling-two-branch": _pooling_two_branch, "residual-add-sub": _residual}
 
 
 def _pipeline(tmp: Path, name: str, quant: str = "") -> Path:
     keras.utils.set_random_seed(zlib.crc32(name.encode()))
-    model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
+    if name in FUNCTIONAL:
+        x = keras.Input((12, 3))
+        model = keras.Model(x, FUNCTIONAL[name](x))
+    else:
+        model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
     model.save(tmp / "m.h5")
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (96, 12, 3)).astype(np.float32)
@@ -82,7 +106,7 @@ def _pipeline(tmp: Path, name: str, quant: str = "") -> Path:
     return tmp / "pipeline.yaml"
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(MODELS | FUNCTIONAL))
 def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
     report = run_pipeline(load_pipeline(_pipeline(tmp_path, name)))
     assert report["c_equals_runtime_ref"], name
@@ -90,7 +114,8 @@ def test_keras_layers_through_the_pipeline(tmp_path: Path, name: str) -> None:
     q = report["comparisons"]["qdq_vs_float"]
     # the integer C is as close to float as onnxruntime's simulation of the same plan ...
     assert c["max_abs_error"] <= 1.25 * q["max_abs_error"] + 0.01, (name, c, q)
-    assert c["mean_abs_error"] < 0.01, (name, c)
+    # a linear (regression) output saturates where held-out samples leave the calibrated range
+    assert c["mean_abs_error"] < (0.05 if name == "dense-regression" else 0.01), (name, c)
     # ... and an untrained model's argmax only moves where its outputs are near-ties
     assert c["argmax_agreement"] >= 0.9 or c["max_abs_error"] < 0.01, (name, c)
     final = report["op_counts"]["final"]

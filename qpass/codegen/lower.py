@@ -705,3 +705,68 @@ def _concat(lw: Lowering, node: ir.Node) -> None:
     offsets = [int(sum(chunks[:i])) for i in range(len(chunks))]
     lw.step("concat", parts, y, node, axis=axis, outer=int(np.prod(y.shape[:axis])), out_chunk=sum(chunks),
             chunks=chunks, offsets=offsets)
+
+
+POOL_OPS = ("AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+
+
+def _reduce_axes(node: ir.Node, rank: int) -> list[int] | None:
+    """The reduced axes, sorted and non-negative (all of them when none are given), or None if unknown."""
+    if node.op_type.startswith("Global"):
+        return list(range(2, rank))
+    attr = node.attributes.get("axes")
+    axes = list(attr.as_ints()) if attr is not None else None
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        c = const_value(node.inputs[1])
+        if c is None:
+            return None
+        axes = [int(a) for a in c.reshape(-1)]
+    if not axes:
+        return [] if node.attributes.get_int("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _check_pool(node: ir.Node) -> str | None:
+    if node.op_type == "AveragePool":
+        attr = node.attributes.get("kernel_shape")
+        return _check_spatial(node, "average pooling", tuple(attr.as_ints()) if attr is not None else ())
+    x = _shape(node.inputs[0])
+    if x is None:
+        return None
+    axes = _reduce_axes(node, len(x))
+    if axes is None:
+        return "the axes input must be a constant"
+    if axes and axes != list(range(axes[0], axes[-1] + 1)):
+        return f"axes {axes}: only adjacent axes can be reduced"
+    return None
+
+
+@emitter(*POOL_OPS, keras="AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D",
+         torch="nn.AvgPool1d, nn.AdaptiveAvgPool1d(1), nn.AdaptiveMaxPool1d(1), mean/amax over time",
+         constraints="1-D windows or a reduction over adjacent axes; the integer mean is the exact sum times "
+         "s_x/(s_y*n), rounded half up once", check=_check_pool)
+def _pool(lw: Lowering, node: ir.Node) -> None:
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    if node.op_type == "AveragePool":
+        k = int(node.attributes["kernel_shape"].as_ints()[0])
+        d = _conv_dims(node, x, y, k)
+        dims = [d["c_in"], d["l_in"], 1, d["l_out"], k, d["stride"], d["dilation"], d["pad_left"]]
+        count_pad = node.attributes.get_int("count_include_pad", 0)
+    else:
+        axes = _reduce_axes(node, len(x.shape)) or []
+        a0, a1 = (axes[0], axes[-1] + 1) if axes else (0, 0)
+        length = int(np.prod(x.shape[a0:a1]))
+        dims = [int(np.prod(x.shape[:a0])), length, int(np.prod(x.shape[a1:])), 1, length, 1, 1, 0]
+        count_pad = 0
+    is_max = node.op_type in ("GlobalMaxPool", "ReduceMax")
+    k = dims[4]
+    span = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    if k * span >= 2**31:
+        raise UnsupportedOpError(node.name or "", node.op_type, f"a window of {k} values overflows the int32 sum")
+    counts = [1] if is_max else range(1, k + 1)
+    mq = [quantize_multiplier(x.scale / (y.scale * n)) for n in counts]
+    mults, shifts = [mq[0][0]] + [m for m, _ in mq], [mq[0][1]] + [s for _, s in mq]
+    lw.step("pool", [x], y, node, dims=np.array(dims + [int(is_max), count_pad], dtype=np.int32),
+            mult=np.array(mults, dtype=np.int32), shift=np.array(shifts, dtype=np.int32), is_max=int(is_max),
+            count_pad=count_pad, x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])

@@ -1,4 +1,4 @@
-"""squeeze-conv2d: a 2-D Conv or MaxPool that spans one spatial axis becomes 1-D.
+"""squeeze-conv2d: a 2-D Conv, MaxPool or AveragePool that spans one spatial axis becomes 1-D.
 
 Over a height of 1 with a (1, k) kernel (how tf2onnx writes Conv1D), or over a width of 1 with a (k, 1)
 kernel (streaming keyword models written as Conv2D over [T, 1, C]):
@@ -33,7 +33,7 @@ class SqueezeConv2dPass(QPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.op_type in ("Conv", "MaxPool") and node.domain in ("", "ai.onnx"):
+            if node.op_type in ("Conv", "MaxPool", "AveragePool") and node.domain in ("", "ai.onnx"):
                 modified |= self._rewrite(graph, node)
         return ir.passes.PassResult(model, modified)
 
@@ -67,6 +67,8 @@ class SqueezeConv2dPass(QPass):
             inputs = [None]
             if node.attributes.get_int("ceil_mode", 0) or node.attributes.get_int("storage_order", 0):
                 return False
+            if node.op_type == "AveragePool":
+                attrs["count_include_pad"] = node.attributes.get_int("count_include_pad", 0)
         attrs["kernel_shape"] = [kernel[keep - 2]]
         attrs["strides"] = [_ints(node, "strides", [1, 1])[keep - 2]]
         attrs["pads"] = [pads[keep - 2], pads[keep]]

@@ -219,3 +219,29 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
 def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """y = the inputs one after another along `axis` (all with the output's scale and zero point)."""
     return np.concatenate(inputs, axis=step.params["axis"])
+
+
+@kernel("pool")
+def pool(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """Average or max over a window of one axis of x viewed as [outer, L_in, inner] (global: one window).
+
+    Taps: pos = o·stride − pad + k·dil inside [0, L_in). mean: acc = Σ (x − zp_x) over the n valid taps
+    (n = K when count_pad), y = clamp(zp_y + rq(acc, M[n], s[n])) with M[n]·2^−s[n] ≈ s_x / (s_y · n): the
+    integer mean rounds half up (intmath.requantize) after the exact integer sum.
+    max: acc = max (x − zp_x) over the valid taps, y = clamp(zp_y + rq(acc, M[1], s[1])).
+    """
+    p = step.params
+    outer, l_in, inner, l_out, k = (int(v) for v in p["dims"][:5])
+    x = inputs[0].astype(np.int64).reshape(outer, l_in, inner) - p["x_zp"]
+    pos = _taps({"l_out": l_out, "k": k, "stride": p["dims"][5], "dilation": p["dims"][6], "pad_left": p["dims"][7]})
+    valid = (pos >= 0) & (pos < l_in)  # [L_out, K]
+    taps = x[:, np.clip(pos, 0, l_in - 1), :]  # [outer, L_out, K, inner]
+    if p["is_max"]:
+        acc = np.where(valid[None, :, :, None], taps, np.iinfo(np.int64).min).max(axis=2)
+        acc = np.where(valid.any(axis=1)[None, :, None], acc, 0)
+        n = np.ones(l_out, dtype=np.int64)
+    else:
+        acc = np.where(valid[None, :, :, None], taps, 0).sum(axis=2)
+        n = np.full(l_out, k, dtype=np.int64) if p["count_pad"] else np.maximum(valid.sum(axis=1), 1)
+    y = requantize(acc, p["mult"][n][None, :, None], p["shift"][n][None, :, None]) + p["y_zp"]
+    return saturate(y.reshape(-1), out.dtype, p["lo"], p["hi"])

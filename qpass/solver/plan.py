@@ -33,7 +33,8 @@ from qpass.solver.calibrate import Range, float_values
 
 log = logging.getLogger(__name__)
 
-MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather", "Dropout"}
+MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather", "Dropout",
+            "GlobalMaxPool", "ReduceMax"}
 CLAMP_OPS = {"Relu", "Clip"}  # folded into a clamp: the input takes the output's parameters
 WIDE_ROLES = {"c", "fc", "ig", "c0", "peep_i_mul", "peep_f_mul", "peep_o_mul"}  # the cell state: int16
 FIXED = {  # op → {dtype: (scale, zero point)} of its output: the known range of a LUT's function

@@ -586,6 +586,41 @@ def maxpool1d_int16(rng):
     return _maxpool_program("k_pool16", 3, 8, 3, stride=2, pad_left=1, pad_right=1, dtype="int16")
 
 
+def _pool_program(name: str, shape: tuple[int, int, int], l_out: int, k: int, *, stride=1, dil=1, pad=0,
+                  is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7, dtype="int8") -> Program:
+    """x viewed as [outer, l_in, inner], params as lower._pool gives them (mult[n] for a mean over n taps)."""
+    outer, l_in, inner = shape
+    counts = [1] if is_max else range(1, k + 1)
+    mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    params = dict(dims=np.array([outer, l_in, inner, l_out, k, stride, dil, pad, is_max, count_pad], np.int32),
+                  mult=np.array([mq[0][0]] + [m for m, _ in mq], np.int32),
+                  shift=np.array([mq[0][1]] + [sh for _, sh in mq], np.int32), is_max=is_max, count_pad=count_pad,
+                  x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
+    tensors = [_t("t0", shape, x_scale, x_zp, dtype=dtype), _t("t1", (outer, l_out, inner), y_scale, y_zp, dtype=dtype)]
+    return _program(name, tensors, [Step("pool", ["t0"], ["t1"], params, origin="test/Pool")])
+
+
+def pool_avg_window(rng):
+    return _pool_program("k_avg", (4, 11, 1), 6, 3, stride=2, pad=1)
+
+
+def pool_avg_count_pad(rng):
+    return _pool_program("k_avg_cp", (3, 10, 1), 10, 3, pad=1, count_pad=1, dil=1)
+
+
+def pool_global_mean_channels_last(rng):
+    return _pool_program("k_gap", (1, 12, 5), 1, 12, y_scale=0.01)
+
+
+def pool_max_rescaled(rng):
+    return _pool_program("k_gmax", (2, 9, 3), 1, 9, is_max=1, y_scale=0.07)
+
+
+def pool_int16(rng):
+    return _pool_program("k_avg16", (3, 40, 2), 1, 40, x_scale=2.0**-10, y_scale=2.0**-12, x_zp=0, y_zp=0,
+                         dtype="int16")
+
+
 def _transpose_program(name: str, shape: tuple[int, ...], perm: list[int], dtype="int8") -> Program:
     rank = len(shape)
     in_strides = [math.prod(shape[i + 1:]) for i in range(rank)]
@@ -736,6 +771,9 @@ CASES: dict[str, dict[str, Case]] = {
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
+    "pool": {"avg-window": Case(pool_avg_window), "avg-count-pad": Case(pool_avg_count_pad),
+             "global-mean-inner": Case(pool_global_mean_channels_last), "max-rescaled": Case(pool_max_rescaled),
+             "int16": Case(pool_int16)},
     "transpose": {"2d": Case(transpose_2d), "conv-layout": Case(transpose_conv_layout),
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse), "one-step": Case(lstm_single_step, 5),
