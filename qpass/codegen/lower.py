@@ -234,8 +234,14 @@ class Lowering:
         out = graph.outputs[0].producer()
         if out is None or out.op_type != "DequantizeLinear" or id(out.inputs[0]) not in self.by_value:
             raise UnsupportedOpError(graph.outputs[0].name or "", "Output", "the graph output must be dequantized")
-        program = Program(self.name, self.tensors, self.steps, t_in.id, self.by_value[id(out.inputs[0])].id)
+        t_out = self.by_value[id(out.inputs[0])]
+        program = Program(self.name, self.tensors, self.steps, t_in.id, t_out.id)
         program.constants = self.constants
+        if program.root(t_out.id) in (program.root(t_in.id), *self.constants):
+            # an identity graph (Dropout-only, Reshape-only): the caller's output buffer gets a copy
+            copy = self.new_tensor(t_out.shape, t_out.dtype, t_out.scale, t_out.zero_point, t_out.source)
+            program.steps.append(Step("copy", [t_out.id], [copy.id], {}, "output"))
+            program.output = copy.id
         _fuse_clamps(program)
         return program
 
