@@ -64,6 +64,8 @@ MODELS = {
                                     L.Conv2D(4, (1, 1)), L.Flatten(), _head(3, "softmax")],
     "conv-lstm-har-shape": lambda: [L.Conv1D(8, 3, padding="same"), _bn(), L.ReLU(), L.MaxPooling1D(2),
                                     L.Dropout(0.2), L.LSTM(8), _head(4, "softmax")],
+    "swish-gating": lambda: [L.Conv1D(6, 3, padding="same", activation="swish"), L.Flatten(),
+                             L.Dense(8, activation="silu"), _head(3, "softmax")],
     "dropout-only": lambda: [L.Dropout(0.5)],  # identity graphs still give compiling C (a copy)
     "reshape-only": lambda: [L.Reshape((36,))],
     "dense-binary-sigmoid": lambda: [L.Flatten(), L.Dense(8, activation="relu"), _head(1, "sigmoid")],

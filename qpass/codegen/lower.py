@@ -405,15 +405,13 @@ def _add(lw: Lowering, node: ir.Node) -> None:
             shift=shift, y_zp=y.zero_point, n=y.size, b_n=b.size, inner=inner, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
 
 
-def _check_mul(node: ir.Node) -> str | None:
-    if all(_constant(v) is None for v in node.inputs[:2]):
-        return "a product of two activations is not supported yet (one operand must be a constant)"
-    return _check_binary(node)
-
-
-@emitter("Mul", keras="BatchNormalization without a linear op before it, a constant scale", torch="x * c",
-         constraints="one operand constant: one value, all, or one per channel", check=_check_mul)
+@emitter("Mul", keras="Multiply, Activation('swish'/'silu'), BatchNormalization without a linear op",
+         torch="x * y, x * c, nn.SiLU", constraints="a constant or a second activation, broadcast as one value, "
+         "all, or one per channel", check=_check_binary)
 def _mul(lw: Lowering, node: ir.Node) -> None:
+    if all(_constant(v) is None for v in node.inputs[:2]):
+        _mul2(lw, node)
+        return
     k = 1 if _constant(node.inputs[1]) is not None else 0
     x = lw.input_of(node, 1 - k)
     w, w_scale = lw.weight(node, k)
@@ -424,6 +422,19 @@ def _mul(lw: Lowering, node: ir.Node) -> None:
     lw.step("mul", [x], y, node, weight=np.ascontiguousarray(w.reshape(-1)), mult=np.array(mults, dtype=np.int32),
             shift=np.array(shifts, dtype=np.int32), channels=w.size, inner=inner, x_zp=x.zero_point,
             y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+def _mul2(lw: Lowering, node: ir.Node) -> None:
+    """The product of two activations: one multiplier s_a·s_b/s_y on the exact integer product."""
+    a, b = lw.input_of(node, 0), lw.input_of(node, 1)
+    if a.size < b.size:
+        a, b = b, a
+    y = lw.output_of(node)
+    inner = _channel_inner(node, y.shape, b.shape)
+    bits = 31 if a.dtype == b.dtype == "int8" else 30  # |a·b| < 2^32 with int16: acc·M stays in int64
+    mult, shift = quantize_multiplier(a.scale * b.scale / y.scale, bits)
+    lw.step("mul2", [a, b], y, node, a_zp=a.zero_point, b_zp=b.zero_point, mult=mult, shift=shift,
+            y_zp=y.zero_point, n=y.size, b_n=b.size, inner=inner, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
 
 
 def clip_bounds(node: ir.Node) -> tuple[float, float]:

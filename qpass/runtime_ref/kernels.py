@@ -245,3 +245,15 @@ def pool(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         n = np.full(l_out, k, dtype=np.int64) if p["count_pad"] else np.maximum(valid.sum(axis=1), 1)
     y = requantize(acc, p["mult"][n][None, :, None], p["shift"][n][None, :, None]) + p["y_zp"]
     return saturate(y.reshape(-1), out.dtype, p["lo"], p["hi"])
+
+
+@kernel("mul2")
+def mul2(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y = clamp(zp_y + rq((a − zp_a)·(b − zp_b), M, s)): the product of two activations (swish's x·σ(x),
+    gating); b has n elements, one, or one per channel. M·2^−s ≈ s_a·s_b / s_y; the int64 product times M
+    stays below 2^63 (M has 30 bits for int16 operands)."""
+    p = step.params
+    a = inputs[0].astype(np.int64).reshape(-1) - p["a_zp"]
+    b = inputs[1].astype(np.int64).reshape(-1)[channel_index(out.size, p["b_n"], p["inner"])] - p["b_zp"]
+    y = requantize(a * b, p["mult"], p["shift"]) + p["y_zp"]
+    return saturate(y, out.dtype, p["lo"], p["hi"])

@@ -586,6 +586,41 @@ def maxpool1d_int16(rng):
     return _maxpool_program("k_pool16", 3, 8, 3, stride=2, pad_left=1, pad_right=1, dtype="int16")
 
 
+def _mul2_program(name: str, shape: tuple[int, ...], b_shape: tuple[int, ...], inner: int, *, a_zp=-3, b_zp=-128,
+                  y_zp=5, scales=(0.05, 1 / 256, 0.02), dtype="int8", b_dtype="int8") -> Program:
+    sa, sb, sy = scales
+    mult, shift = quantize_multiplier(sa * sb / sy, 31 if dtype == b_dtype == "int8" else 30)
+    tensors = [_t("t0", shape, sa, a_zp, dtype=dtype), _t("t1", shape, sy, y_zp, dtype=dtype),
+               _t("b", b_shape, sb, b_zp, dtype=b_dtype)]
+    b_n = math.prod(b_shape)
+    params = dict(a_zp=a_zp, b_zp=b_zp, mult=mult, shift=shift, y_zp=y_zp, n=math.prod(shape), b_n=b_n, inner=inner,
+                  lo=QMIN[dtype], hi=QMAX[dtype])
+    # b is produced by a LUT of the input (swish: x * sigmoid(x)) or read as a constant
+    steps = [Step("mul2", ["t0", "b"], ["t1"], params, origin="test/Mul")]
+    constants = {}
+    if b_n == math.prod(shape):
+        table = build_lut(lambda v: 1 / (1 + np.exp(-v)), sa, a_zp, sb, b_zp, dtype, b_dtype) if dtype == "int8" else \
+            build_lut16(lambda v: 1 / (1 + np.exp(-v)), sa, sb, b_zp, b_dtype)
+        steps.insert(0, Step("lut", ["t0"], ["b"], dict(table=table, n=b_n), origin="test/Sigmoid"))
+    else:
+        rng = np.random.default_rng(b_n)
+        constants["b"] = rng.integers(QMIN[b_dtype], QMAX[b_dtype] + 1, b_shape).astype(b_dtype)
+    return _program(name, tensors, steps, constants, output="t1")
+
+
+def mul2_swish(rng):
+    return _mul2_program("k_swish", (3, 8), (3, 8), 1)
+
+
+def mul2_per_channel(rng):
+    return _mul2_program("k_mul2_ch", (4, 6), (4, 1), 6, scales=(0.05, 0.03, 0.04), b_zp=7)
+
+
+def mul2_int16(rng):
+    return _mul2_program("k_mul2_16", (20,), (20,), 1, a_zp=0, b_zp=0, y_zp=0, scales=(2.0**-10, 2.0**-15, 2.0**-11),
+                         dtype="int16", b_dtype="int16")
+
+
 def _pool_program(name: str, shape: tuple[int, int, int], l_out: int, k: int, *, stride=1, dil=1, pad=0,
                   is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7, dtype="int8") -> Program:
     """x viewed as [outer, l_in, inner], params as lower._pool gives them (mult[n] for a mean over n taps)."""
@@ -771,6 +806,7 @@ CASES: dict[str, dict[str, Case]] = {
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
+    "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
     "pool": {"avg-window": Case(pool_avg_window), "avg-count-pad": Case(pool_avg_count_pad),
              "global-mean-inner": Case(pool_global_mean_channels_last), "max-rescaled": Case(pool_max_rescaled),
              "int16": Case(pool_int16)},
