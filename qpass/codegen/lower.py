@@ -711,11 +711,22 @@ def _requantized(lw: Lowering, node: ir.Node, x: QTensor, like: QTensor) -> QTen
     return y
 
 
+def _concat_input(lw: Lowering, node: ir.Node, i: int, y: QTensor) -> QTensor:
+    """Input i of a Concat; a float constant (no DequantizeLinear) is quantized with the output's parameters."""
+    value = node.inputs[i]
+    data = const_value(value) if value is not None else None
+    if data is None:
+        return lw.input_of(node, i)
+    t = lw.new_tensor(data.shape, y.dtype, y.scale, y.zero_point, value.name or "constant")
+    lw.constants[t.id] = quantize(data, y.scale, y.zero_point, y.dtype)
+    return t
+
+
 @emitter("Concat", keras="Concatenate, Bidirectional(merge_mode='concat')", torch="torch.cat",
-         constraints="inputs of different scales are requantized to the output's")
+         constraints="inputs of different scales are requantized to the output's; constant inputs allowed")
 def _concat(lw: Lowering, node: ir.Node) -> None:
     y = lw.output_of(node)
-    parts = [_requantized(lw, node, lw.input_of(node, i), y) for i in range(len(node.inputs))]
+    parts = [_requantized(lw, node, _concat_input(lw, node, i, y), y) for i in range(len(node.inputs))]
     axis = node.attributes.get_int("axis", 0) % len(y.shape)
     inner = int(np.prod(y.shape[axis + 1:]))
     chunks = [int(p.shape[axis]) * inner for p in parts]
