@@ -123,6 +123,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-constants
   - squeeze-conv2d
   - simplify-layout
+  - fold-pad             # a zero Pad (Keras causal padding) into the Conv after it
   - fold-batchnorm
   - keras-lstm
   - simplify-layout

@@ -99,6 +99,8 @@ PASS_HINTS: dict[str, str] = {  # ops a float pass removes, and which one
 # re-rolls the tagged steps into one loop kernel). An op here left in the graph names the pass to add.
 RECURRENT: dict[str, str] = {
     "LSTM": "an ONNX LSTM is lowered after the unroll-lstm pass; add `unroll-lstm` to passes",
+    "Loop": "tf2onnx writes a Keras LSTM as a Loop: the keras-lstm and unroll-lstm passes turn it into kernels; "
+            "other loops have no kernel",
 }
 SUPPORT.append(Support(
     ("LSTM",), keras="LSTM (return_sequences, go_backwards), Bidirectional(LSTM, merge_mode='concat')",
