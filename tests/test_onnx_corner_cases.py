@@ -36,6 +36,12 @@ GRAPHS = {
             p = AveragePool <kernel_shape = [2], strides = [2]> (e)
             y = ReduceMax <axes = [2], keepdims = 0> (p)
         }""", {"lo": np.array(-0.5, np.float32), "hi": np.array(0.8, np.float32)}),
+    "sub-constants": ("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 6] x) => (float[1, 4, 6] y) {
+            r = Sub (x, c)
+            y = Sub (k, r)
+        }""", {"c": RNG.normal(size=6).astype(np.float32), "k": np.array(0.5, np.float32)}),
     "concat-constant": ("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 4, 6] x) => (float[1, 6] y) {

@@ -228,13 +228,13 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
-        elif node.op_type in ("Mul", "Add") and LSTM_KEY not in node.metadata_props:
+        elif node.op_type in ("Mul", "Add", "Sub") and LSTM_KEY not in node.metadata_props:
             _plan_elementwise_constant(node, plan, quant)
     return plan
 
 
 def _plan_elementwise_constant(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:
-    """The constant of Mul(x, c) / Add(x, c) (a BatchNorm with no linear op before it): symmetric, per channel
+    """The constant of Mul(x, c) / Add(x, c) / Sub(x, c) (e.g. a BatchNorm with no linear op): symmetric, per channel
     along its one non-unit axis for Mul, per tensor for Add (it is added after a rescale)."""
     consts = [(i, const_value(v)) for i, v in enumerate(node.inputs) if v is not None]
     known = [(i, c) for i, c in consts if c is not None]
