@@ -91,20 +91,20 @@ def _residual(x):
 FUNCTIONAL = {"pooling-two-branch": _pooling_two_branch, "residual-add-sub": _residual}
 
 
-def _pipeline(tmp: Path, name: str, quant: str = "") -> Path:
+def _pipeline(tmp: Path, name: str, quant: str = "", suffix: str = ".h5") -> Path:
     keras.utils.set_random_seed(zlib.crc32(name.encode()))
     if name in FUNCTIONAL:
         x = keras.Input((12, 3))
         model = keras.Model(x, FUNCTIONAL[name](x))
     else:
         model = keras.Sequential([keras.Input((12, 3)), *MODELS[name]()])
-    model.save(tmp / "m.h5")
+    model.save(tmp / f"m{suffix}")
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (96, 12, 3)).astype(np.float32)
     np.savez(tmp / "calib.npz", x=x[:64])
     np.savez(tmp / "test.npz", x=x[64:])
     (tmp / "pipeline.yaml").write_text(
-        "model: m.h5\ncalibration: {path: calib.npz}\n"
+        f"model: m{suffix}\ncalibration: {{path: calib.npz}}\n"
         f"passes: [{', '.join(PASSES)}]\n{quant}"
         "codegen: {name: m, output_dir: out}\ncompare: {path: test.npz}\n")
     return tmp / "pipeline.yaml"
@@ -141,3 +141,12 @@ def test_lut_activations_int16(tmp_path: Path) -> None:
     c = report["comparisons"]["c_vs_float"]
     assert c["max_abs_error"] < 0.02 and c["argmax_agreement"] >= 0.99, c
     assert report["kernels"].count("lut") >= 5, report["kernels"]
+
+
+@pytest.mark.parametrize("name", ["depthwise-separable-bn", "pooling-two-branch"])
+def test_keras_v3_format(tmp_path: Path, name: str) -> None:
+    """The same layers saved as .keras (Keras 3's own format) instead of legacy .h5."""
+    report = run_pipeline(load_pipeline(_pipeline(tmp_path, name, suffix=".keras")))
+    assert report["c_equals_runtime_ref"]
+    c = report["comparisons"]["c_vs_float"]
+    assert c["argmax_agreement"] >= 0.9 or c["max_abs_error"] < 0.01, c  # an untrained model's near-ties
