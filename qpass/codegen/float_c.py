@@ -37,6 +37,7 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
+from qpass.codegen.lower import reduce_axes, same_pads
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
@@ -327,8 +328,6 @@ POOL_OPS = ("AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "
 
 @float_emitter(*POOL_OPS)
 def _pool(fl: FloatLowering, node: ir.Node) -> None:
-    from qpass.codegen.lower import _reduce_axes, same_pads
-
     x = fl.input_of(node, 0)
     if node.op_type == "AveragePool":
         k = int(node.attributes["kernel_shape"].as_ints()[0])
@@ -340,7 +339,7 @@ def _pool(fl: FloatLowering, node: ir.Node) -> None:
         shape = (1, x.shape[1], l_out)
         count_pad = node.attributes.get_int("count_include_pad", 0)
     else:
-        axes = _reduce_axes(node, len(x.shape))
+        axes = reduce_axes(node, len(x.shape))
         if axes is None or (axes and axes != list(range(axes[0], axes[-1] + 1))):
             raise UnsupportedOpError(node.name or "", node.op_type, "only constant, adjacent axes are supported")
         a0, a1 = (axes[0], axes[-1] + 1) if axes else (0, 0)
@@ -376,12 +375,11 @@ def _conv_dims(node: ir.Node, x: QTensor, k: int, c_out: int) -> dict:
 
     if len(x.shape) != 3 or x.shape[0] != 1:
         raise UnsupportedOpError(node.name or "", node.op_type, f"only 1-D, batch 1 is supported; input {x.shape}")
-    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or \
-            node.attributes.get_int("ceil_mode", 0):
-        raise UnsupportedOpError(node.name or "", node.op_type, "auto_pad SAME_* and ceil_mode are not supported")
-    pads = ints("pads", [0, 0])
+    if node.attributes.get_int("ceil_mode", 0):
+        raise UnsupportedOpError(node.name or "", node.op_type, "ceil_mode is not supported")
     stride, dil = ints("strides", [1])[0], ints("dilations", [1])[0]
     c_in, l_in = x.shape[1], x.shape[2]
+    pads = same_pads(node, l_in, k, stride, dil)
     l_out = (l_in + pads[0] + pads[1] - dil * (k - 1) - 1) // stride + 1
     groups = node.attributes.get_int("group", 1)
     return {"shape": (1, c_out, l_out), "dims": np.array([c_in, l_in, c_out, l_out, k, stride, dil, pads[0],

@@ -740,7 +740,7 @@ def _concat(lw: Lowering, node: ir.Node) -> None:
 POOL_OPS = ("AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 
 
-def _reduce_axes(node: ir.Node, rank: int) -> list[int] | None:
+def reduce_axes(node: ir.Node, rank: int) -> list[int] | None:
     """The reduced axes, sorted and non-negative (all of them when none are given), or None if unknown."""
     if node.op_type.startswith("Global"):
         return list(range(2, rank))
@@ -763,7 +763,7 @@ def _check_pool(node: ir.Node) -> str | None:
     x = _shape(node.inputs[0])
     if x is None:
         return None
-    axes = _reduce_axes(node, len(x))
+    axes = reduce_axes(node, len(x))
     if axes is None:
         return "the axes input must be a constant"
     if axes and axes != list(range(axes[0], axes[-1] + 1)):
@@ -784,7 +784,7 @@ def _pool(lw: Lowering, node: ir.Node) -> None:
         dims = [d["c_in"], d["l_in"], 1, d["l_out"], k, d["stride"], d["dilation"], d["pad_left"]]
         count_pad = node.attributes.get_int("count_include_pad", 0)
     else:
-        axes = _reduce_axes(node, len(x.shape)) or []
+        axes = reduce_axes(node, len(x.shape)) or []
         a0, a1 = (axes[0], axes[-1] + 1) if axes else (0, 0)
         length = int(np.prod(x.shape[a0:a1]))
         dims = [int(np.prod(x.shape[:a0])), length, int(np.prod(x.shape[a1:])), 1, length, 1, 1, 0]
