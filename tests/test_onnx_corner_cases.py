@@ -42,6 +42,12 @@ GRAPHS = {
             r = Sub (x, c)
             y = Sub (k, r)
         }""", {"c": RNG.normal(size=6).astype(np.float32), "k": np.array(0.5, np.float32)}),
+    "gelu-mish-opset20": ("""
+        <ir_version: 9, opset_import: ["" : 20]>
+        g (float[1, 4, 6] x) => (float[1, 4, 6] y) {
+            h = Gelu <approximate = "tanh"> (x)
+            y = Mish (h)
+        }""", {}),
     "concat-constant": ("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 4, 6] x) => (float[1, 6] y) {
