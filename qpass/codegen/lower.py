@@ -794,9 +794,10 @@ def _pool(lw: Lowering, node: ir.Node) -> None:
     span = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
     if k * span >= 2**31:
         raise UnsupportedOpError(node.name or "", node.op_type, f"a window of {k} values overflows the int32 sum")
-    counts = [1] if is_max else range(1, k + 1)
-    mq = [quantize_multiplier(x.scale / (y.scale * n)) for n in counts]
-    mults, shifts = [mq[0][0]] + [m for m, _ in mq], [mq[0][1]] + [s for _, s in mq]
+    pos = np.arange(dims[3])[:, None] * dims[5] - dims[7] + np.arange(k)[None, :] * dims[6]
+    count_pad = int(count_pad or bool(np.all((pos >= 0) & (pos < dims[1]))))  # every window full: n = K always
+    counts = [1] if is_max else [k] if count_pad else range(1, k + 1)
+    mults, shifts = zip(*(quantize_multiplier(x.scale / (y.scale * n)) for n in counts), strict=True)
     lw.step("pool", [x], y, node, dims=np.array(dims + [int(is_max), count_pad], dtype=np.int32),
             mult=np.array(mults, dtype=np.int32), shift=np.array(shifts, dtype=np.int32), is_max=int(is_max),
             count_pad=count_pad, x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])

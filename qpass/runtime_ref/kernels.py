@@ -225,10 +225,11 @@ def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
 def pool(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """Average or max over a window of one axis of x viewed as [outer, L_in, inner] (global: one window).
 
-    Taps: pos = o·stride − pad + k·dil inside [0, L_in). mean: acc = Σ (x − zp_x) over the n valid taps
-    (n = K when count_pad), y = clamp(zp_y + rq(acc, M[n], s[n])) with M[n]·2^−s[n] ≈ s_x / (s_y · n): the
-    integer mean rounds half up (intmath.requantize) after the exact integer sum.
-    max: acc = max (x − zp_x) over the valid taps, y = clamp(zp_y + rq(acc, M[1], s[1])).
+    Taps: pos = o·stride − pad + k·dil inside [0, L_in). mean: acc = Σ (x − zp_x) over the n valid taps,
+    y = clamp(zp_y + rq(acc, M[n − 1], s[n − 1])) with M[n−1]·2^−s[n−1] ≈ s_x / (s_y · n): the integer mean
+    rounds half up (intmath.requantize) after the exact integer sum. With count_pad (also set when every
+    window is full) n = K for all windows and the one multiplier is M[0]. max: acc = max (x − zp_x) over
+    the valid taps, y = clamp(zp_y + rq(acc, M[0], s[0])).
     """
     p = step.params
     outer, l_in, inner, l_out, k = (int(v) for v in p["dims"][:5])
@@ -239,11 +240,11 @@ def pool(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     if p["is_max"]:
         acc = np.where(valid[None, :, :, None], taps, np.iinfo(np.int64).min).max(axis=2)
         acc = np.where(valid.any(axis=1)[None, :, None], acc, 0)
-        n = np.ones(l_out, dtype=np.int64)
     else:
         acc = np.where(valid[None, :, :, None], taps, 0).sum(axis=2)
-        n = np.full(l_out, k, dtype=np.int64) if p["count_pad"] else np.maximum(valid.sum(axis=1), 1)
-    y = requantize(acc, p["mult"][n][None, :, None], p["shift"][n][None, :, None]) + p["y_zp"]
+    fixed = p["is_max"] or p["count_pad"]
+    idx = np.zeros(l_out, dtype=np.int64) if fixed else np.maximum(valid.sum(axis=1), 1) - 1
+    y = requantize(acc, p["mult"][idx][None, :, None], p["shift"][idx][None, :, None]) + p["y_zp"]
     return saturate(y.reshape(-1), out.dtype, p["lo"], p["hi"])
 
 

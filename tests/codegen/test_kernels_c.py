@@ -623,13 +623,13 @@ def mul2_int16(rng):
 
 def _pool_program(name: str, shape: tuple[int, int, int], l_out: int, k: int, *, stride=1, dil=1, pad=0,
                   is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7, dtype="int8") -> Program:
-    """x viewed as [outer, l_in, inner], params as lower._pool gives them (mult[n] for a mean over n taps)."""
+    """x viewed as [outer, l_in, inner], params as lower._pool gives them (mult[n-1] for a mean over n taps)."""
     outer, l_in, inner = shape
-    counts = [1] if is_max else range(1, k + 1)
+    counts = [1] if is_max else [k] if count_pad else range(1, k + 1)
     mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
     params = dict(dims=np.array([outer, l_in, inner, l_out, k, stride, dil, pad, is_max, count_pad], np.int32),
-                  mult=np.array([mq[0][0]] + [m for m, _ in mq], np.int32),
-                  shift=np.array([mq[0][1]] + [sh for _, sh in mq], np.int32), is_max=is_max, count_pad=count_pad,
+                  mult=np.array([m for m, _ in mq], np.int32),
+                  shift=np.array([sh for _, sh in mq], np.int32), is_max=is_max, count_pad=count_pad,
                   x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
     tensors = [_t("t0", shape, x_scale, x_zp, dtype=dtype), _t("t1", (outer, l_out, inner), y_scale, y_zp, dtype=dtype)]
     return _program(name, tensors, [Step("pool", ["t0"], ["t1"], params, origin="test/Pool")])
@@ -644,7 +644,7 @@ def pool_avg_count_pad(rng):
 
 
 def pool_global_mean_channels_last(rng):
-    return _pool_program("k_gap", (1, 12, 5), 1, 12, y_scale=0.01)
+    return _pool_program("k_gap", (1, 12, 5), 1, 12, y_scale=0.01, count_pad=1)  # full window: one multiplier
 
 
 def pool_max_rescaled(rng):
@@ -652,8 +652,8 @@ def pool_max_rescaled(rng):
 
 
 def pool_int16(rng):
-    return _pool_program("k_avg16", (3, 40, 2), 1, 40, x_scale=2.0**-10, y_scale=2.0**-12, x_zp=0, y_zp=0,
-                         dtype="int16")
+    return _pool_program("k_avg16", (3, 40, 2), 3, 16, stride=12, pad=2, x_scale=2.0**-10, y_scale=2.0**-12,
+                         x_zp=0, y_zp=0, dtype="int16")
 
 
 def _transpose_program(name: str, shape: tuple[int, ...], perm: list[int], dtype="int8") -> Program:
