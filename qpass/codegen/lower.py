@@ -3,7 +3,9 @@
 Every compute node must read DequantizeLinear outputs and feed one QuantizeLinear; the integers and
 scales around it give the kernel's integer constants, computed with runtime_ref.intmath. Because the
 input is standard QDQ, models quantized elsewhere lower too, as long as their ops have an emitter.
-Emitters are registered by ONNX op type.
+Emitters are registered by ONNX op type together with their support rule (`emitter(*ops, check=...)`):
+codegen/support.py runs the same rules on the float graph right after the passes, and `qpass ops` and the
+README table are generated from the same records. Recurrent ops: RECURRENT below and lower_lstm.py.
 """
 
 from __future__ import annotations
