@@ -291,6 +291,14 @@ def _print_passes(rows: dict) -> None:
             click.echo(f"{'':<20}{opt.name} = {default!r}  {opt.description}".rstrip())
 
 
+@main.command("ops")
+def list_ops() -> None:
+    """Print the supported layers (ONNX op, Keras, PyTorch, constraints, precisions) as a Markdown table."""
+    from qpass.codegen.support import markdown_table
+
+    click.echo(markdown_table(), nl=False)
+
+
 STARTER = """\
 # qpass pipeline written by `qpass init`. Paths are relative to this file. Run: qpass run <this file>
 model:
@@ -309,6 +317,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-constants
   - squeeze-conv2d
   - simplify-layout
+  - fold-pad             # a zero Pad (Keras causal padding) into the Conv after it
   - fold-batchnorm
   - keras-lstm
   - simplify-layout

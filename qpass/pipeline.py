@@ -22,6 +22,7 @@ from qpass.cache import BuildCache, converted_key, float_key
 from qpass.codegen.build import stack_usage
 from qpass.codegen.emit import render, write
 from qpass.codegen.lower import lower
+from qpass.codegen.support import check_model
 from qpass.compare import Outputs, comparison_report, per_layer, run_outputs
 from qpass.config import Pipeline
 from qpass.converters import check_one_input, load_model
@@ -110,6 +111,7 @@ def _run(pipe: Pipeline, stage: Path, dump: bool, cache: BuildCache) -> dict:
         records = run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent,
                              dump_dir=dump_dir, check=check)
         cache.save_float(pass_key, model, records)
+    check_model(model)  # every unsupported node, named, before the slow calibration
     gc.freeze()
     unshare_constants(model)
     in_shape = tuple(int(d) for d in model.graph.inputs[0].shape)

@@ -8,7 +8,9 @@ kernel under `templates/float/`:
     Gemm/MatMul → linear (alpha, beta, transB folded into the constants)   Add → add (scalar/trailing broadcast)
     Relu, Clip → clamp (fused into a preceding linear/add as in the integer lowering)
     Conv → conv1d   MaxPool → maxpool1d   Transpose → transpose   Sigmoid → sigmoid   Tanh → tanh
-    Softmax → softmax   Reshape/Flatten/Squeeze/Unsqueeze/Identity → views (no code)
+    Softmax → softmax   Reshape/Flatten/Squeeze/Unsqueeze/Identity → views (no code)   Sub → add (signs)
+    LeakyRelu, Elu, HardSwish, Softplus, ... → unary (a <math.h> expression)   AveragePool, GlobalAveragePool,
+    GlobalMaxPool, ReduceMean, ReduceMax → pool
     the per-step nodes `unroll-lstm` tagged (qpass.lstm, .direction, .step, .role) → one `lstm` loop over T
 
 The C uses float and <math.h> (expf, tanhf; link with -lm) and nothing else: `NAME_float_run(const float
@@ -35,6 +37,7 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
+from qpass.codegen.lower import reduce_axes, same_pads
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
@@ -228,16 +231,18 @@ def _linear(fl: FloatLowering, node: ir.Node) -> None:
             lo=-np.inf, hi=np.inf)
 
 
-@float_emitter("Add")
+@float_emitter("Add", "Sub")
 def _add(fl: FloatLowering, node: ir.Node) -> None:
     a, b = fl.input_of(node, 0), fl.input_of(node, 1)
+    a_sign, b_sign = 1.0, (-1.0 if node.op_type == "Sub" else 1.0)
     y_shape = tuple(np.broadcast_shapes(a.shape, b.shape))
     if a.size != int(np.prod(y_shape)):
-        a, b = b, a  # Add commutes: the full-size operand goes first
+        a, b, a_sign, b_sign = b, a, b_sign, a_sign  # the full-size operand goes first
     if a.size != int(np.prod(y_shape)) or not _trailing(b.shape, y_shape):
-        raise UnsupportedOpError(node.name or "", "Add", f"broadcast {a.shape} + {b.shape} is not supported")
+        raise UnsupportedOpError(node.name or "", node.op_type, f"broadcast {a.shape}, {b.shape} is not supported")
     y = fl.output_of(node, y_shape)
-    fl.step("add", [a, b], [y], node.name or "Add", n=y.size, b_n=b.size, lo=-np.inf, hi=np.inf)
+    fl.step("add", [a, b], [y], node.name or node.op_type, n=y.size, b_n=b.size, lo=-np.inf, hi=np.inf,
+            a_sign=a_sign, b_sign=b_sign)
 
 
 def _trailing(b_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> bool:
@@ -280,6 +285,73 @@ def _unary(fl: FloatLowering, node: ir.Node) -> None:
     fl.step(node.op_type.lower(), [x], [y], node.name or node.op_type, n=y.size)
 
 
+def _unary_expr(node: ir.Node) -> str:
+    """The C expression of an element-wise op of `v` (float), its attributes as float literals."""
+    def attr(name: str, default: float) -> str:
+        return float_literal(node.attributes.get_float(name, default))
+
+    alpha = {"LeakyRelu": 0.01, "Elu": 1.0, "Selu": 1.67326319217681884765625, "Celu": 1.0, "HardSigmoid": 0.2,
+             "ThresholdedRelu": 1.0}
+    a = attr("alpha", alpha.get(node.op_type, 1.0))
+    exprs = {
+        "LeakyRelu": f"(v < 0.0f ? {a} * v : v)", "Elu": f"(v < 0.0f ? {a} * (expf(v) - 1.0f) : v)",
+        "Selu": f"{attr('gamma', 1.05070102214813232421875)} * (v <= 0.0f ? {a} * (expf(v) - 1.0f) : v)",
+        "Celu": f"(fmaxf(0.0f, v) + fminf(0.0f, {a} * (expf(v / {a}) - 1.0f)))",
+        "HardSigmoid": f"fmaxf(0.0f, fminf(1.0f, {a} * v + {attr('beta', 0.5)}))",
+        "HardSwish": "(v * fmaxf(0.0f, fminf(1.0f, v / 6.0f + 0.5f)))",
+        "Gelu": ("(0.5f * v * (1.0f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v))))"
+                 if node.attributes.get_string("approximate", "none") == "tanh"
+                 else "(0.5f * v * (1.0f + erff(v * 0.70710678118f)))"),
+        "Softplus": "log1pf(expf(v))", "Softsign": "(v / (1.0f + fabsf(v)))", "Exp": "expf(v)", "Erf": "erff(v)",
+        "Mish": "(v * tanhf(log1pf(expf(v))))", "ThresholdedRelu": f"(v > {a} ? v : 0.0f)", "Neg": "(-v)",
+        "Abs": "fabsf(v)", "Sin": "sinf(v)", "Cos": "cosf(v)", "Atan": "atanf(v)", "Sinh": "sinhf(v)",
+        "Asinh": "asinhf(v)", "Round": "rintf(v)", "Floor": "floorf(v)", "Ceil": "ceilf(v)",
+        "Sign": "(float)((v > 0.0f) - (v < 0.0f))",
+    }
+    return exprs[node.op_type]
+
+
+UNARY_EXPR_OPS = ("LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Gelu", "Softplus", "Softsign",
+                  "Exp", "Erf", "Mish", "ThresholdedRelu", "Neg", "Abs", "Sin", "Cos", "Atan", "Sinh", "Asinh",
+                  "Round", "Floor", "Ceil", "Sign")
+
+
+@float_emitter(*UNARY_EXPR_OPS)
+def _unary_math(fl: FloatLowering, node: ir.Node) -> None:
+    x = fl.input_of(node, 0)
+    y = fl.output_of(node, x.shape)
+    fl.step("unary", [x], [y], node.name or node.op_type, n=y.size, expr=_unary_expr(node))
+
+
+POOL_OPS = ("AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+
+
+@float_emitter(*POOL_OPS)
+def _pool(fl: FloatLowering, node: ir.Node) -> None:
+    x = fl.input_of(node, 0)
+    if node.op_type == "AveragePool":
+        k = int(node.attributes["kernel_shape"].as_ints()[0])
+        stride = list(node.attributes.get_ints("strides", [1]))[0]
+        dil = list(node.attributes.get_ints("dilations", [1]))[0]
+        pads = same_pads(node, x.shape[2], k, stride, dil)
+        l_out = (x.shape[2] + pads[0] + pads[1] - dil * (k - 1) - 1) // stride + 1
+        dims = [x.shape[1], x.shape[2], 1, l_out, k, stride, dil, pads[0]]
+        shape = (1, x.shape[1], l_out)
+        count_pad = node.attributes.get_int("count_include_pad", 0)
+    else:
+        axes = reduce_axes(node, len(x.shape))
+        if axes is None or (axes and axes != list(range(axes[0], axes[-1] + 1))):
+            raise UnsupportedOpError(node.name or "", node.op_type, "only constant, adjacent axes are supported")
+        a0, a1 = (axes[0], axes[-1] + 1) if axes else (0, 0)
+        length = int(np.prod(x.shape[a0:a1]))
+        dims = [int(np.prod(x.shape[:a0])), length, int(np.prod(x.shape[a1:])), 1, length, 1, 1, 0]
+        shape = _static_shape(node, node.outputs[0])
+        count_pad = 0
+    is_max = int(node.op_type in ("GlobalMaxPool", "ReduceMax"))
+    y = fl.output_of(node, shape)
+    fl.step("pool", [x], [y], node.name or node.op_type, dims=np.array(dims + [is_max, count_pad], np.int32))
+
+
 @float_emitter("Softmax")
 def _softmax(fl: FloatLowering, node: ir.Node) -> None:
     x = fl.input_of(node, 0)
@@ -303,12 +375,11 @@ def _conv_dims(node: ir.Node, x: QTensor, k: int, c_out: int) -> dict:
 
     if len(x.shape) != 3 or x.shape[0] != 1:
         raise UnsupportedOpError(node.name or "", node.op_type, f"only 1-D, batch 1 is supported; input {x.shape}")
-    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or \
-            node.attributes.get_int("ceil_mode", 0):
-        raise UnsupportedOpError(node.name or "", node.op_type, "auto_pad SAME_* and ceil_mode are not supported")
-    pads = ints("pads", [0, 0])
+    if node.attributes.get_int("ceil_mode", 0):
+        raise UnsupportedOpError(node.name or "", node.op_type, "ceil_mode is not supported")
     stride, dil = ints("strides", [1])[0], ints("dilations", [1])[0]
     c_in, l_in = x.shape[1], x.shape[2]
+    pads = same_pads(node, l_in, k, stride, dil)
     l_out = (l_in + pads[0] + pads[1] - dil * (k - 1) - 1) // stride + 1
     groups = node.attributes.get_int("group", 1)
     return {"shape": (1, c_out, l_out), "dims": np.array([c_in, l_in, c_out, l_out, k, stride, dil, pads[0],
@@ -461,7 +532,8 @@ def render(program: Program, source: str = "model") -> GeneratedC:
         scalars = {k: float_literal(v) if isinstance(v, float | np.floating) else str(int(v))
                    for k, v in step.params.items() if isinstance(v, int | float | np.integer | np.floating)}
         ctx = {"inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
-               "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars}
+               "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars,
+               "e": {k: v for k, v in step.params.items() if isinstance(v, str)}}  # generated C expressions
         calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
                       "code": str(modules[step.kernel].call(ctx)).strip()})
     needs = sorted({h for m in modules.values() for h in getattr(m, "needs", [])})

@@ -7,7 +7,9 @@
 The same holds for Conv (output channel = axis 1) and MatMul with a constant weight (output channel =
 last axis; a bias Add after the MatMul is scaled too). tf2onnx usually leaves an inference BN as
 `Mul(y, s)` then `Add(·, t)`; those fold the same way. A BN with no linear op before it becomes one
-per-channel affine, `Add(Mul(x, s), t)`, which later stages treat as an element-wise op.
+per-channel affine, `Add(Mul(x, s), t)`, which later stages treat as an element-wise op. A Reshape that
+only appends or drops trailing unit axes may sit between the linear op and the Mul/Add (a Conv2D with a
+(k, 1) kernel made 1-D): the constant is re-expressed over the linear op's output and folds the same way.
 
 The fold is refused when the linear op's bias is not a per-channel constant (a graph input, a per-row
 [M,1] or full [M,N] Gemm bias): b·s + t has no per-channel form then. The arithmetic runs in float32 and
@@ -138,7 +140,12 @@ class FoldBatchNormPass(QPass):
             return False
         bias_add = None
         lin = _as_linear(y)
-        if lin is None and y.producer() is not None and y.producer().op_type == "Add" and single_consumer(y):
+        if lin is None and (through := _unit_axes_reshape(y, c)) is not None:
+            y_lin, c = through  # Reshape(conv) * c == Reshape(conv * c'): the Reshape stays, c' folds
+            lin = _as_linear(y_lin)
+            if lin is None:
+                return False
+        elif lin is None and y.producer() is not None and y.producer().op_type == "Add" and single_consumer(y):
             bias_add = y.producer()
             has_const = const_value(bias_add.inputs[1]) is not None
             lin = _as_linear(bias_add.inputs[0]) if has_const else None
@@ -190,6 +197,27 @@ class FoldBatchNormPass(QPass):
             if len(lin.node.inputs) < 3:
                 lin.node.resize_inputs(3)
             lin.node.replace_input_with(2, value)
+
+
+def _unit_axes_reshape(y: ir.Value, c: np.ndarray) -> tuple[ir.Value, np.ndarray] | None:
+    """y = Reshape/Squeeze/Unsqueeze(x) that only appends or drops trailing unit axes (how tf2onnx wraps a
+    1-D conv written as Conv2D over [T, 1, C]): x, and c re-expressed over x's rank; else None."""
+    node = y.producer()
+    if node is None or node.op_type not in ("Reshape", "Squeeze", "Unsqueeze") or single_consumer(y) is None:
+        return None
+    x = node.inputs[0]
+    if x is None or x.shape is None or y.shape is None:
+        return None
+    xs, ys = list(x.shape), list(y.shape)
+    if not all(isinstance(d, int) for d in xs + ys) or c.ndim > len(ys):
+        return None
+    rx, ry = len(xs), len(ys)
+    full = [1] * (ry - c.ndim) + list(c.shape)
+    if rx <= ry and ys[:rx] == xs and all(d == 1 for d in ys[rx:] + full[rx:]):
+        return x, c.reshape(full[:rx])
+    if rx > ry and xs[:ry] == ys and all(d == 1 for d in xs[ry:]):
+        return x, c.reshape(full + [1] * (rx - ry))
+    return None
 
 
 def _hint(node: ir.Node, what: str) -> str:

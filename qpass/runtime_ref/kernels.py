@@ -219,3 +219,42 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
 def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """y = the inputs one after another along `axis` (all with the output's scale and zero point)."""
     return np.concatenate(inputs, axis=step.params["axis"])
+
+
+@kernel("pool")
+def pool(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """Average or max over a window of one axis of x viewed as [outer, L_in, inner] (global: one window).
+
+    Taps: pos = o·stride − pad + k·dil inside [0, L_in). mean: acc = Σ (x − zp_x) over the n valid taps,
+    y = clamp(zp_y + rq(acc, M[n − 1], s[n − 1])) with M[n−1]·2^−s[n−1] ≈ s_x / (s_y · n): the integer mean
+    rounds half up (intmath.requantize) after the exact integer sum. With count_pad (also set when every
+    window is full) n = K for all windows and the one multiplier is M[0]. max: acc = max (x − zp_x) over
+    the valid taps, y = clamp(zp_y + rq(acc, M[0], s[0])).
+    """
+    p = step.params
+    outer, l_in, inner, l_out, k = (int(v) for v in p["dims"][:5])
+    x = inputs[0].astype(np.int64).reshape(outer, l_in, inner) - p["x_zp"]
+    pos = _taps({"l_out": l_out, "k": k, "stride": p["dims"][5], "dilation": p["dims"][6], "pad_left": p["dims"][7]})
+    valid = (pos >= 0) & (pos < l_in)  # [L_out, K]
+    taps = x[:, np.clip(pos, 0, l_in - 1), :]  # [outer, L_out, K, inner]
+    if p["is_max"]:
+        acc = np.where(valid[None, :, :, None], taps, np.iinfo(np.int64).min).max(axis=2)
+        acc = np.where(valid.any(axis=1)[None, :, None], acc, 0)
+    else:
+        acc = np.where(valid[None, :, :, None], taps, 0).sum(axis=2)
+    fixed = p["is_max"] or p["count_pad"]
+    idx = np.zeros(l_out, dtype=np.int64) if fixed else np.maximum(valid.sum(axis=1), 1) - 1
+    y = requantize(acc, p["mult"][idx][None, :, None], p["shift"][idx][None, :, None]) + p["y_zp"]
+    return saturate(y.reshape(-1), out.dtype, p["lo"], p["hi"])
+
+
+@kernel("mul2")
+def mul2(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """y = clamp(zp_y + rq((a − zp_a)·(b − zp_b), M, s)): the product of two activations (swish's x·σ(x),
+    gating); b has n elements, one, or one per channel. M·2^−s ≈ s_a·s_b / s_y; the int64 product times M
+    stays below 2^63 (M has 30 bits for int16 operands)."""
+    p = step.params
+    a = inputs[0].astype(np.int64).reshape(-1) - p["a_zp"]
+    b = inputs[1].astype(np.int64).reshape(-1)[channel_index(out.size, p["b_n"], p["inner"])] - p["b_zp"]
+    y = requantize(a * b, p["mult"], p["shift"]) + p["y_zp"]
+    return saturate(y, out.dtype, p["lo"], p["hi"])

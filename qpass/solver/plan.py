@@ -2,7 +2,7 @@
 
 Nodes are float activation tensors. Edges are `equal` contracts (the two tensors must share scale and
 zero point so no rescale is needed between them): data-movement ops (Reshape, Flatten, Transpose,
-Squeeze, Unsqueeze, MaxPool, Identity) and ReLU folded into a clamp. Some nodes carry a `fixed`
+Squeeze, Unsqueeze, MaxPool, Identity, Dropout) and ReLU or Clip folded into a clamp. Some nodes carry a `fixed`
 contract (Softmax and Sigmoid outputs in [0, 1], Tanh in [−1, 1]). Each connected component is one
 group whose parameters cover the union of its members' ranges; two different fixed ranges in one
 group are a conflict, resolved by cutting the edge (lowering then inserts an explicit requantize).
@@ -33,12 +33,16 @@ from qpass.solver.calibrate import Range, float_values
 
 log = logging.getLogger(__name__)
 
-MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather"}
+MOVE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Gather", "Dropout",
+            "GlobalMaxPool", "ReduceMax"}
+CLAMP_OPS = {"Relu", "Clip"}  # folded into a clamp: the input takes the output's parameters
 WIDE_ROLES = {"c", "fc", "ig", "c0", "peep_i_mul", "peep_f_mul", "peep_o_mul"}  # the cell state: int16
 FIXED = {  # op → {dtype: (scale, zero point)} of its output: the known range of a LUT's function
     "Softmax": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
     "Sigmoid": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
     "Tanh": {"int8": (1.0 / 128.0, 0), "int16": (1.0 / 32768.0, 0)},
+    "Softsign": {"int8": (1.0 / 128.0, 0), "int16": (1.0 / 32768.0, 0)},
+    "HardSigmoid": {"int8": (1.0 / 256.0, -128), "int16": (1.0 / 32768.0, 0)},
 }
 WIDTH = {"int8": 8, "int16": 16}
 WEIGHT_OPS = {"Gemm": 1, "MatMul": 1, "Conv": 1}  # op → input index of the weight
@@ -127,10 +131,10 @@ def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection |
             for other in node.inputs:
                 if other is not None and other.name in g:
                     g.add_edge(other.name, outs[0], contract="equal", op="Concat", node=node.name)
-        elif node.op_type == "Relu" and len(x.consumers()) == 1 and not x.is_graph_output():
+        elif node.op_type in CLAMP_OPS and len(x.consumers()) == 1 and not x.is_graph_output():
             # ReLU folded into a clamp: the pre-activation keeps only the post-activation range
             g.nodes[x.name]["clamped"] = True
-            g.add_edge(x.name, outs[0], contract="equal", op="Relu", node=node.name)
+            g.add_edge(x.name, outs[0], contract="equal", op=node.op_type, node=node.name)
     _tie_timesteps(model, g)
     return g
 
@@ -224,13 +228,13 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
-        elif node.op_type in ("Mul", "Add") and LSTM_KEY not in node.metadata_props:
+        elif node.op_type in ("Mul", "Add", "Sub") and LSTM_KEY not in node.metadata_props:
             _plan_elementwise_constant(node, plan, quant)
     return plan
 
 
 def _plan_elementwise_constant(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:
-    """The constant of Mul(x, c) / Add(x, c) (a BatchNorm with no linear op before it): symmetric, per channel
+    """The constant of Mul(x, c) / Add(x, c) / Sub(x, c) (e.g. a BatchNorm with no linear op): symmetric, per channel
     along its one non-unit axis for Mul, per tensor for Add (it is added after a rescale)."""
     consts = [(i, const_value(v)) for i, v in enumerate(node.inputs) if v is not None]
     known = [(i, c) for i, c in consts if c is not None]
@@ -280,8 +284,6 @@ def _plan_linear(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:
     x = node.inputs[0]
     if w is None or x is None or x.name not in plan.activations:
         return  # a MatMul of two activations has no weight to quantize
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-        raise SolverError(f"Gemm node {node.name!r}: transA=1 is not supported")
     if node.op_type == "Conv" or (node.op_type == "Gemm" and node.attributes.get_int("transB", 0)):
         axis = 0
     else:

@@ -179,11 +179,34 @@ def test_matmul_gemm_attributes_and_a_view_output(tmp_path: Path) -> None:
     assert source.count("qf_linear(") == 3  # definition and two calls; the Reshapes are views
 
 
+@pytest.mark.parametrize("acts", [
+    "LeakyRelu <alpha = 0.2>", "Elu <alpha = 0.7>", "Selu", "Celu <alpha = 2.0>", "HardSigmoid <alpha = 0.3>",
+    "HardSwish", "Softplus", "Softsign", "Exp", "Erf", "ThresholdedRelu <alpha = 0.4>", "Neg", "Abs",
+    "Sin", "Cos", "Atan", "Sinh", "Asinh", "Round", "Floor", "Ceil", "Sign"])
+def test_unary_ops_sub_and_pools(tmp_path: Path, acts: str) -> None:
+    rng = np.random.default_rng(5)
+    model = _parse(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 10] x) => (float[1, 4] y) {{
+            u = {acts} (x)
+            d = Sub (u, x)
+            a = AveragePool <kernel_shape = [3], strides = [2], pads = [1, 1]> (d)
+            m = ReduceMax <axes = [2], keepdims = 1> (a)
+            g = GlobalAveragePool (d)
+            s = Sub (m, g)
+            y = ReduceMean <axes = [2], keepdims = 0> (s)
+        }}""")
+    x = (rng.normal(0, 1.5, (16, 1, 4, 10)) + 0.25).astype(np.float32)
+    y_c, source = _float_c(model, "un", tmp_path, x)
+    assert np.abs(y_c - _ort(model, x)).max() < TOL
+    assert "qf_pool(" in source
+
+
 def test_unsupported_op_names_the_node() -> None:
     model = _parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1, 4] x) => (float[1, 4] y) {
-            y = Exp (x)
+            y = Reciprocal (x)
         }""")
     with pytest.raises(UnsupportedOpError, match="no float kernel"):
         float_c.generate(model, "bad")

@@ -586,6 +586,76 @@ def maxpool1d_int16(rng):
     return _maxpool_program("k_pool16", 3, 8, 3, stride=2, pad_left=1, pad_right=1, dtype="int16")
 
 
+def _mul2_program(name: str, shape: tuple[int, ...], b_shape: tuple[int, ...], inner: int, *, a_zp=-3, b_zp=-128,
+                  y_zp=5, scales=(0.05, 1 / 256, 0.02), dtype="int8", b_dtype="int8") -> Program:
+    sa, sb, sy = scales
+    mult, shift = quantize_multiplier(sa * sb / sy, 31 if dtype == b_dtype == "int8" else 30)
+    tensors = [_t("t0", shape, sa, a_zp, dtype=dtype), _t("t1", shape, sy, y_zp, dtype=dtype),
+               _t("b", b_shape, sb, b_zp, dtype=b_dtype)]
+    b_n = math.prod(b_shape)
+    params = dict(a_zp=a_zp, b_zp=b_zp, mult=mult, shift=shift, y_zp=y_zp, n=math.prod(shape), b_n=b_n, inner=inner,
+                  lo=QMIN[dtype], hi=QMAX[dtype])
+    # b is produced by a LUT of the input (swish: x * sigmoid(x)) or read as a constant
+    steps = [Step("mul2", ["t0", "b"], ["t1"], params, origin="test/Mul")]
+    constants = {}
+    if b_n == math.prod(shape):
+        table = build_lut(lambda v: 1 / (1 + np.exp(-v)), sa, a_zp, sb, b_zp, dtype, b_dtype) if dtype == "int8" else \
+            build_lut16(lambda v: 1 / (1 + np.exp(-v)), sa, sb, b_zp, b_dtype)
+        steps.insert(0, Step("lut", ["t0"], ["b"], dict(table=table, n=b_n), origin="test/Sigmoid"))
+    else:
+        rng = np.random.default_rng(b_n)
+        constants["b"] = rng.integers(QMIN[b_dtype], QMAX[b_dtype] + 1, b_shape).astype(b_dtype)
+    return _program(name, tensors, steps, constants, output="t1")
+
+
+def mul2_swish(rng):
+    return _mul2_program("k_swish", (3, 8), (3, 8), 1)
+
+
+def mul2_per_channel(rng):
+    return _mul2_program("k_mul2_ch", (4, 6), (4, 1), 6, scales=(0.05, 0.03, 0.04), b_zp=7)
+
+
+def mul2_int16(rng):
+    return _mul2_program("k_mul2_16", (20,), (20,), 1, a_zp=0, b_zp=0, y_zp=0, scales=(2.0**-10, 2.0**-15, 2.0**-11),
+                         dtype="int16", b_dtype="int16")
+
+
+def _pool_program(name: str, shape: tuple[int, int, int], l_out: int, k: int, *, stride=1, dil=1, pad=0,
+                  is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7, dtype="int8") -> Program:
+    """x viewed as [outer, l_in, inner], params as lower._pool gives them (mult[n-1] for a mean over n taps)."""
+    outer, l_in, inner = shape
+    counts = [1] if is_max else [k] if count_pad else range(1, k + 1)
+    mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    params = dict(dims=np.array([outer, l_in, inner, l_out, k, stride, dil, pad, is_max, count_pad], np.int32),
+                  mult=np.array([m for m, _ in mq], np.int32),
+                  shift=np.array([sh for _, sh in mq], np.int32), is_max=is_max, count_pad=count_pad,
+                  x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
+    tensors = [_t("t0", shape, x_scale, x_zp, dtype=dtype), _t("t1", (outer, l_out, inner), y_scale, y_zp, dtype=dtype)]
+    return _program(name, tensors, [Step("pool", ["t0"], ["t1"], params, origin="test/Pool")])
+
+
+def pool_avg_window(rng):
+    return _pool_program("k_avg", (4, 11, 1), 6, 3, stride=2, pad=1)
+
+
+def pool_avg_count_pad(rng):
+    return _pool_program("k_avg_cp", (3, 10, 1), 10, 3, pad=1, count_pad=1, dil=1)
+
+
+def pool_global_mean_channels_last(rng):
+    return _pool_program("k_gap", (1, 12, 5), 1, 12, y_scale=0.01, count_pad=1)  # full window: one multiplier
+
+
+def pool_max_rescaled(rng):
+    return _pool_program("k_gmax", (2, 9, 3), 1, 9, is_max=1, y_scale=0.07)
+
+
+def pool_int16(rng):
+    return _pool_program("k_avg16", (3, 40, 2), 3, 16, stride=12, pad=2, x_scale=2.0**-10, y_scale=2.0**-12,
+                         x_zp=0, y_zp=0, dtype="int16")
+
+
 def _transpose_program(name: str, shape: tuple[int, ...], perm: list[int], dtype="int8") -> Program:
     rank = len(shape)
     in_strides = [math.prod(shape[i + 1:]) for i in range(rank)]
@@ -736,6 +806,10 @@ CASES: dict[str, dict[str, Case]] = {
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
+    "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
+    "pool": {"avg-window": Case(pool_avg_window), "avg-count-pad": Case(pool_avg_count_pad),
+             "global-mean-inner": Case(pool_global_mean_channels_last), "max-rescaled": Case(pool_max_rescaled),
+             "int16": Case(pool_int16)},
     "transpose": {"2d": Case(transpose_2d), "conv-layout": Case(transpose_conv_layout),
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse), "one-step": Case(lstm_single_step, 5),

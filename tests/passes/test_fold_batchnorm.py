@@ -346,3 +346,22 @@ def test_float16_bn_without_linear_op_stays_float16(parse_onnx, apply_pass, ort_
     actual = ort_run(model, x)
     assert actual.dtype == np.float16
     np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=2e-2)
+
+
+def test_batchnorm_after_bias_free_conv_through_unit_axis_reshape(parse_onnx, check_pass) -> None:
+    """A bias-free depthwise conv written as Conv2D (k, 1): tf2onnx's Reshape to [1, C, T, 1] sits between
+    the conv and the BatchNorm's Mul/Add; both fold into the conv (which gains a bias)."""
+    rng = np.random.default_rng(7)
+    model = parse_onnx("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 6, 12] x) => (float[1, 6, 10, 1] y) {
+            c = Conv <group = 6> (x, w)
+            r = Reshape (c, shape)
+            m = Mul (r, s)
+            y = Add (m, t)
+        }""", w=rng.normal(size=(6, 1, 3)).astype(np.float32), shape=np.array([1, 6, 10, 1], np.int64),
+        s=rng.uniform(0.5, 2, (1, 6, 1, 1)).astype(np.float32), t=rng.normal(size=(1, 6, 1, 1)).astype(np.float32))
+    result = check_pass("fold-batchnorm", model, rng.normal(size=(1, 6, 12)).astype(np.float32), modified=True)
+    assert not {"Mul", "Add"} & set(result.after), result.after
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    assert len(conv.inputs) == 3 and conv.inputs[2] is not None
