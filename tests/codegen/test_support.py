@@ -89,15 +89,20 @@ def test_supported_graph_passes_and_matmul_3d_constant_is_accepted(parse_onnx) -
     assert unsupported_reason(node) is None
 
 
-def test_pipeline_refuses_before_calibration(tmp_path: Path, parse_onnx) -> None:
-    """The support error comes first: the calibration array named in the YAML does not even exist."""
+def test_pipeline_refuses_before_calibration(tmp_path: Path, parse_onnx, monkeypatch) -> None:
+    """The support error comes first: calibration is never reached."""
+    import qpass.pipeline
     from qpass.config import load_pipeline
     from qpass.pipeline import run_pipeline
 
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibration ran before the support check")
+
+    monkeypatch.setattr(qpass.pipeline, "calibrate", no_calibration)
     proto = ir.serde.serialize_model(_three_bad_nodes(parse_onnx))
     (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
-    np.savez(tmp_path / "calib.npz", other=np.zeros((2, 2, 8, 8), np.float32))
-    (tmp_path / "pipeline.yaml").write_text("model: m.onnx\ncalibration: {path: calib.npz, key: missing}\n"
+    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 2, 8, 8), np.float32))
+    (tmp_path / "pipeline.yaml").write_text("model: m.onnx\ncalibration: {path: calib.npz, key: x}\n"
                                             "codegen: {name: m, output_dir: out}\n")
     with pytest.raises(UnsupportedModelError, match="Magic"):
         run_pipeline(load_pipeline(tmp_path / "pipeline.yaml"))
