@@ -19,25 +19,32 @@ from qpass.pipeline import run_pipeline
 H, I_IN, CLASSES = 8, 6, 4
 
 
-def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: str = "{}") -> None:
+def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: str = "{}", head: str = "dense") -> None:
+    """x [1, T, I] → LSTM → head: "dense" (Y_h → Gemm → Softmax), "y_h" (Y_h is the graph output) or "y"
+    (the whole sequence Y, flattened, is the graph output)."""
     rng = np.random.default_rng(seed)
 
     def init(name: str, a: np.ndarray) -> onnx.TensorProto:
         return numpy_helper.from_array(a.astype(np.float32), name)
 
     nodes = [
-        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="to_time_major"),
         helper.make_node("LSTM", ["xt", "W", "R", "B"], ["Y", "Y_h"], hidden_size=H, direction=direction),
-        helper.make_node("Reshape", ["Y_h", "shape"], ["h"]),
-        helper.make_node("Gemm", ["h", "Wd", "bd"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["prob"]),
     ]
+    if head == "dense":
+        nodes += [helper.make_node("Reshape", ["Y_h", "shape"], ["h"]), helper.make_node("Gemm", ["h", "Wd", "bd"],
+                  ["logits"]), helper.make_node("Softmax", ["logits"], ["prob"])]
+        out_shape = [1, CLASSES]
+    else:
+        out_shape = [1, H * (t_len if head == "y" else 1)]
+        nodes.append(helper.make_node("Reshape", ["Y" if head == "y" else "Y_h", "out_shape"], ["prob"], name="flat"))
     graph = helper.make_graph(
         nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t_len, I_IN])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, CLASSES])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, out_shape)],
         [init("W", rng.normal(0, 0.4, (1, 4 * H, I_IN))), init("R", rng.normal(0, 0.4, (1, 4 * H, H))),
          init("B", rng.normal(0, 0.2, (1, 8 * H))), init("Wd", rng.normal(0, 0.8, (H, CLASSES))),
-         init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, H], np.int64), "shape")])
+         init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, H], np.int64), "shape"),
+         numpy_helper.from_array(np.array(out_shape, np.int64), "out_shape")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = rng.normal(0, 1, (160, t_len, I_IN)).astype(np.float32)
     np.savez(path.parent / "calib.npz", x=x[:80])
@@ -49,9 +56,9 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
         f"quantization: {quant}\n")
 
 
-def _run(tmp: Path, t_len: int, direction: str, quant: str = "{}") -> tuple[dict, Path]:
+def _run(tmp: Path, t_len: int, direction: str, quant: str = "{}", head: str = "dense") -> tuple[dict, Path]:
     tmp.mkdir(parents=True)
-    _lstm_model(tmp / "lstm.onnx", t_len, direction, quant=quant)
+    _lstm_model(tmp / "lstm.onnx", t_len, direction, quant=quant, head=head)
     report = run_pipeline(load_pipeline(tmp / "pipeline.yaml"))
     return report, tmp / "out"
 
@@ -69,6 +76,19 @@ def test_lstm_is_bit_exact_and_one_loop(tmp_path: Path, direction: str) -> None:
     assert len(calls) == 1, calls  # one call of one loop body for every step
     plan = json.loads((out / "report.json").read_text())["plan"]["tensors"]
     assert any(t["dtype"] == "int16" for t in plan.values()), "the cell state is int16"
+
+
+@pytest.mark.parametrize(("t_len", "direction", "head"), [
+    (3, "reverse", "y_h"), (3, "forward", "y_h"), (3, "reverse", "y"), (1, "reverse", "y"), (1, "forward", "y_h"),
+    (1, "forward", "dense")])
+def test_lstm_state_or_sequence_as_graph_output(tmp_path: Path, t_len: int, direction: str, head: str) -> None:
+    """Y_h (one step of the kernel's h sequence) or the whole Y as the graph output, T = 3 and T = 1: C equals
+    runtime_ref on every sample and stays close to onnxruntime float."""
+    report, out = _run(tmp_path / "m", t_len, direction, head=head)
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    assert report["comparisons"]["c_vs_float"]["mean_abs_error"] < 0.02
+    assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.25
+    assert report["kernels"].count("lstm") == 1
 
 
 def _flash(c_file: Path, tmp: Path) -> int:

@@ -158,7 +158,14 @@ class Lowering:
         out = graph.outputs[0].producer()
         if out is None or out.op_type != "DequantizeLinear" or id(out.inputs[0]) not in self.by_value:
             raise UnsupportedOpError(graph.outputs[0].name or "", "Output", "the graph output must be dequantized")
-        program = Program(self.name, self.tensors, self.steps, t_in.id, self.by_value[id(out.inputs[0])].id)
+        y = self.by_value[id(out.inputs[0])]
+        root, offset = Program(self.name, self.tensors, self.steps, t_in.id, y.id).view(y.id)
+        if offset or self.tensors[root].size != y.size:
+            # a view into a larger tensor (one step of an LSTM's h sequence): the caller's buffer holds only y
+            own = self.new_tensor(y.shape, y.dtype, y.scale, y.zero_point, f"{y.source} (graph output)")
+            self.step("copy", [y], own, out).origin = "graph output"
+            y = own
+        program = Program(self.name, self.tensors, self.steps, t_in.id, y.id)
         program.constants = self.constants
         _fuse_clamps(program)
         return program

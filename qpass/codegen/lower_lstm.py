@@ -198,7 +198,7 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: 
             q_val = qs[0].outputs[0] if qs else None
             if role == "h":
                 _alias(lw, q_val, hseq, step_time(steps[s]["x"]) * hid)
-            elif role == "y" and node.op_type == "Concat":
+            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):  # T = 1: Y is one Unsqueeze
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
                 _alias(lw, q_val, hseq, step_time(last["x"]) * hid)
