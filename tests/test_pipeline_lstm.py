@@ -19,7 +19,8 @@ from qpass.pipeline import run_pipeline
 H, I_IN, CLASSES = 8, 6, 4
 
 
-def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: str = "{}", head: str = "dense") -> None:
+def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: str = "{}", head: str = "dense",
+                n_in: int = I_IN) -> None:
     """x [1, T, I] → LSTM → head: "dense" (Y_h → Gemm → Softmax), "y_h" (Y_h is the graph output) or "y"
     (the whole sequence Y, flattened, is the graph output)."""
     rng = np.random.default_rng(seed)
@@ -27,6 +28,9 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
     def init(name: str, a: np.ndarray) -> onnx.TensorProto:
         return numpy_helper.from_array(a.astype(np.float32), name)
 
+    w = rng.normal(0, 0.4, (1, 4 * H, n_in))
+    if n_in == 1:  # one gate row whose weight (so its per-row scale) is tiny next to its bias
+        w[0, H, 0] = 1e-5
     nodes = [
         helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="to_time_major"),
         helper.make_node("LSTM", ["xt", "W", "R", "B"], ["Y", "Y_h"], hidden_size=H, direction=direction),
@@ -39,14 +43,14 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
         out_shape = [1, H * (t_len if head == "y" else 1)]
         nodes.append(helper.make_node("Reshape", ["Y" if head == "y" else "Y_h", "out_shape"], ["prob"], name="flat"))
     graph = helper.make_graph(
-        nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t_len, I_IN])],
+        nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t_len, n_in])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, out_shape)],
-        [init("W", rng.normal(0, 0.4, (1, 4 * H, I_IN))), init("R", rng.normal(0, 0.4, (1, 4 * H, H))),
+        [init("W", w), init("R", rng.normal(0, 0.4, (1, 4 * H, H))),
          init("B", rng.normal(0, 0.2, (1, 8 * H))), init("Wd", rng.normal(0, 0.8, (H, CLASSES))),
          init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, H], np.int64), "shape"),
          numpy_helper.from_array(np.array(out_shape, np.int64), "out_shape")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    x = rng.normal(0, 1, (160, t_len, I_IN)).astype(np.float32)
+    x = np.cumsum(rng.normal(0, 0.3, (160, t_len, n_in)), axis=1).astype(np.float32)  # random walks
     np.savez(path.parent / "calib.npz", x=x[:80])
     np.savez(path.parent / "test.npz", x=x[80:])
     (path.parent / "pipeline.yaml").write_text(
@@ -56,9 +60,10 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
         f"quantization: {quant}\n")
 
 
-def _run(tmp: Path, t_len: int, direction: str, quant: str = "{}", head: str = "dense") -> tuple[dict, Path]:
+def _run(tmp: Path, t_len: int, direction: str, quant: str = "{}", head: str = "dense",
+         n_in: int = I_IN) -> tuple[dict, Path]:
     tmp.mkdir(parents=True)
-    _lstm_model(tmp / "lstm.onnx", t_len, direction, quant=quant, head=head)
+    _lstm_model(tmp / "lstm.onnx", t_len, direction, quant=quant, head=head, n_in=n_in)
     report = run_pipeline(load_pipeline(tmp / "pipeline.yaml"))
     return report, tmp / "out"
 
@@ -127,6 +132,16 @@ def test_lstm_precisions_are_bit_exact(tmp_path: Path, quant: str, want: set[str
     if "pow2" in quant:
         scales = [t["scale"] for t in report["plan"]["tensors"].values()]
         assert all(float(np.log2(sc)).is_integer() for sc in scales)
+
+
+def test_int16_lstm_with_a_tiny_weight_row_stores_its_bias_shifted(tmp_path: Path) -> None:
+    """a16w16 over a 1-channel input: one gate row's bias does not fit int32 at s_x·s_w; it is stored at
+    s_x·s_w·2^k (as the linear kernels do) instead of refusing a model that runs at int8."""
+    report, out = _run(tmp_path / "m", 12, "forward", "{activations: int16, weights: int16}", n_in=1)
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.01
+    assert re.search(r"qp_lstm\w*\(", (out / "seq.c").read_text())
+    assert "acc64" in (out / "seq.c").read_text()
 
 
 def test_non_zero_initial_state_is_refused_by_name(tmp_path: Path) -> None:

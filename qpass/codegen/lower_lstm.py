@@ -84,7 +84,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
         wh, sr = lw.weight(later["hr"], 1)
     else:  # T = 1: the recurrent term never runs
         wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.ones(four_h)
-    bias = lw.weight(first["gates"], 1)[0].reshape(-1) if "gates" in first else np.zeros(four_h, np.int32)
+    bias, bias_shift = _gate_bias(name, lw, first, x.scale, sw)
 
     h_q = _q_after(lw, first["h"])
     c_q = _q_after(lw, first["c"])
@@ -104,7 +104,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     # gate pre-activation: acc_x·MX + acc_h·MH >> s, with the accumulators' proven bounds
     span_x = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
     span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
-    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + np.abs(bias.astype(np.int64))
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(bias.astype(np.int64)) << bias_shift)
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
@@ -144,6 +144,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
         "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")]
     step = lw.step("lstm", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
                    weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=np.asarray(bias, dtype=np.int32),
+                   bias_shift=bias_shift.astype(np.int32),
                    mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
                    shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
                    tanh_table=tanh_table(c_q[0]), dims=np.array(dims, dtype=np.int32),
@@ -151,6 +152,20 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
     _map_outputs(lw, steps, hseq, hid, nodes)
+
+
+def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
+               sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 gate bias and its per-row left shift k: bias scale = s_x · s_W · 2^k (k > 0 only where needed)."""
+    four_h = sw.size
+    if "gates" not in first:
+        return np.zeros(four_h, np.int32), np.zeros(four_h, np.int64)
+    bias, b_scale = lw.weight(first["gates"], 1)
+    ratio = np.broadcast_to(b_scale, (four_h,)) / (np.float32(x_scale) * sw.astype(np.float32))
+    k = np.rint(np.log2(ratio)).astype(np.int64)
+    if np.any(k < 0) or np.any(k > 30) or not np.allclose(ratio, np.exp2(k), rtol=1e-5):
+        raise UnsupportedOpError(name, "LSTM", "gate bias scale must be input scale x weight scale (times 2^k)")
+    return bias.reshape(-1).astype(np.int32), k
 
 
 def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:

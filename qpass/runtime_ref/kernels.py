@@ -201,7 +201,7 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     c = np.zeros(hid, dtype=np.int64)
     order = range(t_len - 1, -1, -1) if p["reverse"] else range(t_len)
     for t in order:
-        acc_x = wx @ x[t] + p["bias"].astype(np.int64)
+        acc_x = wx @ x[t] + (p["bias"].astype(np.int64) << p["bias_shift"])
         acc_h = wh @ (h - p["h_zp"])
         pre = (acc_x * p["mx"] + acc_h * p["mh"] + (np.int64(1) << (shift - 1))) >> shift
         g = np.clip(pre + gate_zp, p["g_lo"], p["g_hi"]).reshape(4, hid)
