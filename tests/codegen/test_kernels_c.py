@@ -672,7 +672,8 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
         "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")]
     params.update(weight=np.ascontiguousarray(wx), weight_h=np.ascontiguousarray(wh),
-                  bias=bias.astype(np.int32), bias_shift=bias_shift, mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
+                  bias=bias.astype(np.int32), bias_shift=bias_shift, mx=np.array(mx, dtype=np.int64),
+                  mh=np.array(mh, dtype=np.int64),
                   shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
                   tanh_table=tanh_table(c_scale), dims=np.array(dims, dtype=np.int32),
                   acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
