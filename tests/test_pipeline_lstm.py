@@ -28,7 +28,8 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
     def init(name: str, a: np.ndarray) -> onnx.TensorProto:
         return numpy_helper.from_array(a.astype(np.float32), name)
 
-    w = rng.normal(0, 0.4, (1, 4 * H, n_in))
+    dirs = 2 if direction == "bidirectional" else 1
+    w = rng.normal(0, 0.4, (dirs, 4 * H, n_in))
     if n_in == 1:  # one gate row whose weight (so its per-row scale) is tiny next to its bias
         w[0, H, 0] = 1e-5
     nodes = [
@@ -40,14 +41,14 @@ def _lstm_model(path: Path, t_len: int, direction: str, seed: int = 0, quant: st
                   ["logits"]), helper.make_node("Softmax", ["logits"], ["prob"])]
         out_shape = [1, CLASSES]
     else:
-        out_shape = [1, H * (t_len if head == "y" else 1)]
+        out_shape = [1, dirs * H * (t_len if head == "y" else 1)]
         nodes.append(helper.make_node("Reshape", ["Y" if head == "y" else "Y_h", "out_shape"], ["prob"], name="flat"))
     graph = helper.make_graph(
         nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t_len, n_in])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, out_shape)],
-        [init("W", w), init("R", rng.normal(0, 0.4, (1, 4 * H, H))),
-         init("B", rng.normal(0, 0.2, (1, 8 * H))), init("Wd", rng.normal(0, 0.8, (H, CLASSES))),
-         init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, H], np.int64), "shape"),
+        [init("W", w), init("R", rng.normal(0, 0.4, (dirs, 4 * H, H))),
+         init("B", rng.normal(0, 0.2, (dirs, 8 * H))), init("Wd", rng.normal(0, 0.8, (dirs * H, CLASSES))),
+         init("bd", rng.normal(0, 0.1, CLASSES)), numpy_helper.from_array(np.array([1, dirs * H], np.int64), "shape"),
          numpy_helper.from_array(np.array(out_shape, np.int64), "out_shape")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = np.cumsum(rng.normal(0, 0.3, (160, t_len, n_in)), axis=1).astype(np.float32)  # random walks
@@ -85,7 +86,7 @@ def test_lstm_is_bit_exact_and_one_loop(tmp_path: Path, direction: str) -> None:
 
 @pytest.mark.parametrize(("t_len", "direction", "head"), [
     (3, "reverse", "y_h"), (3, "forward", "y_h"), (3, "reverse", "y"), (1, "reverse", "y"), (1, "forward", "y_h"),
-    (1, "forward", "dense")])
+    (1, "forward", "dense"), (3, "bidirectional", "dense"), (3, "bidirectional", "y"), (1, "bidirectional", "y_h")])
 def test_lstm_state_or_sequence_as_graph_output(tmp_path: Path, t_len: int, direction: str, head: str) -> None:
     """Y_h (one step of the kernel's h sequence) or the whole Y as the graph output, T = 3 and T = 1: C equals
     runtime_ref on every sample and stays close to onnxruntime float."""
@@ -93,7 +94,7 @@ def test_lstm_state_or_sequence_as_graph_output(tmp_path: Path, t_len: int, dire
     assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
     assert report["comparisons"]["c_vs_float"]["mean_abs_error"] < 0.02
     assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.25
-    assert report["kernels"].count("lstm") == 1
+    assert report["kernels"].count("lstm") == (2 if direction == "bidirectional" else 1)
 
 
 def _flash(c_file: Path, tmp: Path) -> int:

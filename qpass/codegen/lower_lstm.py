@@ -3,8 +3,9 @@
 `unroll-lstm` tags every node it creates with the LSTM's name, direction, step and role; the solver
 ties each role's quantization parameters across time. So the integer constants can be read from any
 one step, and the C runs a single loop body for all T steps (code size does not grow with T).
-Supported here: one direction per kernel (forward or reverse), batch 1, layout 0, default
-activations, no peepholes or clip, zero initial states.
+Supported here: one direction per kernel (forward or reverse; a bidirectional LSTM is two kernels and a
+concat), batch 1 (so layout 0 and 1 hold the same bytes), default activations, no peepholes or clip, zero
+initial states.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
 
     Shared by the integer and the float lowering; refuses, by name, what neither kernel runs."""
     name = nodes[0].metadata_props[LSTM_KEY]
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not supported yet")
     steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
     for node in nodes:
         role = node.metadata_props.get(ROLE_KEY, "")
@@ -68,15 +67,28 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
 
 
 def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
-    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs."""
+    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs.
+
+    The nodes that join a bidirectional LSTM's two directions (direction "-1": the Concats of Y, Y_h on the
+    direction axis) run after both directions, as ordinary concat kernels."""
     name = nodes[0].metadata_props[LSTM_KEY]
+    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
+        from qpass.codegen.lower import EMITTERS
+
+        for node in nodes:
+            if node.op_type != "Concat":
+                raise UnsupportedOpError(node.name or name, node.op_type, "unexpected node joining LSTM directions")
+            EMITTERS["Concat"](lw, node)
+        return
     steps, t_len, reverse = gather_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
     _check_zero_initial_state(name, first)
 
     x = lw.input_of(first["x"], 0)
-    if len(x.shape) != 3 or x.shape[1] != 1 or x.shape[0] != t_len:
-        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0, batch 1); got {x.shape}")
+    layout = first["x"].attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x.shape[layout] != t_len:
+        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
+                                 f"batch 1; got {x.shape}")
     wx, sw = lw.weight(first["xw"], 1)  # [I, 4H], per-column scales
     n_in, four_h = wx.shape
     hid = four_h // 4
@@ -151,7 +163,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
-    _map_outputs(lw, steps, hseq, hid, nodes)
+    _map_outputs(lw, steps, hseq, cell, hid, nodes)
 
 
 def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
@@ -200,9 +212,10 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     return lw.qparams(users[0])
 
 
-def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int,
+def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell, hid: int,
                  nodes: list[ir.Node]) -> None:
-    """h_t, Y and Y_h become views of the kernel's h sequence; nothing else may leave the group."""
+    """h_t, Y and Y_h become views of the kernel's h sequence, Y_c of its cell state (the last c when the kernel
+    ends); nothing else may leave the group."""
     members = {id(n) for n in nodes}
     last = steps[max(k for k in steps if k >= 0)]
     for node in nodes:
@@ -217,6 +230,12 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: 
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
                 _alias(lw, q_val, hseq, step_time(last["x"]) * hid)
+            elif role == "y_c" and q_val is not None:
+                q = lw.qparams(qs[0])
+                if (q[2], q[1]) != (cell.dtype, 0) or not np.isclose(q[0], cell.scale, rtol=1e-6):
+                    raise UnsupportedOpError(node.name or "", node.op_type, "Y_c must keep the cell state's "
+                                             f"parameters (int16, scale {cell.scale}), got {q}")
+                _alias(lw, q_val, cell, 0)
             elif q_val is not None and _read_outside(q_val, members):
                 raise UnsupportedOpError(node.name or "", node.op_type,
                                          f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")

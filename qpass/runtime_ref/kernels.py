@@ -179,8 +179,9 @@ def _gate_act(q: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 @kernel("lstm")
-def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t.
+def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t and
+    leaves the last c in its cell state.
 
     gate_q[r] = clamp(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + Σ R(h − zp_h)·MH[r] + 2^(s_r−1)) >> s_r)
     a_i, a_o, a_f = σ-table[gate] − zp    a_g = tanh-table[gate]      (fixed scales 1/256 | 1/32768, 1/128)
@@ -212,7 +213,7 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         tc = tanh16(c, p["tanh_table"], p["tc_shift"], p["tc_lo"], p["tc_hi"])
         h = np.clip(requantize(ao * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
         hseq[t] = h
-    return hseq
+    return hseq, c  # c: the cell state after the last step (Y_c)
 
 
 @kernel("concat")
