@@ -117,6 +117,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - simplify-layout
   - fold-batchnorm
   - keras-lstm
+  - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm

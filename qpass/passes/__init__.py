@@ -131,6 +131,7 @@ def resolve_pass(name: str, base_dir: Path | None = None) -> type[QPass]:
 from qpass.passes import (  # noqa: E402,F401
     fold_batchnorm,
     fold_constants,
+    fold_reverse_sequence,
     fold_time_distributed,
     keras_lstm,
     matmul_to_gemm,
