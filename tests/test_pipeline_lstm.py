@@ -135,6 +135,15 @@ def test_lstm_precisions_are_bit_exact(tmp_path: Path, quant: str, want: set[str
         assert all(float(np.log2(sc)).is_integer() for sc in scales)
 
 
+def test_unread_sequence_keeps_two_rows_of_h(tmp_path: Path) -> None:
+    """Only Y_h is read: the arena holds two rows of h (int8) and the int16 cell, not T rows, whatever T."""
+    report, out = _run(tmp_path / "m", 40, "reverse")
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    memory = report["memory"]
+    assert memory["arena_bytes"] <= 2 * H + 2 * H + 8 < 40 * H, memory  # h rows + cell + the logits
+    assert memory["arena_lower_bound"] <= memory["arena_bytes"]
+
+
 def test_int16_lstm_with_a_tiny_weight_row_stores_its_bias_shifted(tmp_path: Path) -> None:
     """a16w16 over a 1-channel input: one gate row's bias does not fit int32 at s_x·s_w; it is stored at
     s_x·s_w·2^k (as the linear kernels do) instead of refusing a model that runs at int8."""

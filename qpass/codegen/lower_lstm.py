@@ -143,7 +143,11 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     h_m, h_s = quantize_multiplier(s_sig * s_tanh / h_q[0])
     tc_shift = 8 if a_dtype == "int8" else 0
 
-    hseq = lw.new_tensor((t_len, 1, hid), h_q[2], h_q[0], h_q[1], f"{name} h")
+    # h of every step is kept only when something reads the sequence (or a step before the last); otherwise
+    # two rows take turns: row s & 1 holds the h of processing step s
+    rows = t_len if _sequence_read(t_len, nodes) else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
     cell = lw.new_tensor((hid,), "int16", c_q[0], 0, f"{name} c (scratch)")
     params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x.zero_point, "h_zp": h_q[1], "reverse": int(reverse),
               "fc_mult": fc_m, "fc_shift": fc_s, "ig_mult": ig_m, "ig_shift": ig_s, "h_mult": h_m, "h_shift": h_s,
@@ -153,7 +157,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
                                 "ig_mult", "ig_shift", "h_mult", "h_shift")]
     dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
-        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")]
+        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [rows]
+    params["rows"] = rows
     step = lw.step("lstm", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
                    weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=np.asarray(bias, dtype=np.int32),
                    bias_shift=bias_shift.astype(np.int32),
@@ -163,7 +168,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
-    _map_outputs(lw, steps, hseq, cell, hid, nodes)
+    _map_outputs(lw, steps, hseq, cell, hid, nodes, rows == t_len)
 
 
 def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
@@ -212,8 +217,22 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     return lw.qparams(users[0])
 
 
+def _sequence_read(t_len: int, nodes: list[ir.Node]) -> bool:
+    """Does anything outside the group read Y, or the h of a processing step before the last?"""
+    members = {id(n) for n in nodes}
+    for node in nodes:
+        role = node.metadata_props.get(ROLE_KEY, "")
+        s = int(node.metadata_props.get(STEP_KEY, "-1"))
+        if role == "y" or (role == "h" and s < t_len - 1):
+            for out in node.outputs:
+                if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
+                                                 if u.op_type == "QuantizeLinear"):
+                    return True
+    return False
+
+
 def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell, hid: int,
-                 nodes: list[ir.Node]) -> None:
+                 nodes: list[ir.Node], full: bool = True) -> None:
     """h_t, Y and Y_h become views of the kernel's h sequence, Y_c of its cell state (the last c when the kernel
     ends); nothing else may leave the group."""
     members = {id(n) for n in nodes}
@@ -225,11 +244,11 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell,
             qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
             q_val = qs[0].outputs[0] if qs else None
             if role == "h":
-                _alias(lw, q_val, hseq, step_time(steps[s]["x"]) * hid)
+                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]) if full else s & 1) * hid)
             elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):  # T = 1: Y is one Unsqueeze
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
-                _alias(lw, q_val, hseq, step_time(last["x"]) * hid)
+                _alias(lw, q_val, hseq, (step_time(last["x"]) if full else max(steps) & 1) * hid)
             elif role == "y_c" and q_val is not None:
                 q = lw.qparams(qs[0])
                 if (q[2], q[1]) != (cell.dtype, 0) or not np.isclose(q[0], cell.scale, rtol=1e-6):
