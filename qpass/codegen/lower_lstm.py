@@ -63,7 +63,8 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
     t_len = max(steps) + 1
     if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
         raise UnsupportedOpError(name, "LSTM", "the unrolled steps are incomplete")
-    return steps, t_len, t_len > 1 and step_time(steps[0]["x"]) == t_len - 1
+    t0 = step_time(steps[0]["x"])  # a reverse LSTM starts at the last time step (T = 1: forward either way)
+    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
 
 
 def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
@@ -86,7 +87,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
 
     x = lw.input_of(first["x"], 0)
     layout = first["x"].attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
-    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x.shape[layout] != t_len:
+    x_steps = x.shape[layout] if len(x.shape) == 3 else 0  # > t_len when the later steps were never read
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
         raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
                                  f"batch 1; got {x.shape}")
     wx, sw = lw.weight(first["xw"], 1)  # [I, 4H], per-column scales
@@ -143,9 +145,10 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     h_m, h_s = quantize_multiplier(s_sig * s_tanh / h_q[0])
     tc_shift = 8 if a_dtype == "int8" else 0
 
-    # h of every step is kept only when something reads the sequence (or a step before the last); otherwise
-    # two rows take turns: row s & 1 holds the h of processing step s
-    rows = t_len if _sequence_read(t_len, nodes) else min(t_len, 2)
+    # where h of processing step s (time t) goes: row t when Y is read (time order, mode 0); row s when the h of
+    # an earlier step is read (mode 1); else two rows take turns, row s & 1 (mode 2)
+    mode = _row_mode(t_len, nodes)
+    rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
     cell = lw.new_tensor((hid,), "int16", c_q[0], 0, f"{name} c (scratch)")
@@ -157,8 +160,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
                                 "ig_mult", "ig_shift", "h_mult", "h_shift")]
     dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
-        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [rows]
-    params["rows"] = rows
+        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [rows, x_steps, mode]
+    params.update(rows=rows, x_steps=x_steps, row_mode=mode)
     step = lw.step("lstm", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
                    weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=np.asarray(bias, dtype=np.int32),
                    bias_shift=bias_shift.astype(np.int32),
@@ -168,7 +171,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
-    _map_outputs(lw, steps, hseq, cell, hid, nodes, rows == t_len)
+    _map_outputs(lw, steps, hseq, cell, hid, nodes, mode)
 
 
 def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
@@ -217,9 +220,10 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     return lw.qparams(users[0])
 
 
-def _sequence_read(t_len: int, nodes: list[ir.Node]) -> bool:
-    """Does anything outside the group read Y, or the h of a processing step before the last?"""
+def _row_mode(t_len: int, nodes: list[ir.Node]) -> int:
+    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2."""
     members = {id(n) for n in nodes}
+    mode = 2
     for node in nodes:
         role = node.metadata_props.get(ROLE_KEY, "")
         s = int(node.metadata_props.get(STEP_KEY, "-1"))
@@ -227,12 +231,12 @@ def _sequence_read(t_len: int, nodes: list[ir.Node]) -> bool:
             for out in node.outputs:
                 if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
                                                  if u.op_type == "QuantizeLinear"):
-                    return True
-    return False
+                    mode = 0 if role == "y" else min(mode, 1)
+    return mode
 
 
 def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell, hid: int,
-                 nodes: list[ir.Node], full: bool = True) -> None:
+                 nodes: list[ir.Node], mode: int) -> None:
     """h_t, Y and Y_h become views of the kernel's h sequence, Y_c of its cell state (the last c when the kernel
     ends); nothing else may leave the group."""
     members = {id(n) for n in nodes}
@@ -244,11 +248,11 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell,
             qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
             q_val = qs[0].outputs[0] if qs else None
             if role == "h":
-                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]) if full else s & 1) * hid)
+                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
             elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):  # T = 1: Y is one Unsqueeze
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
-                _alias(lw, q_val, hseq, (step_time(last["x"]) if full else max(steps) & 1) * hid)
+                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
             elif role == "y_c" and q_val is not None:
                 q = lw.qparams(qs[0])
                 if (q[2], q[1]) != (cell.dtype, 0) or not np.isclose(q[0], cell.scale, rtol=1e-6):

@@ -47,7 +47,9 @@ Gather with a constant index (PyTorch's `out[:, -1]`: Squeeze(Y, 1) → Transpos
 constant one-step Slice (tf2onnx's `strided_slice` of the last step), reads that step's h instead (through one
 untagged Reshape when the shapes differ): the whole sequence is then not built for it. A reader that takes one
 direction's whole sequence in time order (tf2onnx's Slice of a bidirectional Y on its direction axis) reads
-that direction's half of Y, and the two halves are joined only if something still reads all of Y. The chain is
+that direction's half of Y, and the two halves are joined only if something still reads all of Y; one that
+takes both directions at one time step (PyTorch's bidirectional `out[:, -1]`) reads their two h side by side
+(untagged Unsqueeze → Concat). The chain is
 evaluated on an index array, so any layout that selects exactly h of one step and direction, in its [B, H]
 order (or one direction's [T, B, H]), qualifies.
 
@@ -265,8 +267,10 @@ class UnrollLstmPass(QPass):
 
         halves: dict[int, ir.Value] = {}
         for chain, t, d in _step_reads(lstm):  # Y read at one time step (t >= 0): that step's h; one direction's
-            if t < 0:                          # whole sequence (t = -1): that direction's half of Y
-                h = halves.setdefault(d, self._stack_half(b, hs, d))
+            if t < 0:                          # whole sequence (t = -1): that direction's half of Y; both
+                h = halves.setdefault(d, self._stack_half(b, hs, d))  # directions at time t (d = -1): their h
+            elif d < 0:                                                # side by side
+                h = self._both_at(b, hs, t)
             else:
                 h = hs[d][T - 1 - t if lstm.reverse[d] else t]
             end = chain[-1].outputs[0]
@@ -343,6 +347,24 @@ class UnrollLstmPass(QPass):
         o = op("Sigmoid", [clipped(go, "o")], "o")
         h = op("Mul", [o, op("Tanh", [c], "tc")], "h")
         return h, c
+
+    def _both_at(self, b: _Builder, hs: list[list[ir.Value]], t: int) -> ir.Value:
+        """Every direction's h at time t: [dirs, B, H] (layout 0) or [B, dirs, H] (layout 1), untagged nodes."""
+        lstm = b.lstm
+        T, B, H, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.layout
+        axes = b.const("both_axes", np.array([layout], np.int64))
+        parts = []
+        for d in range(lstm.dirs):
+            h = hs[d][T - 1 - t if lstm.reverse[d] else t]
+            node = self.mark(ir.node("Unsqueeze", [h, axes], name=_unique(b.taken, f"{b.base}_d{d}_t{t}_both")))
+            node.outputs[0].shape, node.outputs[0].type = ir.Shape((1, B, H) if layout == 0 else (B, 1, H)), b.type
+            b.reads.append(node)
+            parts.append(node.outputs[0])
+        node = self.mark(ir.node("Concat", parts, {"axis": layout}, name=_unique(b.taken, f"{b.base}_t{t}_both")))
+        node.outputs[0].shape = ir.Shape((lstm.dirs, B, H) if layout == 0 else (B, lstm.dirs, H))
+        node.outputs[0].type = b.type
+        b.reads.append(node)
+        return node.outputs[0]
 
     @staticmethod
     def _stack_half(b: _Builder, hs: list[list[ir.Value]], d: int) -> ir.Value:
@@ -424,7 +446,7 @@ def _through(node: ir.Node, a: np.ndarray) -> np.ndarray | None:
 
 def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
     """Readers of Y that take exactly one step's h, (layout ops ending in the Gather or Slice, time t, direction d),
-    or exactly one direction's whole sequence in time order (..., t = -1, d)."""
+    one direction's whole sequence in time order (..., t = -1, d) or both directions' h at time t (..., t, -1)."""
     y = _output(lstm.node, 0)
     if y is None or y.is_graph_output():
         return []
@@ -443,12 +465,15 @@ def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
             if node.op_type in _SELECT:
                 break
             node = single_consumer(node.outputs[0])
-        if not chain or chain[-1].op_type not in _SELECT or a is None or a.size not in (B * H, T * B * H):
+        if not chain or chain[-1].op_type not in _SELECT or a is None or a.size not in (B * H, T * B * H,
+                                                                                         dirs * B * H):
             continue
         first = np.unravel_index(int(a.reshape(-1)[0]), y_shape)
         t, d = (int(first[0]), int(first[1])) if lstm.layout == 0 else (int(first[1]), int(first[2]))
         if a.size == B * H:
             block = index[t, d] if lstm.layout == 0 else index[:, t, d]
+        elif a.size == dirs * B * H and dirs == 2:
+            d, block = -1, index[t] if lstm.layout == 0 else index[:, t]
         else:
             t, block = -1, index[:, d] if lstm.layout == 0 else index[:, :, d]
         if np.array_equal(a.reshape(-1), block.reshape(-1)):

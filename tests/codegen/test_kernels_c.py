@@ -618,7 +618,8 @@ def transpose_int16(rng):
 
 
 def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, x_dtype="int8",
-                  w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0) -> Program:
+                  w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
+                  x_steps: int = 0) -> Program:
     from qpass.codegen.lower_lstm import tanh_table
     from qpass.solver.plan import FIXED
 
@@ -670,14 +671,16 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
                                 "ig_mult", "ig_shift", "h_mult", "h_shift")]
     dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
-        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [rows or t_len]
-    params.update(rows=rows or t_len, weight=np.ascontiguousarray(wx), weight_h=np.ascontiguousarray(wh),
+        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [
+        rows or t_len, x_steps or t_len, 2 if rows else 0]
+    params.update(rows=rows or t_len, x_steps=x_steps or t_len, row_mode=2 if rows else 0,
+                  weight=np.ascontiguousarray(wx), weight_h=np.ascontiguousarray(wh),
                   bias=bias.astype(np.int32), bias_shift=bias_shift, mx=np.array(mx, dtype=np.int64),
                   mh=np.array(mh, dtype=np.int64),
                   shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
                   tanh_table=tanh_table(c_scale), dims=np.array(dims, dtype=np.int32),
                   acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
-    tensors = [_t("t0", (t_len, 1, n_in), x_scale, x_zp, dtype=x_dtype),
+    tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_scale, x_zp, dtype=x_dtype),
                _t("t1", (rows or t_len, 1, hid), h_scale, h_zp, dtype=h_dtype),
                _t("t2", (hid,), c_scale, 0, dtype="int16")]
     step = Step("lstm", ["t0"], ["t1", "t2"], params, origin="test/LSTM")
@@ -693,7 +696,7 @@ def lstm_reverse(rng):
 
 
 def lstm_two_rows(rng):  # nobody reads the sequence: h of step s in row s & 1
-    return _lstm_program(rng, "k_lstm_rows", t_len=7, n_in=3, hid=4, reverse=True, rows=2)
+    return _lstm_program(rng, "k_lstm_rows", t_len=7, n_in=3, hid=4, reverse=True, rows=2, x_steps=9)
 
 
 def lstm_single_step(rng):

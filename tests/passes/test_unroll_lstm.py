@@ -476,7 +476,7 @@ def _read_one_step(rng, *, direction="forward", layout=0, B=2, chain="torch", in
     ("forward", 0, 1, "slice", -1),     # tf2onnx: Slice(Y, [-1], [max], axes [0])
     ("reverse", 1, 2, "slice", 1),
     ("forward", 1, 2, "list", -2),      # layout 1: Y[:, t, 0] is h_t in its [B, H] order
-    ("bidirectional", 0, 1, "list", 1),  # both directions of one step: not one h, left alone
+    ("bidirectional", 0, 1, "list", 1),  # both directions of one step: their two h side by side
     ("forward", 0, 2, "hidden", 3),     # one hidden unit of every step: left alone
 ])
 def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, index):
@@ -488,7 +488,7 @@ def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, inde
     out = ir.serde.serialize_model(model)
     onnx.checker.check_model(out, full_check=True)
     np.testing.assert_allclose(_session(out).run(None, feeds)[0], reference[0], rtol=RTOL, atol=ATOL)
-    folded = direction != "bidirectional" and chain != "hidden"
+    folded = chain != "hidden"
     roles = Counter(n.metadata_props.get(ROLE_KEY) for n in created)
     assert (roles["y"] == 0) is folded, "Y is not built when its only reader takes one step"
     assert any(n.op_type == "Gather" and ROLE_KEY not in n.metadata_props for n in model.graph) is not folded
@@ -498,6 +498,9 @@ def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, inde
         if chain in ("list", "slice"):  # [1, B, H] / [B, 1, H] from h [B, H]: an untagged Reshape
             assert read.op_type == "Reshape" and ROLE_KEY not in read.metadata_props
             read = read.inputs[0].producer()
+        if direction == "bidirectional":  # Concat(Unsqueeze(h of direction 0), Unsqueeze(h of direction 1))
+            assert read.op_type == "Concat" and ROLE_KEY not in read.metadata_props
+            read = read.inputs[1].producer().inputs[0].producer()
         assert read.metadata_props[ROLE_KEY] == "h"
     assert UnrollLstmPass()(model).modified is False
 
