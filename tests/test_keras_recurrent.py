@@ -64,8 +64,9 @@ def _save(model, path: Path) -> None:
     onnx.save(proto, path)
 
 
-@pytest.mark.parametrize(("kind", "fmt"), [("bidirectional_sum_stacked", "h5"), ("bidirectional_sum_stacked", "onnx"),
-                                           ("lstm_conv1d", "h5")])
+@pytest.mark.parametrize(("kind", "fmt"), [
+    pytest.param("bidirectional_sum_stacked", "h5", marks=pytest.mark.slow),  # examples/har_bilstm covers it
+    ("bidirectional_sum_stacked", "onnx"), ("lstm_conv1d", "h5")])
 def test_keras_recurrent_stack_is_bit_exact(tmp_path: Path, kind: str, fmt: str) -> None:
     _save(_model(kind), tmp_path / f"m.{fmt}")
     calib, test = _data()
