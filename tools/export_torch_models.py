@@ -4,6 +4,7 @@ Needs PyTorch (not a qpass dependency; only this script uses it):
 
     pip install torch
     python tools/export_torch_models.py            # writes tests/data/torch/*.onnx and expected.npz
+    python tools/export_torch_models.py --only lstm_stacked   # one model; the others' files stay
 
 The exporter is torch's classic TorchScript one (`torch.onnx.export(..., dynamo=False)`, opset 17; the
 dynamo exporter, torch's default, needs onnxscript). What it writes differs from tf2onnx: the LSTM in
@@ -23,6 +24,9 @@ Models (input [1, 100, 6]: BasicMotions, 100 steps, 6 IMU channels; 4 classes):
                      → Softmax
     lstm_zero_state  LSTM(6→16, batch_first) with h0 = c0 = torch.zeros(...) made in forward → last step
                      → Linear(16→4) → Softmax; exported with a dynamic batch axis (qpass pins it to 1)
+    lstm_stacked     LSTM(6→12, batch_first, num_layers=2): two ONNX LSTMs → last step → Linear(12→4) → Softmax
+    lstm_bidirectional  LSTM(6→8, batch_first, bidirectional=True): one bidirectional ONNX LSTM → last step of
+                     both directions → Linear(16→4) → Softmax
 
 Each is trained briefly (full batch Adam, a fixed number of epochs, one thread) on the 40 standardized
 training cases of examples/har/calib.npz with their labels from examples/har/basicmotions.npz, then put
@@ -91,10 +95,34 @@ class LstmZeroState(nn.Module):
         return torch.softmax(self.fc(out[:, -1]), dim=-1)
 
 
+class LstmStacked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(CHANNELS, 12, batch_first=True, num_layers=2)
+        self.fc = nn.Linear(12, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return torch.softmax(self.fc(out[:, -1]), dim=-1)
+
+
+class LstmBidirectional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(CHANNELS, 8, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return torch.softmax(self.fc(out[:, -1]), dim=-1)
+
+
 MODELS = {  # name: (class, dynamic batch axis, the exporter's do_constant_folding)
     "conv_lstm": (ConvLstm, False, False),
     "lstm_seq": (LstmSeq, False, True),
     "lstm_zero_state": (LstmZeroState, True, True),
+    "lstm_stacked": (LstmStacked, False, True),
+    "lstm_bidirectional": (LstmBidirectional, False, True),
 }
 
 
@@ -153,11 +181,14 @@ def export(name: str, epochs: int) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--only", nargs="+", choices=sorted(MODELS), help="export these; keep the others' files")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     OUT.mkdir(parents=True, exist_ok=True)
-    expected = {name: export(name, args.epochs) for name in MODELS}
+    old = OUT / "expected.npz"
+    expected = dict(np.load(old)) if args.only and old.exists() else {}
+    expected |= {name: export(name, args.epochs) for name in (args.only or MODELS)}
     np.savez(OUT / "expected.npz", **expected)
 
 

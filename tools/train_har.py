@@ -1,13 +1,14 @@
-"""Train the examples/har (Conv1D+BN+LSTM) and examples/har_lstm (pure LSTM) models on BasicMotions (seeded).
+"""Train the examples/har (Conv1D+BN+LSTM), examples/har_lstm (pure LSTM) and examples/har_bilstm (stacked
+bidirectional LSTM) models on BasicMotions (seeded).
 
     python tools/extract_basicmotions.py          # once: writes examples/har/basicmotions.npz
-    python tools/train_har.py                     # writes examples/har/ and examples/har_lstm/
+    python tools/train_har.py                     # writes examples/har/, examples/har_lstm/, examples/har_bilstm/
     python tools/train_har.py --steps 10 --out build/har_t10   # variants on the first 10 time steps
 
 Inputs are standardized per channel with the mean/std of the TRAIN set only (stored as ``mean``/``std`` in
 calib.npz and test.npz, shape (6,): x_std = (x_raw - mean) / std). Each model folder gets <name>.h5 (legacy
 HDF5), calib.npz (x: the 40 standardized training cases) and test.npz (x: the 40 standardized test cases,
-y: labels, classes: label names). With --out DIR the models go to DIR/har/ and DIR/har_lstm/.
+y: labels, classes: label names). With --out DIR the models go to DIR/<model>/.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def build_har_lstm(keras, steps: int):
     ], name="har_lstm")
 
 
+def build_har_bilstm(keras, steps: int):
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((steps, CHANNELS), name="imu"),
+        layers.Bidirectional(layers.LSTM(8, return_sequences=True), merge_mode="sum"),
+        layers.LSTM(8),
+        layers.Dense(N_CLASSES, activation="softmax"),
+    ], name="har_bilstm")
+
+
 def train(keras, model, x_tr, y_tr, *, lr: float, chunk: int, max_epochs: int, target: float) -> tuple[int, float]:
     """Fit in chunks of epochs until the (inference-mode) train accuracy reaches target, or max_epochs."""
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -71,10 +82,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "examples" / "har" / "basicmotions.npz",
                     help="output of tools/extract_basicmotions.py")
     ap.add_argument("--out", type=Path, default=None,
-                    help="root folder: writes OUT/har/ and OUT/har_lstm/ (default: examples/; required with --steps)")
+                    help="root folder: writes OUT/<model>/ (default: examples/; required with --steps)")
     ap.add_argument("--steps", type=int, default=FULL_STEPS,
                     help=f"train on the first T time steps only (1..{FULL_STEPS}; default {FULL_STEPS})")
-    ap.add_argument("--only", choices=["har", "har_lstm"], help="train just one of the two models")
+    ap.add_argument("--only", choices=["har", "har_lstm", "har_bilstm"], help="train just one of the models")
     ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--target", type=float, default=1.0, help="stop once train accuracy reaches this")
     args = ap.parse_args()
@@ -99,7 +110,7 @@ def main() -> None:
     x_tr = ((x_tr - mean) / std).astype(np.float32)
     x_te = ((x_te - mean) / std).astype(np.float32)
 
-    builders = {"har": (build_har, 3e-3), "har_lstm": (build_har_lstm, 3e-3)}
+    builders = {"har": (build_har, 3e-3), "har_lstm": (build_har_lstm, 3e-3), "har_bilstm": (build_har_bilstm, 1e-2)}
     for name, (build, lr) in builders.items():
         if args.only and name != args.only:
             continue

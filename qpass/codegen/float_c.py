@@ -430,6 +430,8 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
 def lower_lstm_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     """One `lstm` step for the tagged nodes of one direction (as lower_lstm.py reads them), and its views."""
     name = nodes[0].metadata_props[LSTM_KEY]
+    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
+        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not in the float C baseline yet")
     steps, t_len, reverse = gather_steps(nodes)
     first = steps[0]
 

@@ -238,14 +238,16 @@ class Lowering:
         out = graph.outputs[0].producer()
         if out is None or out.op_type != "DequantizeLinear" or id(out.inputs[0]) not in self.by_value:
             raise UnsupportedOpError(graph.outputs[0].name or "", "Output", "the graph output must be dequantized")
-        t_out = self.by_value[id(out.inputs[0])]
-        program = Program(self.name, self.tensors, self.steps, t_in.id, t_out.id)
+        y = self.by_value[id(out.inputs[0])]
+        program = Program(self.name, self.tensors, self.steps, t_in.id, y.id)
         program.constants = self.constants
-        if program.root(t_out.id) in (program.root(t_in.id), *self.constants):
-            # an identity graph (Dropout-only, Reshape-only): the caller's output buffer gets a copy
-            copy = self.new_tensor(t_out.shape, t_out.dtype, t_out.scale, t_out.zero_point, t_out.source)
-            program.steps.append(Step("copy", [t_out.id], [copy.id], {}, "output"))
-            program.output = copy.id
+        root, offset = program.view(y.id)
+        if offset or self.tensors[root].size != y.size or root in (program.root(t_in.id), *self.constants):
+            # a view into a larger tensor (one step of an LSTM's h sequence), or the input or a constant itself
+            # (an identity graph: Dropout-only, Reshape-only): the caller's output buffer gets its own copy
+            own = self.new_tensor(y.shape, y.dtype, y.scale, y.zero_point, f"{y.source} (graph output)")
+            self.step("copy", [y], own, out).origin = "graph output"
+            program.output = own.id
         _fuse_clamps(program)
         return program
 

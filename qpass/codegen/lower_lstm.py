@@ -3,8 +3,9 @@
 `unroll-lstm` tags every node it creates with the LSTM's name, direction, step and role; the solver
 ties each role's quantization parameters across time. So the integer constants can be read from any
 one step, and the C runs a single loop body for all T steps (code size does not grow with T).
-Supported here: one direction per kernel (forward or reverse), batch 1, layout 0, default
-activations, no peepholes or clip, zero initial states.
+Supported here: one direction per kernel (forward or reverse; a bidirectional LSTM is two kernels and a
+concat), batch 1 (so layout 0 and 1 hold the same bytes), default activations, no peepholes or clip, zero
+initial states.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
 
     Shared by the integer and the float lowering; refuses, by name, what neither kernel runs."""
     name = nodes[0].metadata_props[LSTM_KEY]
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not supported yet")
     steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
     for node in nodes:
         role = node.metadata_props.get(ROLE_KEY, "")
@@ -64,19 +63,34 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
     t_len = max(steps) + 1
     if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
         raise UnsupportedOpError(name, "LSTM", "the unrolled steps are incomplete")
-    return steps, t_len, t_len > 1 and step_time(steps[0]["x"]) == t_len - 1
+    t0 = step_time(steps[0]["x"])  # a reverse LSTM starts at the last time step (T = 1: forward either way)
+    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
 
 
 def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
-    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs."""
+    """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs.
+
+    The nodes that join a bidirectional LSTM's two directions (direction "-1": the Concats of Y, Y_h on the
+    direction axis) run after both directions, as ordinary concat kernels."""
     name = nodes[0].metadata_props[LSTM_KEY]
+    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
+        from qpass.codegen.lower import EMITTERS
+
+        for node in nodes:
+            if node.op_type != "Concat":
+                raise UnsupportedOpError(node.name or name, node.op_type, "unexpected node joining LSTM directions")
+            EMITTERS["Concat"](lw, node)
+        return
     steps, t_len, reverse = gather_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
     _check_zero_initial_state(name, first)
 
     x = lw.input_of(first["x"], 0)
-    if len(x.shape) != 3 or x.shape[1] != 1 or x.shape[0] != t_len:
-        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0, batch 1); got {x.shape}")
+    layout = first["x"].attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
+    x_steps = x.shape[layout] if len(x.shape) == 3 else 0  # > t_len when the later steps were never read
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
+        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
+                                 f"batch 1; got {x.shape}")
     wx, sw = lw.weight(first["xw"], 1)  # [I, 4H], per-column scales
     n_in, four_h = wx.shape
     hid = four_h // 4
@@ -84,7 +98,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
         wh, sr = lw.weight(later["hr"], 1)
     else:  # T = 1: the recurrent term never runs
         wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.ones(four_h)
-    bias = lw.weight(first["gates"], 1)[0].reshape(-1) if "gates" in first else np.zeros(four_h, np.int32)
+    bias, bias_shift = _gate_bias(name, lw, first, x.scale, sw)
 
     h_q = _q_after(lw, first["h"])
     c_q = _q_after(lw, first["c"])
@@ -104,7 +118,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     # gate pre-activation: acc_x·MX + acc_h·MH >> s, with the accumulators' proven bounds
     span_x = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
     span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
-    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + np.abs(bias.astype(np.int64))
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(bias.astype(np.int64)) << bias_shift)
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
@@ -131,7 +145,12 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     h_m, h_s = quantize_multiplier(s_sig * s_tanh / h_q[0])
     tc_shift = 8 if a_dtype == "int8" else 0
 
-    hseq = lw.new_tensor((t_len, 1, hid), h_q[2], h_q[0], h_q[1], f"{name} h")
+    # where h of processing step s (time t) goes: row t when Y is read (time order, mode 0); row s when the h of
+    # an earlier step is read (mode 1); else two rows take turns, row s & 1 (mode 2)
+    mode = _row_mode(t_len, nodes)
+    rows = t_len if mode < 2 else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
     cell = lw.new_tensor((hid,), "int16", c_q[0], 0, f"{name} c (scratch)")
     params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x.zero_point, "h_zp": h_q[1], "reverse": int(reverse),
               "fc_mult": fc_m, "fc_shift": fc_s, "ig_mult": ig_m, "ig_shift": ig_s, "h_mult": h_m, "h_shift": h_s,
@@ -141,16 +160,32 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
                                 "ig_mult", "ig_shift", "h_mult", "h_shift")]
     dims += params["gate_zp"] + params["act_zp"] + [params[k] for k in (
-        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")]
+        "tc_shift", "g_lo", "g_hi", "h_lo", "h_hi", "lut_n", "tc_lo", "tc_hi")] + [rows, x_steps, mode]
+    params.update(rows=rows, x_steps=x_steps, row_mode=mode)
     step = lw.step("lstm", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
                    weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=np.asarray(bias, dtype=np.int32),
+                   bias_shift=bias_shift.astype(np.int32),
                    mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
                    shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
                    tanh_table=tanh_table(c_q[0]), dims=np.array(dims, dtype=np.int32),
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
-    _map_outputs(lw, steps, hseq, hid, nodes)
+    _map_outputs(lw, steps, hseq, cell, hid, nodes, mode)
+
+
+def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
+               sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 gate bias and its per-row left shift k: bias scale = s_x · s_W · 2^k (k > 0 only where needed)."""
+    four_h = sw.size
+    if "gates" not in first:
+        return np.zeros(four_h, np.int32), np.zeros(four_h, np.int64)
+    bias, b_scale = lw.weight(first["gates"], 1)
+    ratio = np.broadcast_to(b_scale, (four_h,)) / (np.float32(x_scale) * sw.astype(np.float32))
+    k = np.rint(np.log2(ratio)).astype(np.int64)
+    if np.any(k < 0) or np.any(k > 30) or not np.allclose(ratio, np.exp2(k), rtol=1e-5):
+        raise UnsupportedOpError(name, "LSTM", "gate bias scale must be input scale x weight scale (times 2^k)")
+    return bias.reshape(-1).astype(np.int32), k
 
 
 def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
@@ -185,9 +220,25 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     return lw.qparams(users[0])
 
 
-def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int,
-                 nodes: list[ir.Node]) -> None:
-    """h_t, Y and Y_h become views of the kernel's h sequence; nothing else may leave the group."""
+def _row_mode(t_len: int, nodes: list[ir.Node]) -> int:
+    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2."""
+    members = {id(n) for n in nodes}
+    mode = 2
+    for node in nodes:
+        role = node.metadata_props.get(ROLE_KEY, "")
+        s = int(node.metadata_props.get(STEP_KEY, "-1"))
+        if role == "y" or (role == "h" and s < t_len - 1):
+            for out in node.outputs:
+                if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
+                                                 if u.op_type == "QuantizeLinear"):
+                    mode = 0 if role == "y" else min(mode, 1)
+    return mode
+
+
+def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell, hid: int,
+                 nodes: list[ir.Node], mode: int) -> None:
+    """h_t, Y and Y_h become views of the kernel's h sequence, Y_c of its cell state (the last c when the kernel
+    ends); nothing else may leave the group."""
     members = {id(n) for n in nodes}
     last = steps[max(k for k in steps if k >= 0)]
     for node in nodes:
@@ -197,11 +248,17 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: 
             qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
             q_val = qs[0].outputs[0] if qs else None
             if role == "h":
-                _alias(lw, q_val, hseq, step_time(steps[s]["x"]) * hid)
-            elif role == "y" and node.op_type == "Concat":
+                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
+            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):  # T = 1: Y is one Unsqueeze
                 _alias(lw, q_val, hseq, 0)
             elif role == "y_h":
-                _alias(lw, q_val, hseq, step_time(last["x"]) * hid)
+                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
+            elif role == "y_c" and q_val is not None:
+                q = lw.qparams(qs[0])
+                if (q[2], q[1]) != (cell.dtype, 0) or not np.isclose(q[0], cell.scale, rtol=1e-6):
+                    raise UnsupportedOpError(node.name or "", node.op_type, "Y_c must keep the cell state's "
+                                             f"parameters (int16, scale {cell.scale}), got {q}")
+                _alias(lw, q_val, cell, 0)
             elif q_val is not None and _read_outside(q_val, members):
                 raise UnsupportedOpError(node.name or "", node.op_type,
                                          f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")

@@ -132,6 +132,7 @@ from qpass.passes import (  # noqa: E402,F401
     fold_batchnorm,
     fold_constants,
     fold_pad,
+    fold_reverse_sequence,
     fold_time_distributed,
     keras_lstm,
     matmul_to_gemm,

@@ -43,10 +43,15 @@ The outputs are built only if used (a reader or a graph output), with step "-1":
 A node that joins both directions carries direction "-1". The LSTM's output names move to the new values.
 
 A reader of Y that takes one time step, a chain of layout ops (Squeeze, Transpose, Reshape, ...) ending in a
-Gather with a constant index (PyTorch's `out[:, -1]`: Squeeze(Y, 1) → Transpose → Gather(-1, axis 1)), reads
-that step's h instead (through one untagged Reshape when the shapes differ): the whole sequence is then not
-built for it. The chain is evaluated on an index array, so any layout that selects exactly h of one step and
-direction, in its [B, H] order, qualifies.
+Gather with a constant index (PyTorch's `out[:, -1]`: Squeeze(Y, 1) → Transpose → Gather(-1, axis 1)) or a
+constant one-step Slice (tf2onnx's `strided_slice` of the last step), reads that step's h instead (through one
+untagged Reshape when the shapes differ): the whole sequence is then not built for it. A reader that takes one
+direction's whole sequence in time order (tf2onnx's Slice of a bidirectional Y on its direction axis) reads
+that direction's half of Y, and the two halves are joined only if something still reads all of Y; one that
+takes both directions at one time step (PyTorch's bidirectional `out[:, -1]`) reads their two h side by side
+(untagged Unsqueeze → Concat). The chain is
+evaluated on an index array, so any layout that selects exactly h of one step and direction, in its [B, H]
+order (or one direction's [T, B, H]), qualifies.
 
 Every created node carries metadata_props `qpass.pass` = "unroll-lstm", `qpass.lstm` (the LSTM's name, or a
 generated one), `qpass.lstm.direction`, `qpass.lstm.step`, `qpass.lstm.role`. Weights are shared by all steps
@@ -260,8 +265,14 @@ class UnrollLstmPass(QPass):
                 hs[d].append(h)
             last_c.append(c)
 
-        for chain, t, d in _step_reads(lstm):  # Y read at one time step: read that step's h
-            h = hs[d][T - 1 - t if lstm.reverse[d] else t]
+        halves: dict[int, ir.Value] = {}
+        for chain, t, d in _step_reads(lstm):  # Y read at one time step (t >= 0): that step's h; one direction's
+            if t < 0:                          # whole sequence (t = -1): that direction's half of Y; both
+                h = halves.setdefault(d, self._stack_half(b, hs, d))  # directions at time t (d = -1): their h
+            elif d < 0:                                                # side by side
+                h = self._both_at(b, hs, t)
+            else:
+                h = hs[d][T - 1 - t if lstm.reverse[d] else t]
             end = chain[-1].outputs[0]
             if h.shape != end.shape:
                 shape = b.const("step_shape", np.array(list(end.shape), np.int64))
@@ -275,7 +286,7 @@ class UnrollLstmPass(QPass):
 
         results: dict[int, ir.Value] = {}
         if _is_used(_output(node, 0)):
-            results[0] = self._stack_y(b, hs)
+            results[0] = self._stack_y(b, hs, halves)
         if _is_used(_output(node, 1)):
             results[1] = self._stack_last(b, [h[-1] for h in hs], "y_h")
         if _is_used(_output(node, 2)):
@@ -337,26 +348,46 @@ class UnrollLstmPass(QPass):
         h = op("Mul", [o, op("Tanh", [c], "tc")], "h")
         return h, c
 
-    @staticmethod
-    def _stack_y(b: _Builder, hs: list[list[ir.Value]]) -> ir.Value:
-        """Y: [T, dirs, B, H] (layout 0) or [B, T, dirs, H] (layout 1) from each direction's h in time order."""
+    def _both_at(self, b: _Builder, hs: list[list[ir.Value]], t: int) -> ir.Value:
+        """Every direction's h at time t: [dirs, B, H] (layout 0) or [B, dirs, H] (layout 1), untagged nodes."""
         lstm = b.lstm
-        T, B, H = lstm.steps, lstm.batch, lstm.hidden
-        layout = lstm.layout
+        T, B, H, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.layout
+        axes = b.const("both_axes", np.array([layout], np.int64))
+        parts = []
+        for d in range(lstm.dirs):
+            h = hs[d][T - 1 - t if lstm.reverse[d] else t]
+            node = self.mark(ir.node("Unsqueeze", [h, axes], name=_unique(b.taken, f"{b.base}_d{d}_t{t}_both")))
+            node.outputs[0].shape, node.outputs[0].type = ir.Shape((1, B, H) if layout == 0 else (B, 1, H)), b.type
+            b.reads.append(node)
+            parts.append(node.outputs[0])
+        node = self.mark(ir.node("Concat", parts, {"axis": layout}, name=_unique(b.taken, f"{b.base}_t{t}_both")))
+        node.outputs[0].shape = ir.Shape((lstm.dirs, B, H) if layout == 0 else (B, lstm.dirs, H))
+        node.outputs[0].type = b.type
+        b.reads.append(node)
+        return node.outputs[0]
+
+    @staticmethod
+    def _stack_half(b: _Builder, hs: list[list[ir.Value]], d: int) -> ir.Value:
+        """One direction's Y: [T, 1, B, H] (layout 0) or [B, T, 1, H] (layout 1), its h in time order."""
+        lstm = b.lstm
+        T, B, H, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.layout
         axes = b.const("y_axes", np.array([0, 1] if layout == 0 else [1, 2], np.int64))
         one = (1, 1, B, H) if layout == 0 else (B, 1, 1, H)
         per_dir = (T, 1, B, H) if layout == 0 else (B, T, 1, H)
-        halves = []
-        for d, h_steps in enumerate(hs):
-            in_time = h_steps[::-1] if lstm.reverse[d] else h_steps
-            parts = [b.op("Unsqueeze", [h, axes], one, d=d, s=-1, role="y", tag=f"_t{t}")[0]
-                     for t, h in enumerate(in_time)]
-            halves.append(parts[0] if T == 1 else b.op("Concat", parts, per_dir, d=d, s=-1, role="y",
-                                                       attrs={"axis": layout})[0])
-        if len(halves) == 1:
-            return halves[0]
+        in_time = hs[d][::-1] if lstm.reverse[d] else hs[d]
+        parts = [b.op("Unsqueeze", [h, axes], one, d=d, s=-1, role="y", tag=f"_t{t}")[0] for t, h in enumerate(in_time)]
+        return parts[0] if T == 1 else b.op("Concat", parts, per_dir, d=d, s=-1, role="y", attrs={"axis": layout})[0]
+
+    @staticmethod
+    def _stack_y(b: _Builder, hs: list[list[ir.Value]], halves: dict[int, ir.Value]) -> ir.Value:
+        """Y: [T, dirs, B, H] (layout 0) or [B, T, dirs, H] (layout 1) from each direction's h in time order."""
+        lstm = b.lstm
+        T, B, H, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.layout
+        parts = [halves[d] if d in halves else UnrollLstmPass._stack_half(b, hs, d) for d in range(lstm.dirs)]
+        if len(parts) == 1:
+            return parts[0]
         full = (T, 2, B, H) if layout == 0 else (B, T, 2, H)
-        return b.op("Concat", halves, full, d=-1, s=-1, role="y", attrs={"axis": layout + 1})[0]
+        return b.op("Concat", parts, full, d=-1, s=-1, role="y", attrs={"axis": layout + 1})[0]
 
     @staticmethod
     def _stack_last(b: _Builder, last: list[ir.Value], role: str) -> ir.Value:
@@ -380,6 +411,7 @@ def _nonzero_state(node: ir.Node, index: int) -> ir.Value | None:
 
 
 _LAYOUT = {"Squeeze", "Unsqueeze", "Transpose", "Reshape", "Flatten", "Identity"}
+_SELECT = {"Gather", "Slice"}  # a reader chain of Y ends in one of these
 
 
 def _through(node: ir.Node, a: np.ndarray) -> np.ndarray | None:
@@ -394,13 +426,27 @@ def _through(node: ir.Node, a: np.ndarray) -> np.ndarray | None:
         if index is None or index.size != 1 or np.issubdtype(index.dtype, np.floating):
             return None
         a = np.take(a, index, axis=node.attributes.get_int("axis", 0))
+    elif node.op_type == "Slice":
+        args = [const_value(v) if v is not None else None for v in node.inputs[1:5]]
+        if any(v is None for v in args[:2]) or any(v is None for v, i in zip(args[2:], node.inputs[3:5],
+                                                                              strict=False) if i is not None):
+            return None
+        starts, ends = args[0], args[1]
+        axes = args[2] if len(args) > 2 and args[2] is not None else np.arange(starts.size)
+        steps = args[3] if len(args) > 3 and args[3] is not None else np.ones(starts.size, np.int64)
+        index = [slice(None)] * a.ndim
+        for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
+            dim = a.shape[int(ax)]
+            index[int(ax)] = slice(int(np.clip(st, -dim - 1, dim)), int(np.clip(en, -dim - 1, dim)), int(sp))
+        a = a[tuple(index)]
     elif any(v is not None and const_value(v) is None for v in node.inputs[1:]):
         return None  # a shape or axes computed at run time
     return a.reshape(tuple(out)) if a.size == int(np.prod(out)) else None
 
 
 def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
-    """Readers of Y that take exactly one step's h: (layout ops ending in the Gather, time t, direction d)."""
+    """Readers of Y that take exactly one step's h, (layout ops ending in the Gather or Slice, time t, direction d),
+    one direction's whole sequence in time order (..., t = -1, d) or both directions' h at time t (..., t, -1)."""
     y = _output(lstm.node, 0)
     if y is None or y.is_graph_output():
         return []
@@ -410,20 +456,26 @@ def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
     found = []
     for reader in {id(n): n for n in y.consumers()}.values():
         chain, node, a = [], reader, index
-        while node is not None and (node.op_type in _LAYOUT or node.op_type == "Gather") and node.inputs[0] is (
+        while node is not None and (node.op_type in _LAYOUT or node.op_type in _SELECT) and node.inputs[0] is (
                 chain[-1].outputs[0] if chain else y):
             a = _through(node, a)
             if a is None or node.outputs[0].is_graph_output():
                 break
             chain.append(node)
-            if node.op_type == "Gather":
+            if node.op_type in _SELECT:
                 break
             node = single_consumer(node.outputs[0])
-        if not chain or chain[-1].op_type != "Gather" or a is None or a.size != B * H:
+        if not chain or chain[-1].op_type not in _SELECT or a is None or a.size not in (B * H, T * B * H,
+                                                                                         dirs * B * H):
             continue
         first = np.unravel_index(int(a.reshape(-1)[0]), y_shape)
         t, d = (int(first[0]), int(first[1])) if lstm.layout == 0 else (int(first[1]), int(first[2]))
-        block = index[t, d] if lstm.layout == 0 else index[:, t, d]
+        if a.size == B * H:
+            block = index[t, d] if lstm.layout == 0 else index[:, t, d]
+        elif a.size == dirs * B * H and dirs == 2:
+            d, block = -1, index[t] if lstm.layout == 0 else index[:, t]
+        else:
+            t, block = -1, index[:, d] if lstm.layout == 0 else index[:, :, d]
         if np.array_equal(a.reshape(-1), block.reshape(-1)):
             found.append((chain, t, d))
     return found

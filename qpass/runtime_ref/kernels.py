@@ -179,8 +179,9 @@ def _gate_act(q: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 @kernel("lstm")
-def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t.
+def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM direction over all T steps (gate order i, o, f, c as in ONNX); writes h_t for every t and
+    leaves the last c in its cell state.
 
     gate_q[r] = clamp(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + Σ R(h − zp_h)·MH[r] + 2^(s_r−1)) >> s_r)
     a_i, a_o, a_f = σ-table[gate] − zp    a_g = tanh-table[gate]      (fixed scales 1/256 | 1/32768, 1/128)
@@ -189,19 +190,21 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """
     p = step.params
     t_len, n_in, hid = p["t"], p["n_in"], p["hidden"]
-    x = inputs[0].astype(np.int64).reshape(t_len, n_in) - p["x_zp"]
+    x = inputs[0].astype(np.int64).reshape(-1, n_in) - p["x_zp"]
     wx, wh = p["weight"].astype(np.int64), p["weight_h"].astype(np.int64)
     lut_n = p["lut_n"]
     luts = p["gate_lut"].reshape(4, lut_n)
     gate_zp = np.repeat(np.array(p["gate_zp"], dtype=np.int64), hid)
     act_zp = np.array(p["act_zp"], dtype=np.int64)[:, None]
     shift = p["shift"].astype(np.int64)
-    hseq = np.zeros((t_len, hid), dtype=np.int64)
+    # row of the h of processing step s at time t: t (mode 0, Y is read), s (mode 1) or s & 1 (mode 2: two rows)
+    mode, x_steps = p["row_mode"], p["x_steps"]  # x_steps > t: later steps were never read
+    hseq = np.zeros((p["rows"], hid), dtype=np.int64)
     h = np.full(hid, p["h_zp"], dtype=np.int64)
     c = np.zeros(hid, dtype=np.int64)
-    order = range(t_len - 1, -1, -1) if p["reverse"] else range(t_len)
-    for t in order:
-        acc_x = wx @ x[t] + p["bias"].astype(np.int64)
+    order = [x_steps - 1 - s if p["reverse"] else s for s in range(t_len)]
+    for s, t in enumerate(order):
+        acc_x = wx @ x[t] + (p["bias"].astype(np.int64) << p["bias_shift"])
         acc_h = wh @ (h - p["h_zp"])
         pre = (acc_x * p["mx"] + acc_h * p["mh"] + (np.int64(1) << (shift - 1))) >> shift
         g = np.clip(pre + gate_zp, p["g_lo"], p["g_hi"]).reshape(4, hid)
@@ -211,8 +214,8 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
                     + requantize(ai * ag, p["ig_mult"], p["ig_shift"]), -32768, 32767)
         tc = tanh16(c, p["tanh_table"], p["tc_shift"], p["tc_lo"], p["tc_hi"])
         h = np.clip(requantize(ao * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
-        hseq[t] = h
-    return hseq
+        hseq[(t, s, s & 1)[mode]] = h
+    return hseq, c  # c: the cell state after the last step (Y_c)
 
 
 @kernel("concat")

@@ -75,8 +75,11 @@ def run(program: Program, x_q: np.ndarray, keep: bool = False) -> dict[str, np.n
     for step in program.steps:
         out = program.tensors[step.outputs[0]]
         result = KERNELS[step.kernel](step, [get(i) for i in step.inputs], out)
-        assert program.view(out.id)[1] == 0, "a kernel writes a whole tensor"
-        values[program.root(out.id)] = result.astype(out.dtype).reshape(out.shape)
+        # a kernel returns its output, or a tuple of its outputs when a scratch output is read later (LSTM c)
+        for tid, value in zip(step.outputs, result if isinstance(result, tuple) else (result,), strict=False):
+            t = program.tensors[tid]
+            assert program.view(tid)[1] == 0, "a kernel writes a whole tensor"
+            values[program.root(tid)] = value.astype(t.dtype).reshape(t.shape)
     for tid, t in program.tensors.items():  # views (fused clamps, reshapes) read their root's bytes
         if t.alias_of is not None:
             values[tid] = get(tid)

@@ -24,7 +24,6 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.config import QuantSection
-from qpass.errors import SolverError
 from qpass.passes._util import const_value
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
@@ -260,7 +259,8 @@ def _plan_elementwise_constant(node: ir.Node, plan: QuantPlan, quant: QuantSecti
 
 
 def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:
-    """An unrolled LSTM's gate bias: int32 at scale s_x × s_W, the scale of the input projection."""
+    """An unrolled LSTM's gate bias: int32 at scale s_x × s_W (the input projection's), or at s_x × s_W × 2^k
+    per row when it does not fit int32 there (int16 × int16, a row with a tiny weight scale), as for linear."""
     xh = node.inputs[0].producer() if node.inputs[0] is not None else None
     xw = xh.inputs[0].producer() if xh is not None and xh.inputs[0] is not None else None
     b_val = node.inputs[1]
@@ -272,10 +272,11 @@ def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:
     if w is None or x is None or x.name not in plan.activations:
         return
     b_scale = (np.float32(plan.activations[x.name].scale) * w.scale).astype(np.float32)
+    exact = np.abs(bias.reshape(-1).astype(np.float64) / b_scale)
+    k = np.maximum(0, np.ceil(np.log2(np.maximum(exact, 1) / (2**31 - 1)))).astype(np.int64)
+    b_scale = (b_scale * np.exp2(k)).astype(np.float32)
     bq = np.rint(bias.reshape(-1).astype(np.float64) / b_scale)
-    if np.abs(bq).max() >= 2**31:
-        raise SolverError(f"LSTM gate bias {b_val.name!r} does not fit int32 at scale s_x*s_w")
-    plan.biases[b_val.name] = WeightQuant(bq.astype(np.int32), b_scale, 0)
+    plan.biases[b_val.name] = WeightQuant(np.clip(bq, -(2**31 - 1), 2**31 - 1).astype(np.int32), b_scale, 0)
 
 
 def _plan_linear(node: ir.Node, plan: QuantPlan, quant: QuantSection) -> None:

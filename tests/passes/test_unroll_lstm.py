@@ -441,6 +441,7 @@ def _read_one_step(rng, *, direction="forward", layout=0, B=2, chain="torch", in
     torch:   Squeeze(Y, 1) → Transpose(1, 0, 2) → Gather(index, axis 1)   (out[:, index], batch_first)
     list:    Gather(Y, [index], axis 0 or 1) with a 1-element index: one step, keeping the time axis
     hidden:  Gather(Y, index, axis 3): one hidden unit of every step, not one step
+    slice:   Slice(Y, [index], [index + 1 or INT64 max], axes=[time axis]): tf2onnx's strided_slice of a step
     """
     proto, feeds = lstm_case(rng, direction=direction, layout=layout, B=B, T=T, H=H, use="all")
     nodes = list(proto.graph.node)
@@ -451,6 +452,11 @@ def _read_one_step(rng, *, direction="forward", layout=0, B=2, chain="torch", in
         nodes += [oh.make_node("Squeeze", ["Y", "ax1"], ["Ys"]),
                   oh.make_node("Transpose", ["Ys"], ["Yt"], perm=[1, 0, 2]),
                   oh.make_node("Gather", ["Yt", "idx"], ["read"], axis=1)]
+    elif chain == "slice":
+        end = index + 1 if index != -1 else np.iinfo(np.int64).max
+        consts |= {"st": np.array([index], np.int64), "en": np.array([end], np.int64),
+                   "ax": np.array([time_axis], np.int64)}
+        nodes.append(oh.make_node("Slice", ["Y", "st", "en", "ax"], ["read"]))
     elif chain == "list":
         consts["idx"] = np.array([index], np.int64)
         nodes.append(oh.make_node("Gather", ["Y", "idx"], ["read"], axis=time_axis))
@@ -467,8 +473,10 @@ def _read_one_step(rng, *, direction="forward", layout=0, B=2, chain="torch", in
     ("forward", 0, 1, "torch", 1),
     ("reverse", 0, 2, "torch", 0),      # time 0 of a reverse LSTM is its last processing step
     ("forward", 0, 2, "list", 2),       # [1, B, H] per step: through one Reshape
+    ("forward", 0, 1, "slice", -1),     # tf2onnx: Slice(Y, [-1], [max], axes [0])
+    ("reverse", 1, 2, "slice", 1),
     ("forward", 1, 2, "list", -2),      # layout 1: Y[:, t, 0] is h_t in its [B, H] order
-    ("bidirectional", 0, 1, "list", 1),  # both directions of one step: not one h, left alone
+    ("bidirectional", 0, 1, "list", 1),  # both directions of one step: their two h side by side
     ("forward", 0, 2, "hidden", 3),     # one hidden unit of every step: left alone
 ])
 def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, index):
@@ -480,17 +488,46 @@ def test_y_read_at_one_step_reads_that_steps_h(direction, layout, B, chain, inde
     out = ir.serde.serialize_model(model)
     onnx.checker.check_model(out, full_check=True)
     np.testing.assert_allclose(_session(out).run(None, feeds)[0], reference[0], rtol=RTOL, atol=ATOL)
-    folded = direction != "bidirectional" and chain != "hidden"
+    folded = chain != "hidden"
     roles = Counter(n.metadata_props.get(ROLE_KEY) for n in created)
     assert (roles["y"] == 0) is folded, "Y is not built when its only reader takes one step"
     assert any(n.op_type == "Gather" and ROLE_KEY not in n.metadata_props for n in model.graph) is not folded
     relu = next(n for n in model.graph if n.op_type == "Relu")
     if folded:
         read = relu.inputs[0].producer()
-        if chain == "list":  # [1, B, H] / [B, 1, H] from h [B, H]: an untagged Reshape
+        if chain in ("list", "slice"):  # [1, B, H] / [B, 1, H] from h [B, H]: an untagged Reshape
             assert read.op_type == "Reshape" and ROLE_KEY not in read.metadata_props
             read = read.inputs[0].producer()
+        if direction == "bidirectional":  # Concat(Unsqueeze(h of direction 0), Unsqueeze(h of direction 1))
+            assert read.op_type == "Concat" and ROLE_KEY not in read.metadata_props
+            read = read.inputs[1].producer().inputs[0].producer()
         assert read.metadata_props[ROLE_KEY] == "h"
+    assert UnrollLstmPass()(model).modified is False
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_one_directions_sequence_reads_that_half_of_y(layout):
+    """tf2onnx writes Bidirectional(return_sequences) as Slices of Y on its direction axis: each reads its
+    direction's half of Y, and the halves are never joined."""
+    proto, feeds = lstm_case(np.random.default_rng(5), direction="bidirectional", layout=layout, B=1, T=3, use="all")
+    nodes = list(proto.graph.node)
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    d_axis = layout + 1
+    consts |= {"zero": np.array([0], np.int64), "one": np.array([1], np.int64), "two": np.array([2], np.int64),
+               "dax": np.array([d_axis], np.int64)}
+    nodes += [oh.make_node("Slice", ["Y", "zero", "one", "dax"], ["fw"]),
+              oh.make_node("Slice", ["Y", "one", "two", "dax"], ["bw"]),
+              oh.make_node("Add", ["fw", "bw"], ["Z"])]
+    nodes[0].output[:] = ["Y"]
+    proto = model_proto(nodes, feeds, consts, ["Z"])
+    reference = ort_reference(proto, feeds)
+    model, created, result = unroll(proto)
+    out = ir.serde.serialize_model(model)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_allclose(_session(out).run(None, feeds)[0], reference[0], rtol=RTOL, atol=ATOL)
+    assert not any(n.op_type == "Slice" for n in model.graph)
+    joins = [n for n in created if n.metadata_props[DIRECTION_KEY] == "-1"]
+    assert joins == [], "the halves are not joined when nothing reads all of Y"
     assert UnrollLstmPass()(model).modified is False
 
 
