@@ -152,7 +152,7 @@ STAGES = {"qdq_vs_float": "QDQ sim vs float", "runtime_ref_vs_float": "runtime_r
 
 def _comparison_lines(report: dict) -> list[str]:
     unit = report.get("output_unit", "output value")
-    scores = "argmax_agreement" not in report["comparisons"]["c_vs_float"]  # a reconstruction model
+    scores = "score_pearson" in report["comparisons"]["c_vs_float"]  # a reconstruction model
     lines = [f"{'comparison':<22}{'score r/rho' if scores else 'argmax agree':>13}{'max |err|':>11}"
              f"{'mean |err|':>12}{'samples':>9}"]
     for key, m in report["comparisons"].items():

@@ -16,15 +16,16 @@ from qpass.runtime_ref.intmath import QMAX, QMIN
 
 def metrics(ref: np.ndarray, got: np.ndarray, x: np.ndarray | None = None) -> dict:
     """Max and mean absolute error of `got` against `ref` (N x outputs), and argmax agreement; for a
-    reconstruction model (given its inputs `x`, whose per-sample size the output has: an autoencoder), the
-    anomaly-score correlation of `reconstruction_scores` instead of argmax."""
+    reconstruction model (given its inputs `x`, whose per-sample size the output has: an autoencoder), also
+    the anomaly-score correlation of `reconstruction_scores`, which the summaries show instead of argmax."""
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     got = got.reshape(len(got), -1).astype(np.float64)
     err = np.abs(ref - got)
-    out = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "samples": len(ref)}
+    out = {"argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
+           "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "samples": len(ref)}
     if x is not None and is_reconstruction(x, ref):
         return {**out, **score_correlation(reconstruction_scores(x, ref), reconstruction_scores(x, got))}
-    return {"argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))), **out}
+    return out
 
 
 def is_reconstruction(x: np.ndarray, y: np.ndarray) -> bool:

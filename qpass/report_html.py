@@ -146,7 +146,7 @@ def render_html(report: dict, out: Outputs, program, labels: np.ndarray | None) 
         "stage_names": {"qdq_vs_float": "QDQ simulation vs float", "runtime_ref_vs_float": "runtime_ref vs float",
                         "c_vs_float": "C vs float"},
     }
-    ctx["scores"] = "argmax_agreement" not in report["comparisons"]["c_vs_float"]  # a reconstruction model
+    ctx["scores"] = "score_pearson" in report["comparisons"]["c_vs_float"]  # a reconstruction model
     ctx["confusion_svg"], ctx["confusion"], ctx["labels_svg"] = None, None, None
     if not ctx["scores"]:
         ctx["confusion_svg"], ctx["confusion"] = confusion_plot(out.float, out.c, "float prediction")

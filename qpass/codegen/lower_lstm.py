@@ -67,18 +67,29 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
     return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
 
 
+def check_group(nodes: list[ir.Node]) -> None:
+    """Refuse, by name, a tagged LSTM group neither kernel runs (the early support check calls this): the
+    nodes joining a bidirectional LSTM's directions must be Concats; a direction's steps must be complete."""
+    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
+        for node in nodes:
+            if node.op_type != "Concat":
+                raise UnsupportedOpError(node.name or nodes[0].metadata_props[LSTM_KEY], node.op_type,
+                                         "unexpected node joining LSTM directions")
+        return
+    gather_steps(nodes)
+
+
 def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     """Emit one `lstm` step for the tagged nodes of one LSTM direction, and map its visible outputs.
 
     The nodes that join a bidirectional LSTM's two directions (direction "-1": the Concats of Y, Y_h on the
     direction axis) run after both directions, as ordinary concat kernels."""
     name = nodes[0].metadata_props[LSTM_KEY]
+    check_group(nodes)
     if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
         from qpass.codegen.lower import EMITTERS
 
         for node in nodes:
-            if node.op_type != "Concat":
-                raise UnsupportedOpError(node.name or name, node.op_type, "unexpected node joining LSTM directions")
             EMITTERS["Concat"](lw, node)
         return
     steps, t_len, reverse = gather_steps(nodes)

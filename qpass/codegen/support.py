@@ -2,7 +2,7 @@
 
 Right after the float passes (before calibration) every node is checked with the same rule the lowering
 applies later (`lower.unsupported_reason`, the `check=` next to each emitter), and every refusal is reported
-at once. Nodes that `unroll-lstm` tagged are checked as one recurrent layer by `lower_lstm.gather_steps`,
+at once. Nodes that `unroll-lstm` tagged are checked as one recurrent layer by `lower_lstm.check_group`,
 the function the recurrent lowering itself uses.
 
     model after passes ──check_model──▶ ok | UnsupportedModelError("3 nodes cannot be lowered: ...")
@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qpass.codegen.lower import SUPPORT, unsupported_reason
-from qpass.codegen.lower_lstm import gather_steps, group_key
+from qpass.codegen.lower_lstm import check_group, group_key
 from qpass.errors import UnsupportedOpError
 
 TABLE_COLUMNS = ("ONNX op", "Keras layer", "PyTorch module", "Constraints", "Precisions (activations; weights)")
@@ -51,7 +51,7 @@ def problems(model: ir.Model) -> list[tuple[str, str, str]]:
             found.append((node.name or "", node.op_type, reason))
     for nodes in groups.values():
         try:
-            gather_steps(nodes)
+            check_group(nodes)
         except UnsupportedOpError as exc:
             found.append((exc.node_name, exc.op_type, str(exc).split("): ", 1)[-1]))
     return found

@@ -99,12 +99,19 @@ def test_pipeline_refuses_before_calibration(tmp_path: Path, parse_onnx, monkeyp
         raise AssertionError("calibration ran before the support check")
 
     monkeypatch.setattr(qpass.pipeline, "calibrate", no_calibration)
-    proto = ir.serde.serialize_model(_three_bad_nodes(parse_onnx))
+    rng = np.random.default_rng(0)
+    model = parse_onnx("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 2, 8, 8] x) => (float[1, 3, 8, 8] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w2d)
+            y = Relu (c)
+        }""", w2d=rng.normal(size=(3, 2, 3, 3)).astype(np.float32))
+    proto = ir.serde.serialize_model(model)
     (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
     np.savez(tmp_path / "calib.npz", x=np.zeros((2, 2, 8, 8), np.float32))
     (tmp_path / "pipeline.yaml").write_text("model: m.onnx\ncalibration: {path: calib.npz, key: x}\n"
                                             "codegen: {name: m, output_dir: out}\n")
-    with pytest.raises(UnsupportedModelError, match="Magic"):
+    with pytest.raises(UnsupportedModelError, match="2-D convolution"):
         run_pipeline(load_pipeline(tmp_path / "pipeline.yaml"))
     assert not (tmp_path / "out").exists()
 
