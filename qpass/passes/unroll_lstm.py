@@ -455,30 +455,37 @@ def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
     index = np.arange(T * dirs * B * H).reshape(y_shape)
     found = []
     for reader in {id(n): n for n in y.consumers()}.values():
-        chain, node, a = [], reader, index
+        chain, node, a, best = [], reader, index, None
         while node is not None and (node.op_type in _LAYOUT or node.op_type in _SELECT) and node.inputs[0] is (
                 chain[-1].outputs[0] if chain else y):
             a = _through(node, a)
             if a is None or node.outputs[0].is_graph_output():
                 break
             chain.append(node)
-            if node.op_type in _SELECT:
-                break
+            if node.op_type in _SELECT:  # the longest chain that selects a step, a direction or both: the best
+                what = _selected(a, index, lstm)
+                best = (list(chain), *what) if what is not None else best
             node = single_consumer(node.outputs[0])
-        if not chain or chain[-1].op_type not in _SELECT or a is None or a.size not in (B * H, T * B * H,
-                                                                                         dirs * B * H):
-            continue
-        first = np.unravel_index(int(a.reshape(-1)[0]), y_shape)
-        t, d = (int(first[0]), int(first[1])) if lstm.layout == 0 else (int(first[1]), int(first[2]))
-        if a.size == B * H:
-            block = index[t, d] if lstm.layout == 0 else index[:, t, d]
-        elif a.size == dirs * B * H and dirs == 2:
-            d, block = -1, index[t] if lstm.layout == 0 else index[:, t]
-        else:
-            t, block = -1, index[:, d] if lstm.layout == 0 else index[:, :, d]
-        if np.array_equal(a.reshape(-1), block.reshape(-1)):
-            found.append((chain, t, d))
+        if best is not None:
+            found.append(best)
     return found
+
+
+def _selected(a: np.ndarray, index: np.ndarray, lstm: _Lstm) -> tuple[int, int] | None:
+    """(t, d) when `a` (Y's element indices after a reader chain) is one step's h of direction d, (-1, d) when it is
+    direction d's whole sequence, (t, -1) when it is both directions at time t; else None."""
+    T, B, H, dirs, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.dirs, lstm.layout
+    if a.size not in (B * H, T * B * H, dirs * B * H):
+        return None
+    first = np.unravel_index(int(a.reshape(-1)[0]), index.shape)
+    t, d = (int(first[0]), int(first[1])) if layout == 0 else (int(first[1]), int(first[2]))
+    if a.size == B * H:
+        block = index[t, d] if layout == 0 else index[:, t, d]
+    elif a.size == dirs * B * H and dirs == 2:
+        d, block = -1, index[t] if layout == 0 else index[:, t]
+    else:
+        t, block = -1, index[:, d] if layout == 0 else index[:, :, d]
+    return (t, d) if np.array_equal(a.reshape(-1), block.reshape(-1)) else None
 
 
 def _all_names(graph: ir.Graph) -> set[str]:
