@@ -324,6 +324,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm
+  - unroll-gru
   - matmul-to-gemm
   - simplify-layout
   # - my_passes.py:MyPass  # a pass of your own, from a file next to this one

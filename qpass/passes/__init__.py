@@ -139,5 +139,6 @@ from qpass.passes import (  # noqa: E402,F401
     simplify_layout,
     squeeze_conv2d,
     strip_dropout,
+    unroll_gru,
     unroll_lstm,
 )
