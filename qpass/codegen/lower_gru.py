@@ -108,14 +108,45 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
         want = FIXED["Tanh" if role == "n" else "Sigmoid"][dtype]
         if dtype != a_dtype or not np.isclose(scale, want[0]) or zp != want[1]:
             raise UnsupportedOpError(name, "GRU", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
-    s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
 
+    if lbr:
+        mid_q = _q_after(lw, later["split_h"], 2)
+        bias_h, shift_h = _bias(name, lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
+    else:
+        mid_q = _q_after(lw, later["rh"])
+        bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
+    mode = _row_mode(t_len, nodes)
+    rows = t_len if mode < 2 else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
+    scratch = lw.new_tensor((3 * hid,), "int16", 1.0, 0, f"{name} gates (scratch)")
+    params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias_x, shift_x, bias_h, shift_h),
+                        x_q=(x.scale, x.zero_point, x.dtype), h_q=h_q, gates=gates, a_dtype=a_dtype, mid_q=mid_q,
+                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode)
+    step = lw.step("gru", [x], hseq, nodes[0], **params)
+    step.outputs.append(scratch.id)
+    step.origin = f"GRU {name}"
+    _map_outputs(lw, steps, hseq, hid, nodes, mode)
+
+
+def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
+               bias: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x_q: tuple[float, int, str],
+               h_q: tuple[float, int, str], gates: list[tuple[float, int, str]], a_dtype: str,
+               mid_q: tuple[float, int, str], lbr: bool, t_len: int, reverse: bool, rows: int, x_steps: int,
+               mode: int) -> dict:
+    """The `gru` kernel's integer constants from its integer weights (wx [I, 3H], wh [H, 3H] with per-column
+    scales sw, sr), biases (x side [3H], R side n rows [H], each with its per-row shift) and the quantization of
+    x, h, the three gate pre-activations, and mid_q: hn (linear_before_reset = 1) or r·h (= 0)."""
+    n_in, three_h = wx.shape
+    hid = three_h // 3
+    bias_x, shift_x, bias_h, shift_h = bias
+    g_dtype = gates[0][2]
+    s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
     params: dict = {"lbr": int(lbr)}
     span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
     act_span = 1 << (8 if a_dtype == "int8" else 15)
     if lbr:  # hn = Rn·(h − zp_h) + bn requantized to the split's n output; the n row's h term is a_r·(hn − zp_hn)
-        hn_q = _q_after(lw, later["split_h"], 2)
-        bias_h, shift_h = _bias(name, lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
+        hn_q = mid_q
         hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]])
         params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift, hn_zp=hn_q[1], hn_lo=QMIN[hn_q[2]],
                       hn_hi=QMAX[hn_q[2]])
@@ -128,17 +159,17 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
         if int((bound_hn * np.array(hn_mult, np.int64)).max()) >= 2**62:
             raise UnsupportedOpError(name, "GRU", "the recurrent n rescale may overflow int64")
     else:  # rh = r ⊙ h requantized to the Mul's output; the n row's h term is Rn·(rh − zp_rh)
-        rh_q = _q_after(lw, later["rh"])
+        rh_q = mid_q
         rh_m, rh_s = quantize_multiplier(s_sig * h_q[0] / rh_q[0])
-        params.update(rh_mult=rh_m, rh_shift=rh_s, rh_zp=rh_q[1], rh_lo=QMIN[rh_q[2]], rh_hi=QMAX[rh_q[2]])
-        bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
+        params.update(rh_mult=rh_m, rh_shift=rh_s, rh_zp=rh_q[1], rh_lo=QMIN[rh_q[2]], rh_hi=QMAX[rh_q[2]],
+                      mult=np.zeros(1, np.int32))
         n_scales = [rh_q[0] * float(s) for s in sr[2 * hid:]]
         n_span = max(QMAX[rh_q[2]] - rh_q[1], rh_q[1] - QMIN[rh_q[2]])
         n_bound = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * n_span
         extra_bound = 0
 
     # gate rows: acc_x·MX + hterm·MH >> s with proven bounds (as the LSTM's)
-    span_x = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    span_x = max(QMAX[x_q[2]] - x_q[1], x_q[1] - QMIN[x_q[2]])
     bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(bias_x.astype(np.int64)) << shift_x)
     bound_h = np.concatenate([np.abs(wh[:, :2 * hid].astype(np.int64)).sum(axis=0) * span_h, n_bound])
     acc_bound = int(max(bound_x.max(), bound_h.max(), extra_bound))
@@ -147,7 +178,7 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     mx, mh, shifts = [], [], []
     for r in range(three_h):
         s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / s_gate, h_scales[r] / s_gate], bits)
+        (a, b), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / s_gate, h_scales[r] / s_gate], bits)
         mx.append(a), mh.append(b), shifts.append(sh)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "GRU", "the gate rescale may overflow int64")
@@ -160,33 +191,23 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
                     else build_lut16(fn, s_g, scale, zp, a_dtype))
     # h = (1 − z)·n + z·h: (S − a_z)·a_n at s_sig·s_tanh, a_z·(h − zp_h) at s_sig·s_h, both to s_h
     (m1, m2), h_shift = shared_shift_multipliers([s_sig * s_tanh / h_q[0], s_sig], 30)
-
-    mode = _row_mode(t_len, nodes)
-    rows = t_len if mode < 2 else min(t_len, 2)
-    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
-                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
-    scratch = lw.new_tensor((3 * hid,), "int16", 1.0, 0, f"{name} gates (scratch)")
-    params.update(t=t_len, n_in=n_in, hidden=hid, x_zp=x.zero_point, h_zp=h_q[1], reverse=int(reverse),
-                  gate_zp=[g[1] for g in gates], act_zp=[a[1] for a in acts], g_lo=QMIN[g_dtype], g_hi=QMAX[g_dtype],
+    act_zp = [FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype][1] for k in range(3)]
+    params.update(t=t_len, n_in=n_in, hidden=hid, x_zp=x_q[1], h_zp=h_q[1], reverse=int(reverse),
+                  gate_zp=[g[1] for g in gates], act_zp=act_zp, g_lo=QMIN[g_dtype], g_hi=QMAX[g_dtype],
                   h_lo=QMIN[h_q[2]], h_hi=QMAX[h_q[2]], lut_n=luts[0].size, one=round(1 / s_sig), m1=m1, m2=m2,
                   h_shift=h_shift, rows=rows, x_steps=x_steps, row_mode=mode)
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "lbr", "g_lo", "g_hi", "h_lo",
                                 "h_hi", "lut_n", "one", "m1", "m2", "h_shift", "rows", "x_steps", "row_mode")]
     dims += params["gate_zp"] + params["act_zp"] + [params.get(k, 0) for k in (
         "hn_shift", "hn_zp", "hn_lo", "hn_hi", "rh_mult", "rh_shift", "rh_zp", "rh_lo", "rh_hi")]
-    if "mult" not in params:
-        params["mult"] = np.zeros(1, np.int32)
-    step = lw.step("gru", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
-                   weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype),
-                   bias=np.concatenate([bias_x, bias_h]).astype(np.int32),
-                   bias_shift=np.concatenate([shift_x, shift_h]).astype(np.int32),
-                   mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
-                   shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
-                   dims=np.array(dims, dtype=np.int32), acc_bits=32 if acc_bound < 2**31 else 64,
-                   gate_bits=g_dtype, act_bits=a_dtype)
-    step.outputs.append(scratch.id)
-    step.origin = f"GRU {name}"
-    _map_outputs(lw, steps, hseq, hid, nodes, mode)
+    params.update(weight=np.ascontiguousarray(wx.T), weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype),
+                  bias=np.concatenate([bias_x, bias_h]).astype(np.int32),
+                  bias_shift=np.concatenate([shift_x, shift_h]).astype(np.int32),
+                  mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
+                  shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
+                  dims=np.array(dims, dtype=np.int32), acc_bits=32 if acc_bound < 2**31 else 64,
+                  gate_bits=g_dtype, act_bits=a_dtype)
+    return params
 
 
 def _bias(name: str, lw: Lowering, add: ir.Node, in_scale: float, sw: np.ndarray,
