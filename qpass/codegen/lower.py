@@ -82,7 +82,9 @@ def unsupported_reason(node: ir.Node) -> str | None:
     if node.domain not in ("", "ai.onnx"):
         return f"custom-domain op {node.domain!r}: no integer kernel"
     if node.op_type in RECURRENT:
-        return RECURRENT[node.op_type]
+        batch_first = node.op_type != "Loop" and node.attributes.get_int("layout", 0) == 1
+        return RECURRENT[node.op_type] + ("; its layout=1 (batch first) cannot run in onnxruntime, which qpass "
+                                          "calibrates with: export it with layout 0" if batch_first else "")
     if node.op_type in PASS_HINTS:
         return PASS_HINTS[node.op_type]
     if node.op_type not in EMITTERS:
