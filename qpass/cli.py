@@ -320,6 +320,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-pad             # a zero Pad (Keras causal padding) into the Conv after it
   - fold-batchnorm
   - keras-lstm
+  - keras-gru
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed
