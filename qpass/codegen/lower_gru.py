@@ -147,15 +147,16 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
     act_span = 1 << (8 if a_dtype == "int8" else 15)
     if lbr:  # hn = Rn·(h − zp_h) + bn requantized to the split's n output; the n row's h term is a_r·(hn − zp_hn)
         hn_q = mid_q
-        hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]])
-        params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift, hn_zp=hn_q[1], hn_lo=QMIN[hn_q[2]],
-                      hn_hi=QMAX[hn_q[2]])
+        params.update(hn_zp=hn_q[1], hn_lo=QMIN[hn_q[2]], hn_hi=QMAX[hn_q[2]])
         n_scales = [hn_q[0] * s_sig] * hid
         n_span = act_span * max(QMAX[hn_q[2]] - hn_q[1], hn_q[1] - QMIN[hn_q[2]])
         n_bound = np.full(hid, n_span, np.int64)
         bound_hn = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * span_h + (
             np.abs(bias_h.astype(np.int64)) << shift_h)
         extra_bound = int(bound_hn.max())
+        hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
+                                                     min(31, 61 - extra_bound.bit_length()))
+        params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift)
         if int((bound_hn * np.array(hn_mult, np.int64)).max()) >= 2**62:
             raise UnsupportedOpError(name, "GRU", "the recurrent n rescale may overflow int64")
     else:  # rh = r ⊙ h requantized to the Mul's output; the n row's h term is Rn·(rh − zp_rh)
