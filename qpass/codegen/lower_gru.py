@@ -61,7 +61,10 @@ def check_gru_group(nodes: list[ir.Node]) -> None:
                 raise UnsupportedOpError(node.name or nodes[0].metadata_props[GRU_KEY], node.op_type,
                                          "unexpected node joining GRU directions")
         return
-    gather_steps(nodes)
+    steps, t_len, _ = gather_steps(nodes)
+    if "hr" not in steps[min(1, t_len - 1)]:
+        raise UnsupportedOpError(nodes[0].metadata_props[GRU_KEY], "GRU", "a GRU over one time step (its recurrent "
+                                 "terms folded to constants) is not supported in integer code yet")
 
 
 def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
