@@ -26,7 +26,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "mx": "int32", "mh": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
-NEEDS_REQUANTIZE = {"linear", "conv1d", "lstm", "mul", "mul2", "pool"}  # kernels that call qp_requantize
+NEEDS_REQUANTIZE = {"linear", "conv1d", "lstm", "gru", "mul", "mul2", "pool"}  # kernels that call qp_requantize
 NO_CLAMP = {"concat", "copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
 
 
@@ -71,7 +71,7 @@ def _types(program: Program, step) -> tuple[dict[str, str], str]:
         t["w"] = str(np.asarray(step.params["weight"]).dtype)
     if "acc_bits" in step.params:
         t["acc"] = "int64" if step.params["acc_bits"] > 32 else "int32"
-    if "gate_bits" in step.params:  # the LSTM: gate pre-activation and gate activation types
+    if "gate_bits" in step.params:  # the LSTM and GRU: gate pre-activation and gate activation types
         t["g"], t["a"] = step.params["gate_bits"], step.params["act_bits"]
     suffix = "_".join(f"{k}{v.replace('int', '')}" for k, v in sorted(t.items()))
     return {k: CTYPE[v] for k, v in t.items()}, f"qp_{step.kernel}_{suffix}"

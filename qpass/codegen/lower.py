@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402  (after Lowering's deps)
+from qpass.codegen.lower_gru import gru_key, lower_gru  # noqa: E402  (after Lowering's deps)
+from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402
 from qpass.errors import SolverError, UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import (
@@ -81,7 +82,9 @@ def unsupported_reason(node: ir.Node) -> str | None:
     if node.domain not in ("", "ai.onnx"):
         return f"custom-domain op {node.domain!r}: no integer kernel"
     if node.op_type in RECURRENT:
-        return RECURRENT[node.op_type]
+        batch_first = node.op_type != "Loop" and node.attributes.get_int("layout", 0) == 1
+        return RECURRENT[node.op_type] + ("; its layout=1 (batch first) cannot run in onnxruntime, which qpass "
+                                          "calibrates with: export it with layout 0" if batch_first else "")
     if node.op_type in PASS_HINTS:
         return PASS_HINTS[node.op_type]
     if node.op_type not in EMITTERS:
@@ -103,7 +106,13 @@ RECURRENT: dict[str, str] = {
     "LSTM": "an ONNX LSTM is lowered after the unroll-lstm pass; add `unroll-lstm` to passes",
     "Loop": "tf2onnx writes a Keras LSTM as a Loop: the keras-lstm and unroll-lstm passes turn it into kernels; "
             "other loops have no kernel",
+    "GRU": "an ONNX GRU is lowered after the unroll-gru pass; add `unroll-gru` to passes",
 }
+SUPPORT.append(Support(
+    ("GRU",), keras="GRU (reset_after=True or False) in an ONNX GRU", torch="nn.GRU (one layer)",
+    constraints="after the unroll-gru pass: batch 1, default activations, no clip or initial state, "
+    "both linear_before_reset; bidirectional as two kernels; one loop over T in C",
+    precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(
     ("LSTM",), keras="LSTM (return_sequences, go_backwards), Bidirectional(LSTM, merge_mode='concat')",
     torch="nn.LSTM (one layer, one direction)", constraints="after the keras-lstm and unroll-lstm passes: "
@@ -216,20 +225,20 @@ class Lowering:
         scale, zp, dtype = self.qparams(qs[0])
         t_in = self.new_tensor(x.shape, dtype, scale, zp, x.name or "")
         self.by_value[id(qs[0].outputs[0])] = t_in
-        groups: dict[tuple[str, str], list[ir.Node]] = {}
+        groups: dict[tuple[str, ...], list[ir.Node]] = {}
         for node in graph:
-            key = group_key(node)
+            key = group_key(node) or gru_key(node)
             if key is not None:
                 groups.setdefault(key, []).append(node)
-        done: set[tuple[str, str]] = set()
+        done: set[tuple[str, ...]] = set()
         for node in graph:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type == "Constant":
                 continue
-            key = group_key(node)
+            key = group_key(node) or gru_key(node)
             if key is not None:
                 if key not in done:
                     done.add(key)
-                    lower_lstm(self, groups[key])
+                    (lower_gru if len(key) == 3 else lower_lstm)(self, groups[key])
                 continue
             reason = unsupported_reason(node)
             if reason is not None:

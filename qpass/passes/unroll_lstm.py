@@ -192,6 +192,8 @@ def _parse(node: ir.Node, name: str) -> _Lstm:
 class _Builder:
     """Creates the nodes of one LSTM's unrolling, each tagged and named, in a list to insert at once."""
 
+    keys = (LSTM_KEY, DIRECTION_KEY, STEP_KEY, ROLE_KEY)  # the tags: unroll-gru uses its own
+
     def __init__(self, qpass: QPass, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
         self.qpass, self.graph, self.lstm, self.taken = qpass, graph, lstm, taken
         self.base = re.sub(r"[^0-9A-Za-z_.]", "_", lstm.name)
@@ -211,8 +213,8 @@ class _Builder:
                        else f"{self.base}_{where}_{role}{tag}")
         values = [ir.Value(name=_unique(self.taken, name + suffix) if suffix else name, shape=ir.Shape(shape),
                            type=self.type) for suffix in names]
-        node = ir.node(op_type, inputs, attrs, outputs=values, name=name, metadata_props={
-            LSTM_KEY: self.lstm.name, DIRECTION_KEY: str(d), STEP_KEY: str(s), ROLE_KEY: role})
+        node = ir.node(op_type, inputs, attrs, outputs=values, name=name, metadata_props=dict(zip(
+            self.keys, (self.lstm.name, str(d), str(s), role), strict=True)))
         self.nodes.append(self.qpass.mark(node))
         return values
 
@@ -264,7 +266,14 @@ class UnrollLstmPass(QPass):
                 h, c = self._step(b, d, s, x, time_index[t], h, c, wt, rt, bsum, split, peep, clip)
                 hs[d].append(h)
             last_c.append(c)
+        self._finish(graph, b, hs, {2: (last_c, "y_c")})
 
+    def _finish(self, graph: ir.Graph, b: _Builder, hs: list[list[ir.Value]],
+                states: dict[int, tuple[list[ir.Value], str]]) -> None:
+        """Route the readers of one step of Y to that step's h, build the used outputs (Y, Y_h and the extra
+        `states`: output index → (last value per direction, role)), insert the nodes and remove the recurrence."""
+        node, T, taken = b.lstm.node, b.lstm.steps, b.taken
+        lstm = b.lstm
         halves: dict[int, ir.Value] = {}
         for chain, t, d in _step_reads(lstm):  # Y read at one time step (t >= 0): that step's h; one direction's
             if t < 0:                          # whole sequence (t = -1): that direction's half of Y; both
@@ -289,8 +298,9 @@ class UnrollLstmPass(QPass):
             results[0] = self._stack_y(b, hs, halves)
         if _is_used(_output(node, 1)):
             results[1] = self._stack_last(b, [h[-1] for h in hs], "y_h")
-        if _is_used(_output(node, 2)):
-            results[2] = self._stack_last(b, last_c, "y_c")
+        for index, (last, role) in states.items():
+            if _is_used(_output(node, index)):
+                results[index] = self._stack_last(b, last, role)
 
         graph.insert_before(node, b.nodes + b.reads)
         for index, new in results.items():

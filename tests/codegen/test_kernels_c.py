@@ -757,6 +757,67 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     return _program(name, tensors, [step], output="t1")
 
 
+# -- gru (params from codegen/lower_gru.gru_params, as the lowering computes them) --------------------
+
+
+def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, lbr: bool, x_dtype="int8",
+                 w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
+                 x_steps: int = 0) -> Program:
+    from qpass.codegen.lower_gru import gru_params
+
+    narrow = {"int8": 1.0, "int16": 1 / 256}
+    x_q = (0.04 * narrow[x_dtype], int(rng.integers(-20, 20)) if x_dtype == "int8" else 0, x_dtype)
+    h_q = (1.01 / (QMAX[h_dtype] + 1), int(rng.integers(-4, 5)) if h_dtype == "int8" else 0, h_dtype)
+    mid_q = (float(rng.uniform(0.01, 0.03)) * narrow[h_dtype], int(rng.integers(-6, 6)) if h_dtype == "int8" else 0,
+             h_dtype)
+    three_h = 3 * hid
+    wx, wh = _weights(rng, (n_in, three_h), w_dtype), _weights(rng, (hid, three_h), w_dtype)
+    sw = rng.uniform(0.002, 0.01, three_h) * narrow[w_dtype]
+    sr = rng.uniform(0.002, 0.01, three_h) * narrow[w_dtype]
+    bias = rng.integers(-3000, 3000, size=4 * hid)
+    shifts = np.zeros(4 * hid, np.int64)
+    if w_dtype == "int16":  # a bias stored at s·s_w·2^k (too large for int32 at s·s_w)
+        shifts[::3] = rng.integers(1, 4, size=shifts[::3].size)
+        bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
+    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
+              else 0, g_dtype) for _ in range(3)]
+    params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr,
+                        bias=(bias[:three_h], shifts[:three_h], bias[three_h:], shifts[three_h:]), x_q=x_q, h_q=h_q,
+                        gates=gates, a_dtype=a_dtype, mid_q=mid_q, lbr=lbr, t_len=t_len, reverse=reverse,
+                        rows=rows or t_len, x_steps=x_steps or t_len, mode=2 if rows else 0)
+    tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_q[0], x_q[1], dtype=x_dtype),
+               _t("t1", (rows or t_len, 1, hid), h_q[0], h_q[1], dtype=h_dtype),
+               _t("t2", (three_h,), 1.0, 0, dtype="int16")]
+    step = Step("gru", ["t0"], ["t1", "t2"], params, origin="test/GRU")
+    return _program(name, tensors, [step], output="t1")
+
+
+def gru_forward(rng):
+    return _gru_program(rng, "k_gru", t_len=8, n_in=3, hid=5, reverse=False, lbr=True)
+
+
+def gru_reset_before(rng):
+    return _gru_program(rng, "k_gru_lbr0", t_len=7, n_in=4, hid=4, reverse=False, lbr=False)
+
+
+def gru_reverse_two_rows(rng):
+    return _gru_program(rng, "k_gru_rows", t_len=6, n_in=3, hid=4, reverse=True, lbr=True, rows=2, x_steps=8)
+
+
+def gru_single_step(rng):
+    return _gru_program(rng, "k_gru_t1", t_len=1, n_in=6, hid=4, reverse=False, lbr=False)
+
+
+def gru_int16_gates(rng):
+    return _gru_program(rng, "k_gru_g16", t_len=5, n_in=3, hid=4, reverse=True, lbr=False, g_dtype="int16",
+                        a_dtype="int16")
+
+
+def gru_int16_everything(rng):
+    return _gru_program(rng, "k_gru_16", t_len=4, n_in=3, hid=3, reverse=False, lbr=True, x_dtype="int16",
+                        w_dtype="int16", g_dtype="int16", a_dtype="int16", h_dtype="int16")
+
+
 def lstm_forward(rng):
     return _lstm_program(rng, "k_lstm", t_len=8, n_in=3, hid=5, reverse=False)
 
@@ -828,6 +889,9 @@ CASES: dict[str, dict[str, Case]] = {
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
              "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything)},
+    "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
+            "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
+            "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
 }
 
 KNOWN_BUGS: dict = {}
