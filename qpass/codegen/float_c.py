@@ -37,7 +37,7 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
-from qpass.codegen.lower import reduce_axes, same_pads
+from qpass.codegen.lower import reduce_axes, same_pads, window_2d
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
@@ -587,3 +587,41 @@ def compile_and_run(c_file: Path, h_file: Path, name: str, inputs: np.ndarray, o
     if out.size != len(inputs) * out_size:
         raise CodegenError(f"the compiled {api} wrote {out.size} values, expected {len(inputs) * out_size}")
     return out.reshape(len(inputs), out_size)
+
+
+# -- 2-D section (issue 13): Conv, MaxPool, AveragePool over [1, C, H, W] (the integer lowering's window_2d) -----
+_CONV1D, _MAXPOOL1D, _POOL1D = FLOAT_EMITTERS["Conv"], FLOAT_EMITTERS["MaxPool"], FLOAT_EMITTERS["AveragePool"]
+
+
+@float_emitter("Conv")
+def _conv_2d(fl: FloatLowering, node: ir.Node) -> None:
+    w = fl.const(node, 1, "the weight")
+    if w.ndim != 4:
+        _CONV1D(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    c_out, k = w.shape[0], (int(w.shape[2]), int(w.shape[3]))
+    bias = fl.const(node, 2, "the bias").reshape(-1) if len(node.inputs) > 2 and node.inputs[2] is not None else \
+        np.zeros(c_out)
+    win = window_2d(node, x.shape, k)
+    dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
+            *win["dilation"], win["pads"][0], win["pads"][1], node.attributes.get_int("group", 1)]
+    y = fl.output_of(node, (1, c_out, win["h_out"], win["w_out"]))
+    fl.step("conv2d", [x], [y], node.name or "Conv", dims=np.array(dims, np.int32), weight=w.astype(np.float32),
+            bias=bias.astype(np.float32))
+
+
+@float_emitter("MaxPool", "AveragePool")
+def _pool_2d(fl: FloatLowering, node: ir.Node) -> None:
+    k = tuple(int(v) for v in node.attributes["kernel_shape"].as_ints())
+    if len(k) != 2:
+        (_MAXPOOL1D if node.op_type == "MaxPool" else _POOL1D)(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    win = window_2d(node, x.shape, k)
+    is_max = int(node.op_type == "MaxPool")
+    count_pad = node.attributes.get_int("count_include_pad", 0)
+    dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
+            win["pads"][0], win["pads"][1], is_max, count_pad]
+    y = fl.output_of(node, (1, x.shape[1], win["h_out"], win["w_out"]))
+    fl.step("pool2d", [x], [y], node.name or node.op_type, dims=np.array(dims, np.int32))
