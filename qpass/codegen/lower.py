@@ -625,7 +625,7 @@ def _check_spatial(node: ir.Node, what: str, kernel: tuple[int, ...]) -> str | N
         hint = "; it spans one axis only: the squeeze-conv2d pass makes it 1-D (explicit pads)" if one_axis else ""
         return f"2-D {what} (kernel {kernel[0]}x{kernel[1]}) is not supported, only 1-D{hint}"
     if len(kernel) != 1:
-        return f"{len(kernel)}-D {what} is not supported, only 1-D"
+        return f"{len(kernel)}-D {what} is not supported, only 1-D and 2-D"
     if x is not None and (len(x) != 3 or x[0] != 1):
         return f"input {x}: only [1, C, T] (batch 1) is supported"
     return None
@@ -867,8 +867,17 @@ def _check_2d(node: ir.Node, what: str) -> str | None:
     return None
 
 
+def _one_axis(node: ir.Node, k: tuple[int, int]) -> bool:
+    """A 2-D window over an axis of size 1 with a kernel of 1 there: squeeze-conv2d makes it the 1-D kernel."""
+    x = _shape(node.inputs[0])
+    return x is not None and len(x) == 4 and ((x[2] == 1 and k[0] == 1) or (x[3] == 1 and k[1] == 1))
+
+
 def _check_conv_2d(node: ir.Node) -> str | None:
-    return _check_2d(node, "convolution") if _kernel_2d(node) is not None else _CHECK_CONV1D(node)
+    k = _kernel_2d(node)
+    if k is None or _one_axis(node, k):  # the 1-D rule; a one-axis 2-D conv is told to run squeeze-conv2d
+        return _CHECK_CONV1D(node)
+    return _check_2d(node, "convolution")
 
 
 @emitter("Conv", keras="Conv2D (valid, same; strides, dilation), DepthwiseConv2D (depth multiplier 1), "
@@ -894,12 +903,14 @@ def _conv_2d(lw: Lowering, node: ir.Node) -> None:
 
 
 def _check_pool_2d(node: ir.Node) -> str | None:
-    if _kernel_2d(node) is None:
+    k = _kernel_2d(node)
+    if k is None or _one_axis(node, k):
         return _POOL1D[node.op_type][1](node)
     return _check_2d(node, "max pooling" if node.op_type == "MaxPool" else "average pooling")
 
 
-@emitter("MaxPool", "AveragePool", keras="MaxPooling2D, AveragePooling2D (valid, same)",
+@emitter("MaxPool", "AveragePool", keras="MaxPooling2D, AveragePooling2D (valid, same); GlobalAveragePooling2D "
+         "is the GlobalAveragePool reduction",
          torch="nn.MaxPool2d, nn.AvgPool2d", constraints="2-D over [1, C, H, W], batch 1, strides, dilations, "
          "pads; the mean divides by the valid taps (count_include_pad: by KH·KW)", check=_check_pool_2d)
 def _pool_2d(lw: Lowering, node: ir.Node) -> None:
