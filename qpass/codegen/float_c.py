@@ -37,6 +37,7 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
+from qpass.codegen.layout_2d import fold_layout_transposes
 from qpass.codegen.lower import reduce_axes, same_pads, window_2d
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
@@ -198,7 +199,9 @@ def _fuse_clamps(program: Program) -> None:
 
 def lower(model: ir.Model, name: str) -> Program:
     """The float32 program of a float model (after the float passes)."""
-    return FloatLowering(model, name).run()
+    program = FloatLowering(model, name).run()
+    fold_layout_transposes(program)
+    return program
 
 
 # -- emitters ---------------------------------------------------------------------------------
@@ -421,7 +424,7 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Transpose", "rank above 6 is not supported")
     in_strides = [int(np.prod(x.shape[i + 1:])) for i in range(rank)]
     y = fl.output_of(node, tuple(x.shape[p] for p in perm))
-    fl.step("transpose", [x], [y], node.name or "Transpose",
+    fl.step("transpose", [x], [y], node.name or "Transpose", perm=perm,
             dims=np.array([x.shape[p] for p in perm] + [1] * (6 - rank), dtype=np.int32),
             strides=np.array([in_strides[p] for p in perm] + [0] * (6 - rank), dtype=np.int32))
 
@@ -605,7 +608,7 @@ def _conv_2d(fl: FloatLowering, node: ir.Node) -> None:
         np.zeros(c_out)
     win = window_2d(node, x.shape, k)
     dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
-            *win["dilation"], win["pads"][0], win["pads"][1], node.attributes.get_int("group", 1)]
+            *win["dilation"], win["pads"][0], win["pads"][1], node.attributes.get_int("group", 1), 0, 0]
     y = fl.output_of(node, (1, c_out, win["h_out"], win["w_out"]))
     fl.step("conv2d", [x], [y], node.name or "Conv", dims=np.array(dims, np.int32), weight=w.astype(np.float32),
             bias=bias.astype(np.float32))
@@ -622,6 +625,6 @@ def _pool_2d(fl: FloatLowering, node: ir.Node) -> None:
     is_max = int(node.op_type == "MaxPool")
     count_pad = node.attributes.get_int("count_include_pad", 0)
     dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
-            win["pads"][0], win["pads"][1], is_max, count_pad]
+            win["pads"][0], win["pads"][1], is_max, count_pad, 0, 0]
     y = fl.output_of(node, (1, x.shape[1], win["h_out"], win["w_out"]))
     fl.step("pool2d", [x], [y], node.name or node.op_type, dims=np.array(dims, np.int32))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qpass.codegen.layout_2d import fold_layout_transposes
 from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402  (after Lowering's deps)
 from qpass.errors import SolverError, UnsupportedOpError
 from qpass.passes._util import const_value
@@ -249,6 +250,7 @@ class Lowering:
             self.step("copy", [y], own, out).origin = "graph output"
             program.output = own.id
         _fuse_clamps(program)
+        fold_layout_transposes(program)
         return program
 
 
@@ -897,7 +899,7 @@ def _conv_2d(lw: Lowering, node: ir.Node) -> None:
     win = window_2d(node, x.shape, k)
     groups = node.attributes.get_int("group", 1)
     dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
-            *win["dilation"], win["pads"][0], win["pads"][1], groups]
+            *win["dilation"], win["pads"][0], win["pads"][1], groups, 0, 0]
     lw.step("conv2d", [x], y, node, dims=np.array(dims, dtype=np.int32), groups=groups,
             **_requant_params(node, x, y, w, w_scale, _bias(lw, node, c_out)), weight=np.ascontiguousarray(w))
 
@@ -933,7 +935,7 @@ def _pool_2d(lw: Lowering, node: ir.Node) -> None:
     counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
     mults, shifts = zip(*(quantize_multiplier(x.scale / (y.scale * n)) for n in counts), strict=True)
     dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
-            pt, pl, is_max, count_pad]
+            pt, pl, is_max, count_pad, 0, 0]
     lw.step("pool2d", [x], y, node, dims=np.array(dims, dtype=np.int32), mult=np.array(mults, dtype=np.int32),
             shift=np.array(shifts, dtype=np.int32), x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype],
             hi=QMAX[y.dtype])

@@ -1,8 +1,10 @@
-"""numpy integer kernels over two spatial axes (Conv2D, DepthwiseConv2D, 2-D pooling), layout [C, H, W].
+"""numpy integer kernels over two spatial axes (Conv2D, DepthwiseConv2D, 2-D pooling), layout [C, H, W] or [H, W, C].
 
 Registered in the same KERNELS table as the 1-D kernels (runtime_ref/kernels.py imports this module). The
 tap rule of one spatial axis is the 1-D one, applied to rows and to columns:
 pos = o·stride − pad + k·dilation, in [0, size); an out-of-range tap adds nothing (zero padding).
+The last two dims say whether x and y are channels-last [H, W, C] (1) or channels-first [C, H, W] (0): a
+Transpose next to the kernel folds into it (codegen/layout_2d.py), so a Keras NHWC model keeps no transposes.
 """
 
 from __future__ import annotations
@@ -13,12 +15,24 @@ from qpass.runtime_ref.intmath import requantize, saturate
 from qpass.runtime_ref.kernels import kernel
 from qpass.runtime_ref.program import QTensor, Step
 
-# dims of a conv2d step: c_in, h_in, w_in, c_out, h_out, w_out, kh, kw, sh, sw, dh, dw, pad_top, pad_left, groups
+# dims of a conv2d step: c_in, h_in, w_in, c_out, h_out, w_out, kh, kw, sh, sw, dh, dw, pad_top, pad_left, groups,
+# x_hwc, y_hwc
 CONV2D_DIMS = ("c_in", "h_in", "w_in", "c_out", "h_out", "w_out", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl",
-               "groups")
-# dims of a pool2d step: c, h_in, w_in, h_out, w_out, kh, kw, sh, sw, dh, dw, pad_top, pad_left, is_max, count_pad
+               "groups", "x_hwc", "y_hwc")
+# dims of a pool2d step: c, h_in, w_in, h_out, w_out, kh, kw, sh, sw, dh, dw, pad_top, pad_left, is_max, count_pad,
+# x_hwc, y_hwc
 POOL2D_DIMS = ("c", "h_in", "w_in", "h_out", "w_out", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "is_max",
-               "count_pad")
+               "count_pad", "x_hwc", "y_hwc")
+
+
+def _chw(x: np.ndarray, c: int, h: int, w: int, hwc: int) -> np.ndarray:
+    """x as [C, H, W] from its stored layout."""
+    return x.reshape(h, w, c).transpose(2, 0, 1) if hwc else x.reshape(c, h, w)
+
+
+def _stored(y: np.ndarray, hwc: int) -> np.ndarray:
+    """y [C, H, W] in its stored layout."""
+    return y.transpose(1, 2, 0) if hwc else y
 
 
 def taps(n_out: int, k: int, stride: int, pad: int, dilation: int) -> np.ndarray:
@@ -43,7 +57,7 @@ def conv2d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     · w[m,c,ky,kx])); groups split C_in and C_out (depthwise: groups = C_in = C_out)."""
     p = step.params
     d = dict(zip(CONV2D_DIMS, (int(v) for v in p["dims"]), strict=True))
-    x = inputs[0].astype(np.int64).reshape(d["c_in"], d["h_in"], d["w_in"]) - p["x_zp"]
+    x = _chw(inputs[0].astype(np.int64), d["c_in"], d["h_in"], d["w_in"], d["x_hwc"]) - p["x_zp"]
     win, _ = _windows(x, d, 0)  # [C_in, H_out, W_out, KH, KW]
     g = d["groups"]
     cin_g, cout_g = d["c_in"] // g, d["c_out"] // g
@@ -54,7 +68,7 @@ def conv2d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
                                                      win[i * cin_g:(i + 1) * cin_g])
     acc += (p["bias"].astype(np.int64) << p["bias_shift"])[:, None, None]
     y = requantize(acc, p["mult"][:, None, None], p["shift"][:, None, None]) + p["y_zp"]
-    return saturate(y, out.dtype, p["lo"], p["hi"])
+    return saturate(_stored(y, d["y_hwc"]), out.dtype, p["lo"], p["hi"])
 
 
 @kernel("pool2d")
@@ -67,7 +81,7 @@ def pool2d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """
     p = step.params
     d = dict(zip(POOL2D_DIMS, (int(v) for v in p["dims"]), strict=True))
-    x = inputs[0].astype(np.int64).reshape(d["c"], d["h_in"], d["w_in"]) - p["x_zp"]
+    x = _chw(inputs[0].astype(np.int64), d["c"], d["h_in"], d["w_in"], d["x_hwc"]) - p["x_zp"]
     low = np.iinfo(np.int64).min
     win, valid = _windows(x, d, low if d["is_max"] else 0)
     n = valid.sum(axis=(2, 3))  # [H_out, W_out]
@@ -78,4 +92,4 @@ def pool2d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     fixed = d["is_max"] or d["count_pad"]
     idx = np.zeros_like(n) if fixed else np.maximum(n, 1) - 1
     y = requantize(acc, p["mult"][idx][None], p["shift"][idx][None]) + p["y_zp"]
-    return saturate(y, out.dtype, p["lo"], p["hi"])
+    return saturate(_stored(y, d["y_hwc"]), out.dtype, p["lo"], p["hi"])
