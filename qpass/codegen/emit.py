@@ -26,7 +26,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "mx": "int32", "mh": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
-NEEDS_REQUANTIZE = {"linear", "conv1d", "lstm", "gru", "mul", "mul2", "pool"}  # kernels that call qp_requantize
+NEEDS_REQUANTIZE = {"linear", "conv1d", "conv2d", "lstm", "gru", "mul", "mul2", "pool", "pool2d"}  # call qp_requantize
 NO_CLAMP = {"concat", "copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
 
 

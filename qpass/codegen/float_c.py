@@ -38,7 +38,8 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
-from qpass.codegen.lower import reduce_axes, same_pads
+from qpass.codegen.layout_2d import fold_layout_transposes
+from qpass.codegen.lower import reduce_axes, same_pads, window_2d
 from qpass.codegen.lower_gru import gather_steps as gather_gru_steps
 from qpass.codegen.lower_gru import gru_key
 from qpass.codegen.lower_lstm import gather_steps, step_time
@@ -206,7 +207,9 @@ def _fuse_clamps(program: Program) -> None:
 
 def lower(model: ir.Model, name: str) -> Program:
     """The float32 program of a float model (after the float passes)."""
-    return FloatLowering(model, name).run()
+    program = FloatLowering(model, name).run()
+    fold_layout_transposes(program)
+    return program
 
 
 # -- emitters ---------------------------------------------------------------------------------
@@ -429,7 +432,7 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Transpose", "rank above 6 is not supported")
     in_strides = [int(np.prod(x.shape[i + 1:])) for i in range(rank)]
     y = fl.output_of(node, tuple(x.shape[p] for p in perm))
-    fl.step("transpose", [x], [y], node.name or "Transpose",
+    fl.step("transpose", [x], [y], node.name or "Transpose", perm=perm,
             dims=np.array([x.shape[p] for p in perm] + [1] * (6 - rank), dtype=np.int32),
             strides=np.array([in_strides[p] for p in perm] + [0] * (6 - rank), dtype=np.int32))
 
@@ -652,3 +655,41 @@ def compile_and_run(c_file: Path, h_file: Path, name: str, inputs: np.ndarray, o
     if out.size != len(inputs) * out_size:
         raise CodegenError(f"the compiled {api} wrote {out.size} values, expected {len(inputs) * out_size}")
     return out.reshape(len(inputs), out_size)
+
+
+# -- 2-D section (issue 13): Conv, MaxPool, AveragePool over [1, C, H, W] (the integer lowering's window_2d) -----
+_CONV1D, _MAXPOOL1D, _POOL1D = FLOAT_EMITTERS["Conv"], FLOAT_EMITTERS["MaxPool"], FLOAT_EMITTERS["AveragePool"]
+
+
+@float_emitter("Conv")
+def _conv_2d(fl: FloatLowering, node: ir.Node) -> None:
+    w = fl.const(node, 1, "the weight")
+    if w.ndim != 4:
+        _CONV1D(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    c_out, k = w.shape[0], (int(w.shape[2]), int(w.shape[3]))
+    bias = fl.const(node, 2, "the bias").reshape(-1) if len(node.inputs) > 2 and node.inputs[2] is not None else \
+        np.zeros(c_out)
+    win = window_2d(node, x.shape, k)
+    dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
+            *win["dilation"], win["pads"][0], win["pads"][1], node.attributes.get_int("group", 1), 0, 0]
+    y = fl.output_of(node, (1, c_out, win["h_out"], win["w_out"]))
+    fl.step("conv2d", [x], [y], node.name or "Conv", dims=np.array(dims, np.int32), weight=w.astype(np.float32),
+            bias=bias.astype(np.float32))
+
+
+@float_emitter("MaxPool", "AveragePool")
+def _pool_2d(fl: FloatLowering, node: ir.Node) -> None:
+    k = tuple(int(v) for v in node.attributes["kernel_shape"].as_ints())
+    if len(k) != 2:
+        (_MAXPOOL1D if node.op_type == "MaxPool" else _POOL1D)(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    win = window_2d(node, x.shape, k)
+    is_max = int(node.op_type == "MaxPool")
+    count_pad = node.attributes.get_int("count_include_pad", 0)
+    dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
+            win["pads"][0], win["pads"][1], is_max, count_pad, 0, 0]
+    y = fl.output_of(node, (1, x.shape[1], win["h_out"], win["w_out"]))
+    fl.step("pool2d", [x], [y], node.name or node.op_type, dims=np.array(dims, np.int32))

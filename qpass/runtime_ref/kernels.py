@@ -308,3 +308,6 @@ def mul2(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     b = inputs[1].astype(np.int64).reshape(-1)[channel_index(out.size, p["b_n"], p["inner"])] - p["b_zp"]
     y = requantize(a * b, p["mult"], p["shift"]) + p["y_zp"]
     return saturate(y, out.dtype, p["lo"], p["hi"])
+
+
+from qpass.runtime_ref import kernels2d  # noqa: E402, F401  (registers the 2-D kernels in KERNELS)

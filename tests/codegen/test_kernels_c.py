@@ -853,6 +853,109 @@ class Case:
     min_distinct: int = 20
 
 
+# -- conv2d, pool2d (params as lower._conv_2d / lower._pool_2d fill them; layout [C, H, W]) --------------------
+
+
+def _out_size(n: int, k: int, stride: int, dil: int, p0: int, p1: int) -> int:
+    return (n + p0 + p1 - dil * (k - 1) - 1) // stride + 1
+
+
+def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: int, k: tuple[int, int],
+                    stride=(1, 1), dil=(1, 1), pads=(0, 0, 0, 0), groups=1, x_zp=0, y_zp=0, lo=None, hi=None,
+                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0)) -> Program:
+    h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
+    w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
+    cin_g = c_in // groups
+    weight = _weights(rng, (c_out, cin_g, *k), w_dtype)
+    bias = rng.integers(-30000, 30000, c_out)
+    bias_shift = np.zeros(c_out, dtype=np.int32)
+    bound = _bound(weight, bias, bias_shift, x_dtype, x_zp)
+    typical = np.sqrt(cin_g * k[0] * k[1]) * (QMAX[x_dtype] / 1.7) * np.abs(weight.reshape(c_out, -1)).mean(axis=1)
+    mult, shift, acc_bits = _requant(rng, typical, bound, y_dtype)
+    dims = [c_in, *hw, c_out, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], groups, *hwc]
+    p = dict(dims=np.array(dims, np.int32), groups=groups, weight=weight, bias=bias.astype(np.int32),
+             bias_shift=bias_shift, mult=mult, shift=shift, acc_bits=acc_bits, acc_bound=bound, x_zp=x_zp, y_zp=y_zp,
+             lo=QMIN[y_dtype] if lo is None else lo, hi=QMAX[y_dtype] if hi is None else hi)
+    tensors = [_t("t0", (1, *hw, c_in) if hwc[0] else (1, c_in, *hw), zp=x_zp, dtype=x_dtype),
+               _t("t1", (1, h_out, w_out, c_out) if hwc[1] else (1, c_out, h_out, w_out), zp=y_zp, dtype=y_dtype)]
+    return _program(name, tensors, [Step("conv2d", ["t0"], ["t1"], p, origin="test/Conv")])
+
+
+def conv2d_same_pad(rng):
+    return _conv2d_program(rng, "k_c2", c_in=3, hw=(6, 5), c_out=4, k=(3, 3), pads=(1, 1, 1, 1), x_zp=-4, y_zp=6)
+
+
+def conv2d_strided_dilated(rng):  # kws's first layer: a tall kernel, stride 2, uneven pads; plus dilation
+    return _conv2d_program(rng, "k_c2_sd", c_in=2, hw=(11, 7), c_out=3, k=(4, 2), stride=(2, 2), dil=(2, 1),
+                           pads=(1, 0, 2, 1), x_zp=11, y_zp=-9)
+
+
+def conv2d_depthwise(rng):
+    return _conv2d_program(rng, "k_c2_dw", c_in=4, hw=(5, 6), c_out=4, k=(3, 3), groups=4, pads=(1, 1, 1, 1),
+                           lo=-128 + 20)
+
+
+def conv2d_pointwise(rng):  # 1x1, stride 2 (a ResNet shortcut)
+    return _conv2d_program(rng, "k_c2_pw", c_in=5, hw=(6, 6), c_out=7, k=(1, 1), stride=(2, 2), x_zp=-128)
+
+
+def conv2d_int16(rng):
+    return _conv2d_program(rng, "k_c2_16", c_in=2, hw=(5, 4), c_out=3, k=(3, 2), pads=(1, 0, 1, 1),
+                           x_dtype="int16", w_dtype="int16", y_dtype="int16")
+
+
+def conv2d_hwc_in(rng):  # a Keras NHWC input read channels-last (the input transpose folded)
+    return _conv2d_program(rng, "k_c2_hwc", c_in=3, hw=(5, 4), c_out=4, k=(3, 3), stride=(2, 1), pads=(1, 1, 1, 1),
+                           hwc=(1, 0), x_zp=5)
+
+
+def conv2d_hwc_out_depthwise(rng):  # written channels-last (the output transpose folded)
+    return _conv2d_program(rng, "k_c2_hwco", c_in=3, hw=(4, 5), c_out=3, k=(2, 2), groups=3, pads=(0, 1, 1, 0),
+                           hwc=(1, 1))
+
+
+def _pool2d_program(name: str, c: int, hw: tuple[int, int], k: tuple[int, int], *, stride=(1, 1), dil=(1, 1),
+                    pads=(0, 0, 0, 0), is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7,
+                    dtype="int8", hwc=(0, 0)) -> Program:
+    h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
+    w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
+    taps = k[0] * k[1]
+    counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
+    mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    dims = [c, *hw, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], is_max, count_pad, *hwc]
+    params = dict(dims=np.array(dims, np.int32), mult=np.array([m for m, _ in mq], np.int32),
+                  shift=np.array([sh for _, sh in mq], np.int32), x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
+    tensors = [_t("t0", (1, *hw, c) if hwc[0] else (1, c, *hw), x_scale, x_zp, dtype=dtype),
+               _t("t1", (1, h_out, w_out, c) if hwc[1] else (1, c, h_out, w_out), y_scale, y_zp, dtype=dtype)]
+    return _program(name, tensors, [Step("pool2d", ["t0"], ["t1"], params, origin="test/Pool2D")])
+
+
+def pool2d_avg_padded(rng):
+    return _pool2d_program("k_p2_avg", 3, (7, 6), (3, 3), stride=(2, 2), pads=(1, 1, 1, 1))
+
+
+def pool2d_avg_count_pad(rng):
+    return _pool2d_program("k_p2_cp", 2, (5, 5), (2, 3), pads=(1, 1, 0, 1), count_pad=1)
+
+
+def pool2d_avg_global(rng):  # kws's AveragePooling2D: one full window, one multiplier
+    return _pool2d_program("k_p2_gap", 4, (6, 3), (6, 3), count_pad=1, y_scale=0.01)
+
+
+def pool2d_max(rng):
+    return _pool2d_program("k_p2_max", 3, (8, 7), (2, 2), stride=(2, 2), dil=(1, 2), pads=(0, 1, 0, 0), is_max=1,
+                           y_scale=0.05, y_zp=3)
+
+
+def pool2d_hwc(rng):
+    return _pool2d_program("k_p2_hwc", 3, (6, 5), (2, 2), stride=(2, 2), pads=(0, 0, 0, 1), hwc=(1, 1))
+
+
+def pool2d_int16(rng):
+    return _pool2d_program("k_p2_16", 2, (6, 5), (3, 2), stride=(1, 2), pads=(1, 0, 1, 1), dtype="int16", x_zp=0,
+                           y_zp=0)
+
+
 CASES: dict[str, dict[str, Case]] = {
     "linear": {"random": Case(linear_random), "rows": Case(linear_rows, 5), "extremes": Case(linear_extremes, 3),
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
@@ -878,6 +981,12 @@ CASES: dict[str, dict[str, Case]] = {
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
+    "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
+               "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
+               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
+    "pool2d": {"avg-padded": Case(pool2d_avg_padded), "avg-count-pad": Case(pool2d_avg_count_pad),
+               "avg-global": Case(pool2d_avg_global), "max": Case(pool2d_max), "int16": Case(pool2d_int16),
+               "hwc": Case(pool2d_hwc)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
