@@ -25,8 +25,12 @@ MEAN_ERROR = {"int8": 0.002, "int16": 0.0005}
 EXAMPLES = {"kws": ("kws.h5", 9, "pool2d"), "resnet8": ("resnet8.h5", 9, "pool")}
 
 
-@pytest.fixture(scope="module", params=[("kws", "int8", "h5"), ("kws", "int16", "h5"), ("kws", "int8", "onnx"),
-                                        ("resnet8", "int8", "h5"), ("resnet8", "int16", "h5")],
+SLOW = pytest.mark.slow  # the default run keeps one int16 run and both examples at int8 (the test time budget)
+
+
+@pytest.fixture(scope="module", params=[("kws", "int8", "h5"), ("kws", "int16", "h5"),
+                                        pytest.param(("kws", "int8", "onnx"), marks=SLOW), ("resnet8", "int8", "h5"),
+                                        pytest.param(("resnet8", "int16", "h5"), marks=SLOW)],
                 ids=lambda p: "-".join(p))
 def run_2d(request, tmp_path_factory) -> tuple[str, str, dict]:
     name, acts, route = request.param
