@@ -20,11 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gru"
 
 
-def _run(tmp: Path, activations: str, weights: str) -> tuple[dict, Path]:
+def _run(tmp: Path, activations: str, weights: str, model: str = "gru.h5") -> tuple[dict, Path]:
     work = tmp / "gru"
     shutil.copytree(EXAMPLE, work)
+    if model == "gru.keras":  # the same trained model saved in the Keras 3 format
+        import keras
+
+        keras.saving.load_model(work / "gru.h5", compile=False).save(work / model)
+    elif model == "gru.onnx":  # the tf2onnx export of it, as a user would hand it over
+        import onnx_ir as ir
+
+        from qpass.converters import load_model
+
+        ir.save(load_model(work / "gru.h5"), work / model)
     yaml = work / "pipeline.yaml"
-    text = re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text())
+    text = re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text()).replace("path: gru.h5", f"path: {model}")
     text = text.replace("activations: int8", f"activations: {activations}").replace("weights: int8",
                                                                                      f"weights: {weights}")
     yaml.write_text(text)
@@ -42,3 +52,13 @@ def test_gru_example(tmp_path: Path, activations: str, weights: str, agreement: 
     assert not {"Loop", "GRU", "ReverseSequence"} & set(report["op_counts"]["final"])
     source = (out / "har_gru.c").read_text()
     assert len(re.findall(r"^\s+qp_gru\w*\(", source, flags=re.M)) == 3
+
+
+@pytest.mark.slow  # ~30 s each: the same model through the .keras and the .onnx routes
+@pytest.mark.parametrize("model", ["gru.keras", "gru.onnx"])
+def test_gru_example_other_formats(tmp_path: Path, model: str) -> None:
+    report, out = _run(tmp_path, "int8", "int8", model)
+    assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
+    c = report["comparisons"]["c_vs_float"]
+    assert c["samples"] == 40 and c["argmax_agreement"] >= 0.99, c
+    assert len(re.findall(r"^\s+qp_gru\w*\(", (out / "har_gru.c").read_text(), flags=re.M)) == 3

@@ -9,6 +9,7 @@ kernel under `templates/float/`:
     Relu, Clip → clamp (fused into a preceding linear/add as in the integer lowering)
     Conv → conv1d   MaxPool → maxpool1d   Transpose → transpose   Sigmoid → sigmoid   Tanh → tanh
     Softmax → softmax   Reshape/Flatten/Squeeze/Unsqueeze/Identity → views (no code)   Sub → add (signs)
+    Concat → concat
     LeakyRelu, Elu, HardSwish, Softplus, ... → unary (a <math.h> expression)   AveragePool, GlobalAveragePool,
     GlobalMaxPool, ReduceMean, ReduceMax → pool
     the per-step nodes `unroll-lstm` tagged (qpass.lstm, .direction, .step, .role) → one `lstm` loop over T
@@ -287,6 +288,20 @@ def _view(fl: FloatLowering, node: ir.Node) -> None:
     y = fl.output_of(node, alias_of=x)
     if y.size != x.size:
         raise UnsupportedOpError(node.name or "", node.op_type, f"{x.shape} → {y.shape} changes the size")
+
+
+@float_emitter("Concat")
+def _concat(fl: FloatLowering, node: ir.Node) -> None:
+    """Concat (a Keras Bidirectional's halves): each input's blocks copied to its offset in the output."""
+    parts = [fl.input_of(node, i) for i in range(len(node.inputs))]
+    y = fl.output_of(node)
+    axis = node.attributes.get_int("axis", 0) % len(y.shape)
+    inner = int(np.prod(y.shape[axis + 1:]))
+    chunks = [int(p.shape[axis]) * inner for p in parts]
+    dims = [int(np.prod(y.shape[:axis])), sum(chunks)]
+    for i, chunk in enumerate(chunks):
+        dims += [chunk, sum(chunks[:i])]
+    fl.step("concat", parts, [y], node.name or node.op_type, dims=np.array(dims, dtype=np.int32))
 
 
 @float_emitter("Sigmoid", "Tanh")

@@ -183,6 +183,24 @@ def test_conv_pool_transpose_and_elementwise(tmp_path: Path) -> None:
         assert f"qf_{kernel}(" in source
 
 
+def test_concat_of_two_branches(tmp_path: Path) -> None:
+    """Concat on a middle and on the last axis (a Keras Bidirectional's halves are the last-axis case)."""
+    rng = np.random.default_rng(7)
+    model = _parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, 4] x) => (float[1, 18] y) {
+            a = MatMul (x, wa)
+            b = MatMul (x, wb)
+            c = Concat <axis = 2> (a, b)
+            d = Concat <axis = 1> (c, x2)
+            y = Flatten (d)
+        }""", wa=rng.normal(0, 1, (4, 2)), wb=rng.normal(0, 1, (4, 1)), x2=rng.normal(0, 1, (1, 3, 3)))
+    x = rng.normal(0, 1, (16, 1, 3, 4)).astype(np.float32)
+    y_c, source = _float_c(model, "cat", tmp_path, x)
+    assert np.abs(y_c - _ort(model, x)).max() < TOL
+    assert "qf_concat(" in source
+
+
 def test_matmul_gemm_attributes_and_a_view_output(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     model = _parse("""
