@@ -40,10 +40,14 @@ def folded(program: Program, step: Step) -> dict:
 
 
 def conv_interior(p: dict) -> dict:
-    """Group sizes and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test needed)."""
+    """Group sizes, x's strides, and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test)."""
     s, d, pad, k, l_in, l_out = p["stride"], p["dilation"], p["pad_left"], p["k"], p["l_in"], p["l_out"]
     o_lo = min(l_out, -(-pad // s))
     o_hi = max(0, min(l_out, (l_in - 1 + pad - (k - 1) * d) // s + 1))
     if o_hi <= o_lo:
         o_lo = o_hi = 0
-    return {"cin_g": p["c_in"] // p["groups"], "cout_g": p["c_out"] // p["groups"], "o_lo": o_lo, "o_hi": o_hi}
+    last = bool(p.get("channels_last"))
+    cin_g = p["c_in"] // p["groups"]
+    cs, ps = (1, p["c_in"]) if last else (l_in, 1)  # element strides of a channel and of a position in x
+    return {"cin_g": cin_g, "cout_g": p["c_out"] // p["groups"], "o_lo": o_lo, "o_hi": o_hi, "cs": cs, "ps": ps,
+            "gs": cin_g * cs, "layout": "[L, C] (channels last)" if last else "[C, L]"}

@@ -509,7 +509,7 @@ def _conv_params(c_in: int, l_in: int, c_out: int, k: int, *, stride=1, dilation
 
 def _conv_program(rng, name: str, *, c_in: int, l_in: int, c_out: int, k: int, x_zp=0, y_zp=0, lo=None, hi=None,
                   mult=None, shift=None, bias=None, x_dtype="int8", w_dtype="int8", y_dtype="int8",
-                  **dims) -> Program:
+                  channels_last=False, **dims) -> Program:
     p = _conv_params(c_in, l_in, c_out, k, **dims)
     cin_g = c_in // p["groups"]
     weight = _weights(rng, (c_out, cin_g, k), w_dtype)
@@ -526,7 +526,9 @@ def _conv_program(rng, name: str, *, c_in: int, l_in: int, c_out: int, k: int, x
              mult=np.asarray(mult, dtype=np.int32), shift=np.asarray(shift, dtype=np.int32), acc_bits=acc_bits,
              acc_bound=bound, x_zp=x_zp, y_zp=y_zp, lo=QMIN[y_dtype] if lo is None else lo,
              hi=QMAX[y_dtype] if hi is None else hi)
-    tensors = [_t("t0", (1, c_in, l_in), zp=x_zp, dtype=x_dtype),
+    if channels_last:
+        p["channels_last"] = 1
+    tensors = [_t("t0", (1, l_in, c_in) if channels_last else (1, c_in, l_in), zp=x_zp, dtype=x_dtype),
                _t("t1", (1, c_out, p["l_out"]), zp=y_zp, dtype=y_dtype)]
     return _program(name, tensors, [Step("conv1d", ["t0"], ["t1"], p, origin="test/Conv")])
 
@@ -557,6 +559,11 @@ def conv1d_extremes_fused_clamp(rng):
         mult[j], shift[j] = quantize_multiplier(float(rng.uniform(20, 120)) / abs(int(bias[j])))
     return _conv_program(rng, "k_conv_ext", c_in=4, l_in=8, c_out=c_out, k=3, x_zp=-128, y_zp=-128, lo=-128,
                          hi=100, mult=mult, shift=shift, bias=bias, pad_left=1, pad_right=1)
+
+
+def conv1d_channels_last(rng):
+    return _conv_program(rng, "k_conv_cl", c_in=4, l_in=11, c_out=6, k=3, groups=2, stride=2, dilation=2,
+                         pad_left=2, pad_right=1, x_zp=-7, y_zp=3, channels_last=True)
 
 
 def conv1d_int16(rng):
@@ -816,7 +823,8 @@ CASES: dict[str, dict[str, Case]] = {
     "copy": {"reshape": Case(copy_reshape, 256)},
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
-               "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
+               "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
+               "channels-last": Case(conv1d_channels_last)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
