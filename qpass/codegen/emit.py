@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_arena
-from qpass.codegen.prepare import conv_interior, folded
+from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -30,12 +30,15 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "weight": None, "bias": "int32", "bias_shift": "uint8", "mult": "int32", "shift": "uint8", "table": None,
     "exp_table": "int32",
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
-    "mx": "int32", "mh": "int32", "acc0": None,
+    "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
+    "sh": "uint8",
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
     "linear": lambda program, step: {"f": folded(program, step)},
-    "conv1d": lambda program, step: {"f": folded(program, step), **conv_interior(step.params)},
+    "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
+                                     **conv_interior(step.params)},
+    "lstm": lambda program, step: {"g": lstm_gates(program, step)},
 }
 
 
@@ -124,16 +127,18 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         module = modules[step.kernel]
         types, fn = _types(program, step)
         layer = f"qp_l{index}_{step.kernel}"
-        extra = PREPARE[step.kernel](program, step) if step.kernel in PREPARE else {}
+        per_layer = hasattr(module, "layer")
+        extra = PREPARE[step.kernel](program, step) if per_layer and step.kernel in PREPARE else {}
         arrays = {k: v for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
-        arrays.update({k: v for k, v in extra.get("f", {}).items() if k in ARRAY_PARAMS})
+        for part in ("f", "g"):
+            arrays.update({k: v for k, v in extra.get(part, {}).items() if k in ARRAY_PARAMS})
         consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{layer}_{k}") for k, v in arrays.items()}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "n": program.tensors[step.outputs[0]].size,
                "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars,
                "l": {k: [int(i) for i in v] for k, v in step.params.items() if isinstance(v, list)}}
-        if hasattr(module, "layer"):
+        if per_layer:
             ctx.update(extra, fn=layer, t=types, title=comment(f"layer {index}, {step.kernel} ({step.origin})"))
             defs[layer] = str(module.layer(ctx)).strip()
             unused = {c for c in consts.values() if not re.search(rf"\b{c}\b", defs[layer])}

@@ -49,5 +49,57 @@ def conv_interior(p: dict) -> dict:
     last = bool(p.get("channels_last"))
     cin_g = p["c_in"] // p["groups"]
     cs, ps = (1, p["c_in"]) if last else (l_in, 1)  # element strides of a channel and of a position in x
+    wc, wk = (1, cin_g) if last else (k, 1)  # strides of c and k in the C's weight order (see conv_weight)
     return {"cin_g": cin_g, "cout_g": p["c_out"] // p["groups"], "o_lo": o_lo, "o_hi": o_hi, "cs": cs, "ps": ps,
-            "gs": cin_g * cs, "layout": "[L, C] (channels last)" if last else "[C, L]"}
+            "gs": cin_g * cs, "wc": wc, "wk": wk, "layout": "[L, C] (channels last)" if last else "[C, L]"}
+
+
+def conv_weight(p: dict) -> np.ndarray:
+    """The conv weight in the order the C walks it: [M, C, K], or [M, K, C] when x is channels-last."""
+    w = np.asarray(p["weight"])
+    return np.ascontiguousarray(w.transpose(0, 2, 1)) if p.get("channels_last") else w
+
+
+def _pow2(v: np.ndarray) -> np.ndarray | None:
+    """log2 of every value when all are powers of two (>= 1), else None."""
+    v = np.asarray(v).astype(np.int64)
+    if np.any(v < 1) or np.any(v & (v - 1)):
+        return None
+    return np.array([int(e).bit_length() - 1 for e in v], dtype=np.int64)
+
+
+def lstm_gates(program: Program, step: Step) -> dict:
+    """The LSTM's folded gate accumulators and the gate rescale's form.
+
+    ax = ax0[r] + Σ x·wx[r],  ax0 = bias·2^k − x_zp·Σ wx[r];   ah = ah0[r] + Σ h·wh[r],  ah0 = −h_zp·Σ wh[r].
+    With power-of-two MX = 2^a, MH = 2^b and m = min(a, b) < s, the rescale is exactly
+    (ax·2^(a−m) + ah·2^(b−m) + 2^(s−m−1)) >> (s−m), done in 32 bits when its proven bound allows.
+    """
+    p = step.params
+    x = program.tensors[step.inputs[0]]
+    h = program.tensors[step.outputs[0]]
+    wx = np.asarray(p["weight"]).astype(np.int64)
+    wh = np.asarray(p["weight_h"]).astype(np.int64)
+    b = np.asarray(p["bias"]).astype(np.int64) << np.asarray(p["bias_shift"]).astype(np.int64)
+    ax0 = b - int(p["x_zp"]) * wx.sum(axis=1)
+    ah0 = -int(p["h_zp"]) * wh.sum(axis=1)
+    x_max, h_max = max(-QMIN[x.dtype], QMAX[x.dtype]), max(-QMIN[h.dtype], QMAX[h.dtype])
+    span_x = max(QMAX[x.dtype] - p["x_zp"], p["x_zp"] - QMIN[x.dtype])
+    span_h = max(QMAX[h.dtype] - p["h_zp"], p["h_zp"] - QMIN[h.dtype])
+    bound_x = np.abs(wx).sum(axis=1) * span_x + np.abs(b)  # the final |ax|, |ah| (as lower_lstm proves)
+    bound_h = np.abs(wh).sum(axis=1) * span_h
+    partial = max(int((np.abs(ax0) + np.abs(wx).sum(axis=1) * x_max).max()),
+                  int((np.abs(ah0) + np.abs(wh).sum(axis=1) * h_max).max()), int(bound_x.max()), int(bound_h.max()))
+    wide = partial >= INT32_LIMIT
+    a, bb, s = _pow2(p["mx"]), _pow2(p["mh"]), np.asarray(p["shift"]).astype(np.int64)
+    out = {"ax0": ax0.astype(np.int64 if wide else np.int32), "ah0": ah0.astype(np.int64 if wide else np.int32),
+           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit"}
+    if a is not None and bb is not None and not wide:
+        m = np.minimum(a, bb)
+        s2 = s - m
+        fx, fh = np.int64(1) << (a - m), np.int64(1) << (bb - m)
+        fits = np.all(s2 >= 1) and np.all(s2 <= 30)
+        if fits and int((bound_x * fx + bound_h * fh + (np.int64(1) << (s2 - 1))).max()) < INT32_LIMIT:
+            out.update(pow2=True, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32), fh=fh.astype(np.int32),
+                       sh=s2.astype(np.int32))
+    return out
