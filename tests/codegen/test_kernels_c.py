@@ -10,6 +10,7 @@ is registered without a case here fails, so every new kernel gets one.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import zlib
 from collections.abc import Callable
@@ -919,3 +920,27 @@ def test_chain_of_kernels_on_each_compiler(cc, tmp_path):
     assert plan_arena(program).size > 0
     x = _samples(rng, program.tensors[program.input].size)
     _check_c_equals_ref(program, x, tmp_path, cc=cc, min_distinct=10)
+
+
+def test_per_layer_kernels_see_their_shapes():
+    """linear and conv1d are per-layer functions: sizes and zero points are literals, the multiply-accumulate is
+    bare (x_zp folded into acc0), every kernel is kept out of line."""
+    program = conv1d_channels_last(np.random.default_rng(8))
+    c = render(program, source="test").c
+    heads = re.findall(r"^static (?:QP_NOINLINE )?void (\w+)\(([^)]*)\)", c, flags=re.M)
+    assert {name for name, _ in heads} == {"qp_l0_conv1d", "qp_l1_linear"}
+    assert all(args.count(",") == 1 for _, args in heads)  # (x, y): nothing else arrives at run time
+    assert c.count("static QP_NOINLINE void") == len(heads)
+    macs = re.findall(r"acc\d \+= (.*);", c)
+    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]", m) for m in macs), macs
+    code = re.sub(r"/\*.*?\*/", "", c, flags=re.S)
+    assert "dims[" not in code and "x_zp" not in code
+
+
+@pytest.mark.parametrize("cc", ["gcc", pytest.param("clang", marks=pytest.mark.skipif(
+    shutil.which("clang") is None, reason="clang is not installed on this machine"))])
+def test_per_layer_kernels_on_each_compiler(cc, tmp_path):
+    rng = np.random.default_rng(9)
+    program = conv1d_channels_last(rng)
+    x = _samples(rng, program.tensors[program.input].size)
+    _check_c_equals_ref(program, x, tmp_path, cc=cc, min_distinct=3)
