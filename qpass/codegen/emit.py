@@ -58,6 +58,12 @@ def comment(text: str, limit: int = 80) -> str:
     return safe.replace("*/", "?/")
 
 
+def ident(text: str, limit: int = 32) -> str:
+    """A model-supplied name as part of a C identifier: lower-case letters, digits and single underscores.
+    Callers prefix it (qp_l<step>_), so the result is never a keyword and never collides."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].strip("_")
+
+
 def _env() -> Environment:
     return Environment(loader=PackageLoader("qpass.codegen", "templates"), undefined=StrictUndefined,
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
@@ -127,12 +133,13 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         module = modules[step.kernel]
         types, fn = _types(program, step)
         layer = f"qp_l{index}_{step.kernel}"
+        prefix = f"qp_l{index}_{ident(step.origin) or step.kernel}"
         per_layer = hasattr(module, "layer")
         extra = PREPARE[step.kernel](program, step) if per_layer and step.kernel in PREPARE else {}
         arrays = {k: v for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
         for part in ("f", "g"):
             arrays.update({k: v for k, v in extra.get(part, {}).items() if k in ARRAY_PARAMS})
-        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{layer}_{k}") for k, v in arrays.items()}
+        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{prefix}_{k}") for k, v in arrays.items()}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "n": program.tensors[step.outputs[0]].size,
