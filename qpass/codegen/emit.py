@@ -39,6 +39,7 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
     "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
                                      **conv_interior(step.params)},
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
+    "maxpool1d": lambda program, step: conv_interior(step.params),
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},
 }
