@@ -172,6 +172,7 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
         "need_requantize": any("qp_requantize(" in d for d in defs.values()),
+        "need_requantize_hi": any("qp_requantize_hi(" in d for d in defs.values()),
         "need_clamp": any("qp_clamp(" in d for d in defs.values()),
         "constants": constants, "calls": calls,
     }

@@ -35,8 +35,19 @@ def folded(program: Program, step: Step) -> dict:
     top = int(shift.max())
     acc_bound = max(bound, int(p["acc_bound"]))
     pow2 = bool(np.all(mult == 1)) and not wide and top <= 30 and acc_bound + (1 << (top - 1)) < INT32_LIMIT
+    hi = not pow2 and high_word(shift, acc_bound * int(mult.max()))
     return {"acc0": acc0.astype(np.int64 if wide else np.int32), "acc": "int64_t" if wide else "int32_t",
-            "pow2": pow2}
+            "pow2": pow2, "hi": hi}
+
+
+def high_word(shift: np.ndarray, product_bound: int) -> bool:
+    """True when (p + 2^(s-1)) >> s can be taken from p's high word: ((p >> 32) + 2^(s-33)) >> (s-32), exact.
+
+    The rounding term's low word is zero when s >= 33, so it adds to the high word alone; |p| < 2^62 keeps
+    the high word and the sum inside int32. No variable 64-bit shift is left.
+    """
+    shift = np.asarray(shift)
+    return bool(np.all(shift >= 33) and np.all(shift <= 62) and product_bound < 2**62)
 
 
 def conv_interior(p: dict) -> dict:
@@ -93,13 +104,16 @@ def lstm_gates(program: Program, step: Step) -> dict:
     wide = partial >= INT32_LIMIT
     a, bb, s = _pow2(p["mx"]), _pow2(p["mh"]), np.asarray(p["shift"]).astype(np.int64)
     out = {"ax0": ax0.astype(np.int64 if wide else np.int32), "ah0": ah0.astype(np.int64 if wide else np.int32),
-           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit"}
+           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit",
+           "hi": high_word(s, int((bound_x * np.asarray(p["mx"]) + bound_h * np.asarray(p["mh"])).max()))}
+    if out["hi"]:
+        out["form"] = "64-bit product, high word"
     if a is not None and bb is not None and not wide:
         m = np.minimum(a, bb)
         s2 = s - m
         fx, fh = np.int64(1) << (a - m), np.int64(1) << (bb - m)
         fits = np.all(s2 >= 1) and np.all(s2 <= 30)
         if fits and int((bound_x * fx + bound_h * fh + (np.int64(1) << (s2 - 1))).max()) < INT32_LIMIT:
-            out.update(pow2=True, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32), fh=fh.astype(np.int32),
-                       sh=s2.astype(np.int32))
+            out.update(pow2=True, hi=False, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32),
+                       fh=fh.astype(np.int32), sh=s2.astype(np.int32))
     return out

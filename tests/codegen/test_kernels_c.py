@@ -226,6 +226,11 @@ def linear_x16_w16_acc64(rng):
                            bias_shift=rng.integers(0, 8, size=n))
 
 
+def linear_pow2(rng):  # every multiplier 1: the C rescales with 32-bit shifts only
+    return _linear_program(rng, "k_lin_pow2", rows=3, k=10, n=5, x_zp=-9, y_zp=4, mult=np.ones(5, np.int32),
+                           shift=np.array([9, 10, 11, 12, 13]))
+
+
 def linear_out16(rng):
     return _linear_program(rng, "k_linear_y16", k=8, n=6, y_dtype="int16", y_zp=0)
 
@@ -567,6 +572,11 @@ def conv1d_channels_last(rng):
                          pad_left=2, pad_right=1, x_zp=-7, y_zp=3, channels_last=True)
 
 
+def conv1d_pow2(rng):
+    return _conv_program(rng, "k_conv_pow2", c_in=3, l_in=12, c_out=4, k=3, pad_left=1, pad_right=1, x_zp=5,
+                         y_zp=-3, mult=np.ones(4, np.int32), shift=np.array([10, 11, 12, 13]))
+
+
 def conv1d_int16(rng):
     return _conv_program(rng, "k_conv16", c_in=2, l_in=10, c_out=3, k=3, pad_left=1, pad_right=1, x_dtype="int16",
                          w_dtype="int16", y_dtype="int16")
@@ -804,7 +814,7 @@ CASES: dict[str, dict[str, Case]] = {
     "linear": {"random": Case(linear_random), "rows": Case(linear_rows, 5), "extremes": Case(linear_extremes, 3),
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
                "x16": Case(linear_x16), "w16": Case(linear_w16), "x16-w16-acc64": Case(linear_x16_w16_acc64),
-               "y16": Case(linear_out16)},
+               "y16": Case(linear_out16), "pow2": Case(linear_pow2)},
     "concat": {"last-axis": Case(concat_last_axis), "middle-axis": Case(concat_middle_axis),
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
@@ -825,7 +835,7 @@ CASES: dict[str, dict[str, Case]] = {
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
-               "channels-last": Case(conv1d_channels_last)},
+               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
