@@ -707,7 +707,7 @@ def transpose_int16(rng):
 
 def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, x_dtype="int8",
                   w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                  x_steps: int = 0) -> Program:
+                  x_steps: int = 0, pow2: bool = False) -> Program:
     from qpass.codegen.lower_lstm import tanh_table
     from qpass.solver.plan import FIXED
 
@@ -727,6 +727,9 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
     gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
               else 0) for _ in range(4)]
+    if pow2:  # every scale a power of two (an a8w8-pow2 plan): the multipliers are powers of two too
+        x_scale, h_scale, sw, sr = (2.0 ** np.round(np.log2(v)) for v in (x_scale, h_scale, sw, sr))
+        gates = [(2.0 ** round(float(np.log2(g))), zp) for g, zp in gates]
     # as lower_lstm.lower_lstm: the accumulators' proven bounds give the multiplier bits
     span_x = max(QMAX[x_dtype] - x_zp, x_zp - QMIN[x_dtype])
     span_h = max(QMAX[h_dtype] - h_zp, h_zp - QMIN[h_dtype])
@@ -791,6 +794,10 @@ def lstm_single_step(rng):
     return _lstm_program(rng, "k_lstm_t1", t_len=1, n_in=6, hid=4, reverse=False)
 
 
+def lstm_pow2(rng):  # power-of-two multipliers: 32-bit gate rescale, c and h updates by shifts only
+    return _lstm_program(rng, "k_lstm_pow2", t_len=6, n_in=3, hid=4, reverse=False, pow2=True)
+
+
 def lstm_int16_gates(rng):
     return _lstm_program(rng, "k_lstm_g16", t_len=5, n_in=3, hid=4, reverse=False, g_dtype="int16",
                          a_dtype="int16", h_dtype="int16")
@@ -846,7 +853,7 @@ CASES: dict[str, dict[str, Case]] = {
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
-             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything)},
+             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
 }
 
 KNOWN_BUGS: dict = {}
