@@ -57,7 +57,7 @@ class GeneratedC:
 
 def comment(text: str, limit: int = 80) -> str:
     """A model-supplied name made safe inside a C block comment: no `*/`, no newline, ASCII only."""
-    safe = re.sub(r"[^A-Za-z0-9_.:/\-,()=>+ ]", "?", text)[:limit]
+    safe = re.sub(r"[^A-Za-z0-9_.:;/\-,()=>+ ]", "?", text)[:limit]
     return safe.replace("*/", "?/")
 
 
