@@ -320,10 +320,12 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-pad             # a zero Pad (Keras causal padding) into the Conv after it
   - fold-batchnorm
   - keras-lstm
+  - keras-gru
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm
+  - unroll-gru
   - matmul-to-gemm
   - simplify-layout
   # - my_passes.py:MyPass  # a pass of your own, from a file next to this one

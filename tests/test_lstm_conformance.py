@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.case.node import lstm as onnx_lstm_cases
 
 from qpass.config import load_pipeline
-from qpass.errors import UnsupportedOpError
+from qpass.errors import OrtError, UnsupportedOpError
 from qpass.pipeline import run_pipeline
 
 STATES = ("W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")  # LSTM inputs 1..7, made constants
@@ -94,7 +94,9 @@ def _check(tmp: Path, node: onnx.NodeProto, inputs: list[np.ndarray]) -> None:
     yaml, batch = _write(tmp, node, inputs)
     has_peepholes = len(node.input) > 7 and node.input[7]
     if batch != 1 or has_peepholes:
-        with pytest.raises(UnsupportedOpError, match="conformance_lstm"):
+        # refused by name: by qpass's support check, or (layout=1, which onnxruntime cannot run, so there is
+        # no float reference) by onnxruntime's one-line error naming the node
+        with pytest.raises((UnsupportedOpError, OrtError), match="conformance_lstm"):
             run_pipeline(load_pipeline(yaml))
         return
     report = run_pipeline(load_pipeline(yaml))

@@ -95,6 +95,7 @@ def test_report_html_loads_in_headless_chromium(har, tmp_path) -> None:
     page = out / "report.html"
     html = page.read_text()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:|//)""", html)  # nothing loads from a network
+    assert not re.search(r"built-in method|bound method| at 0x[0-9a-f]+", html)  # no Python object leaked in
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",

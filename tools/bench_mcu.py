@@ -222,11 +222,14 @@ class Result:
 
 
 def step_macs(kernel: str, params: dict) -> int:
-    """Multiply-accumulates of one program step: the dot products of conv1d, linear and recurrent kernels
+    """Multiply-accumulates of one program step: the dot products of conv1d, conv2d, linear and recurrent kernels
     (LSTM: 4 gates, GRU: 3, each over input and hidden state); element-wise and data-movement kernels: 0."""
     p = params
     if kernel == "conv1d" and {"c_out", "l_out", "k", "c_in"} <= p.keys():
         return int(p["c_out"] * p["l_out"] * p["k"] * (p["c_in"] // max(int(p.get("groups", 1)), 1)))
+    if kernel == "conv2d" and "dims" in p:  # dims: c_in, h_in, w_in, c_out, h_out, w_out, kh, kw, ..., groups
+        d = [int(v) for v in p["dims"]]
+        return d[3] * d[4] * d[5] * d[6] * d[7] * (d[0] // max(d[14], 1))
     if kernel == "linear" and {"in_features", "out_features"} <= p.keys():
         return int(p.get("rows", 1) * p["in_features"] * p["out_features"])
     gates = {"lstm": 4, "gru": 3, "rnn": 1}.get(kernel)

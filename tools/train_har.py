@@ -1,8 +1,8 @@
-"""Train the examples/har (Conv1D+BN+LSTM), examples/har_lstm (pure LSTM) and examples/har_bilstm (stacked
-bidirectional LSTM) models on BasicMotions (seeded).
+"""Train the examples/har (Conv1D+BN+LSTM), examples/har_lstm (pure LSTM), examples/har_bilstm (stacked
+bidirectional LSTM) and examples/gru (GRU into a bidirectional GRU) models on BasicMotions (seeded).
 
     python tools/extract_basicmotions.py          # once: writes examples/har/basicmotions.npz
-    python tools/train_har.py                     # writes examples/har/, examples/har_lstm/, examples/har_bilstm/
+    python tools/train_har.py                     # writes examples/har/, har_lstm/, har_bilstm/, gru/
     python tools/train_har.py --steps 10 --out build/har_t10   # variants on the first 10 time steps
 
 Inputs are standardized per channel with the mean/std of the TRAIN set only (stored as ``mean``/``std`` in
@@ -64,6 +64,16 @@ def build_har_bilstm(keras, steps: int):
     ], name="har_bilstm")
 
 
+def build_har_gru(keras, steps: int):
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((steps, CHANNELS), name="imu"),
+        layers.GRU(12, return_sequences=True),
+        layers.Bidirectional(layers.GRU(8)),
+        layers.Dense(N_CLASSES, activation="softmax"),
+    ], name="har_gru")
+
+
 def train(keras, model, x_tr, y_tr, *, lr: float, chunk: int, max_epochs: int, target: float) -> tuple[int, float]:
     """Fit in chunks of epochs until the (inference-mode) train accuracy reaches target, or max_epochs."""
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -85,7 +95,7 @@ def main() -> None:
                     help="root folder: writes OUT/<model>/ (default: examples/; required with --steps)")
     ap.add_argument("--steps", type=int, default=FULL_STEPS,
                     help=f"train on the first T time steps only (1..{FULL_STEPS}; default {FULL_STEPS})")
-    ap.add_argument("--only", choices=["har", "har_lstm", "har_bilstm"], help="train just one of the models")
+    ap.add_argument("--only", choices=["har", "har_lstm", "har_bilstm", "gru"], help="train just one of the models")
     ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--target", type=float, default=1.0, help="stop once train accuracy reaches this")
     args = ap.parse_args()
@@ -110,7 +120,8 @@ def main() -> None:
     x_tr = ((x_tr - mean) / std).astype(np.float32)
     x_te = ((x_te - mean) / std).astype(np.float32)
 
-    builders = {"har": (build_har, 3e-3), "har_lstm": (build_har_lstm, 3e-3), "har_bilstm": (build_har_bilstm, 1e-2)}
+    builders = {"har": (build_har, 3e-3), "har_lstm": (build_har_lstm, 3e-3), "har_bilstm": (build_har_bilstm, 1e-2),
+                "gru": (build_har_gru, 1e-2)}
     for name, (build, lr) in builders.items():
         if args.only and name != args.only:
             continue

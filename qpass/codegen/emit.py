@@ -92,7 +92,7 @@ def _types(program: Program, step) -> tuple[dict[str, str], str]:
         t["w"] = str(np.asarray(step.params["weight"]).dtype)
     if "acc_bits" in step.params:
         t["acc"] = "int64" if step.params["acc_bits"] > 32 else "int32"
-    if "gate_bits" in step.params:  # the LSTM: gate pre-activation and gate activation types
+    if "gate_bits" in step.params:  # the LSTM and GRU: gate pre-activation and gate activation types
         t["g"], t["a"] = step.params["gate_bits"], step.params["act_bits"]
     suffix = "_".join(f"{k}{v.replace('int', '')}" for k, v in sorted(t.items()))
     return {k: CTYPE[v] for k, v in t.items()}, f"qp_{step.kernel}_{suffix}"

@@ -12,6 +12,7 @@ kernel under `templates/float/`:
     LeakyRelu, Elu, HardSwish, Softplus, ... → unary (a <math.h> expression)   AveragePool, GlobalAveragePool,
     GlobalMaxPool, ReduceMean, ReduceMax → pool
     the per-step nodes `unroll-lstm` tagged (qpass.lstm, .direction, .step, .role) → one `lstm` loop over T
+    the per-step nodes `unroll-gru` tagged (qpass.gru, ...) → one `gru` loop over T
 
 The C uses float and <math.h> (expf, tanhf; link with -lm) and nothing else: `NAME_float_run(const float
 *input, float *output)`, a static arena, const weights, sizes as `NAME_FLOAT_*` macros.
@@ -37,10 +38,14 @@ from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import HARNESS, WARN_FLAGS
 from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
-from qpass.codegen.lower import reduce_axes, same_pads
+from qpass.codegen.layout_2d import fold_layout_transposes
+from qpass.codegen.lower import reduce_axes, same_pads, window_2d
+from qpass.codegen.lower_gru import gather_steps as gather_gru_steps
+from qpass.codegen.lower_gru import gru_key
 from qpass.codegen.lower_lstm import gather_steps, step_time
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
+from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
 from qpass.runtime_ref.program import Program, QTensor, Step
@@ -125,17 +130,18 @@ class FloatLowering:
         x = graph.inputs[0]
         t_in = self.new_tensor(_static_shape(None, x), x.name or "input")
         self.by_value[id(x)] = t_in
-        groups: dict[tuple[str, str], list[ir.Node]] = defaultdict(list)
+        groups: dict[tuple[str, ...], list[ir.Node]] = defaultdict(list)
         for node in graph:
-            if LSTM_KEY in node.metadata_props:
-                groups[_group_key(node)].append(node)
-        done: set[tuple[str, str]] = set()
+            key = _group_key(node)
+            if key is not None:
+                groups[key].append(node)
+        done: set[tuple[str, ...]] = set()
         for node in graph:
-            if LSTM_KEY in node.metadata_props:
-                key = _group_key(node)
+            key = _group_key(node)
+            if key is not None:
                 if key not in done:
                     done.add(key)
-                    lower_lstm_float(self, groups[key])
+                    (lower_gru_float if len(key) == 3 else lower_lstm_float)(self, groups[key])
                 continue
             if node.op_type == "Constant":
                 continue
@@ -159,8 +165,11 @@ class FloatLowering:
         return program
 
 
-def _group_key(node: ir.Node) -> tuple[str, str]:
-    return node.metadata_props[LSTM_KEY], node.metadata_props.get(DIR_KEY, "0")
+def _group_key(node: ir.Node) -> tuple[str, ...] | None:
+    """(name, direction) of an unrolled LSTM's node, ("GRU", name, direction) of an unrolled GRU's, else None."""
+    if LSTM_KEY in node.metadata_props:
+        return node.metadata_props[LSTM_KEY], node.metadata_props.get(DIR_KEY, "0")
+    return gru_key(node)
 
 
 def _static(shape) -> bool:
@@ -198,7 +207,9 @@ def _fuse_clamps(program: Program) -> None:
 
 def lower(model: ir.Model, name: str) -> Program:
     """The float32 program of a float model (after the float passes)."""
-    return FloatLowering(model, name).run()
+    program = FloatLowering(model, name).run()
+    fold_layout_transposes(program)
+    return program
 
 
 # -- emitters ---------------------------------------------------------------------------------
@@ -421,7 +432,7 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
         raise UnsupportedOpError(node.name or "", "Transpose", "rank above 6 is not supported")
     in_strides = [int(np.prod(x.shape[i + 1:])) for i in range(rank)]
     y = fl.output_of(node, tuple(x.shape[p] for p in perm))
-    fl.step("transpose", [x], [y], node.name or "Transpose",
+    fl.step("transpose", [x], [y], node.name or "Transpose", perm=perm,
             dims=np.array([x.shape[p] for p in perm] + [1] * (6 - rank), dtype=np.int32),
             strides=np.array([in_strides[p] for p in perm] + [0] * (6 - rank), dtype=np.int32))
 
@@ -478,6 +489,63 @@ def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[
                 if out.is_graph_output() or any(id(u) not in members for u in out.consumers()):
                     raise UnsupportedOpError(node.name or "", node.op_type,
                                              f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")
+
+
+# -- the re-rolled GRU ------------------------------------------------------------------------
+def lower_gru_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
+    """One `gru` step for the tagged nodes of one direction (as lower_gru.py reads them), and its views."""
+    name = nodes[0].metadata_props[GRU_KEY]
+    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
+        raise UnsupportedOpError(name, "GRU", "bidirectional ONNX GRUs are not in the float C baseline yet")
+    steps, t_len, reverse = gather_gru_steps(nodes)
+    first = steps[0]
+    lbr = any("rn" in st for st in steps.values())
+    x = fl.input_of(first["x"], 0)
+    n_in = x.shape[-1]
+    if len(x.shape) != 3 or x.size != t_len * n_in:
+        raise UnsupportedOpError(name, "GRU", f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
+
+    def find(role: str) -> ir.Node | None:
+        return next((st[role] for st in steps.values() if role in st), None)
+
+    def bias_of(node: ir.Node | None, size: int) -> np.ndarray:
+        consts = [const_value(v) for v in node.inputs] if node is not None else []
+        return next((c for c in consts if c is not None), np.zeros(size)).reshape(-1)
+
+    wx = fl.const(first["xw"], 1, "W")  # [I, 3H]
+    hid = wx.shape[1] // 3
+    hr, hn = find("hr"), find("hn")
+    wh = fl.const(hr, 1, "R") if hr is not None else np.zeros((hid, 3 * hid if lbr else 2 * hid))
+    if not lbr:
+        wh = np.concatenate([wh, fl.const(hn, 1, "Rn") if hn is not None else np.zeros((hid, hid))], axis=1)
+    if not lbr:
+        bias_n = np.zeros(hid)
+    elif find("hb") is not None:
+        bias_n = bias_of(find("hb"), 3 * hid)[2 * hid:]
+    else:  # T = 1, recurrent terms folded away: r multiplies Rn·0 + bn = bn, a constant
+        bias_n = bias_of(first["rn"], hid)
+    bias = np.concatenate([bias_of(first.get("xb"), 3 * hid), bias_n])
+    if wx.shape != (n_in, 3 * hid) or wh.shape != (hid, 3 * hid) or bias.shape != (4 * hid,):
+        raise UnsupportedOpError(name, "GRU", f"W {wx.shape}, R {wh.shape}, B {bias.shape} do not fit I={n_in}")
+    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
+    scratch = fl.new_tensor((3 * hid,), f"{name} gates (scratch)")
+    fl.step("gru", [x], [hseq, scratch], f"GRU {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
+            lbr=int(lbr), weight=np.ascontiguousarray(wx.T, dtype=np.float32),
+            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
+    members = {id(n) for n in nodes}
+    for s in range(t_len):
+        fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=step_time(steps[s]["x"]) * hid)
+    for node in nodes:  # in graph order: an Unsqueeze's h is mapped before it
+        role = node.metadata_props.get(GRU_ROLE_KEY, "")
+        if role in ("y", "y_h") and node.op_type == "Unsqueeze":
+            fl.output_of(node, alias_of=fl.input_of(node, 0))
+        elif role == "y" and node.op_type == "Concat":
+            fl.output_of(node, alias_of=hseq)
+        elif role != "h":
+            for out in node.outputs:
+                if out.is_graph_output() or any(id(u) not in members for u in out.consumers()):
+                    raise UnsupportedOpError(node.name or "", node.op_type,
+                                             f"GRU {role!r} output is used outside the GRU; only Y and Y_h are")
 
 
 # -- C ----------------------------------------------------------------------------------------
@@ -587,3 +655,41 @@ def compile_and_run(c_file: Path, h_file: Path, name: str, inputs: np.ndarray, o
     if out.size != len(inputs) * out_size:
         raise CodegenError(f"the compiled {api} wrote {out.size} values, expected {len(inputs) * out_size}")
     return out.reshape(len(inputs), out_size)
+
+
+# -- 2-D section (issue 13): Conv, MaxPool, AveragePool over [1, C, H, W] (the integer lowering's window_2d) -----
+_CONV1D, _MAXPOOL1D, _POOL1D = FLOAT_EMITTERS["Conv"], FLOAT_EMITTERS["MaxPool"], FLOAT_EMITTERS["AveragePool"]
+
+
+@float_emitter("Conv")
+def _conv_2d(fl: FloatLowering, node: ir.Node) -> None:
+    w = fl.const(node, 1, "the weight")
+    if w.ndim != 4:
+        _CONV1D(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    c_out, k = w.shape[0], (int(w.shape[2]), int(w.shape[3]))
+    bias = fl.const(node, 2, "the bias").reshape(-1) if len(node.inputs) > 2 and node.inputs[2] is not None else \
+        np.zeros(c_out)
+    win = window_2d(node, x.shape, k)
+    dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
+            *win["dilation"], win["pads"][0], win["pads"][1], node.attributes.get_int("group", 1), 0, 0]
+    y = fl.output_of(node, (1, c_out, win["h_out"], win["w_out"]))
+    fl.step("conv2d", [x], [y], node.name or "Conv", dims=np.array(dims, np.int32), weight=w.astype(np.float32),
+            bias=bias.astype(np.float32))
+
+
+@float_emitter("MaxPool", "AveragePool")
+def _pool_2d(fl: FloatLowering, node: ir.Node) -> None:
+    k = tuple(int(v) for v in node.attributes["kernel_shape"].as_ints())
+    if len(k) != 2:
+        (_MAXPOOL1D if node.op_type == "MaxPool" else _POOL1D)(fl, node)
+        return
+    x = fl.input_of(node, 0)
+    win = window_2d(node, x.shape, k)
+    is_max = int(node.op_type == "MaxPool")
+    count_pad = node.attributes.get_int("count_include_pad", 0)
+    dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
+            win["pads"][0], win["pads"][1], is_max, count_pad, 0, 0]
+    y = fl.output_of(node, (1, x.shape[1], win["h_out"], win["w_out"]))
+    fl.step("pool2d", [x], [y], node.name or node.op_type, dims=np.array(dims, np.int32))

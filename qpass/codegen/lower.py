@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402  (after Lowering's deps)
+from qpass.codegen.layout_2d import fold_layout_transposes
+from qpass.codegen.lower_gru import gru_key, lower_gru  # noqa: E402  (after Lowering's deps)
+from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402
 from qpass.errors import SolverError, UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import (
@@ -81,7 +83,9 @@ def unsupported_reason(node: ir.Node) -> str | None:
     if node.domain not in ("", "ai.onnx"):
         return f"custom-domain op {node.domain!r}: no integer kernel"
     if node.op_type in RECURRENT:
-        return RECURRENT[node.op_type]
+        batch_first = node.op_type != "Loop" and node.attributes.get_int("layout", 0) == 1
+        return RECURRENT[node.op_type] + ("; its layout=1 (batch first) cannot run in onnxruntime, which qpass "
+                                          "calibrates with: export it with layout 0" if batch_first else "")
     if node.op_type in PASS_HINTS:
         return PASS_HINTS[node.op_type]
     if node.op_type not in EMITTERS:
@@ -103,7 +107,13 @@ RECURRENT: dict[str, str] = {
     "LSTM": "an ONNX LSTM is lowered after the unroll-lstm pass; add `unroll-lstm` to passes",
     "Loop": "tf2onnx writes a Keras LSTM as a Loop: the keras-lstm and unroll-lstm passes turn it into kernels; "
             "other loops have no kernel",
+    "GRU": "an ONNX GRU is lowered after the unroll-gru pass; add `unroll-gru` to passes",
 }
+SUPPORT.append(Support(
+    ("GRU",), keras="GRU (reset_after=True or False) in an ONNX GRU", torch="nn.GRU (one layer)",
+    constraints="after the unroll-gru pass: batch 1, default activations, no clip or initial state, "
+    "both linear_before_reset; bidirectional as two kernels; one loop over T in C",
+    precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(
     ("LSTM",), keras="LSTM (return_sequences, go_backwards), Bidirectional(LSTM, merge_mode='concat')",
     torch="nn.LSTM (one layer, one direction)", constraints="after the keras-lstm and unroll-lstm passes: "
@@ -216,20 +226,20 @@ class Lowering:
         scale, zp, dtype = self.qparams(qs[0])
         t_in = self.new_tensor(x.shape, dtype, scale, zp, x.name or "")
         self.by_value[id(qs[0].outputs[0])] = t_in
-        groups: dict[tuple[str, str], list[ir.Node]] = {}
+        groups: dict[tuple[str, ...], list[ir.Node]] = {}
         for node in graph:
-            key = group_key(node)
+            key = group_key(node) or gru_key(node)
             if key is not None:
                 groups.setdefault(key, []).append(node)
-        done: set[tuple[str, str]] = set()
+        done: set[tuple[str, ...]] = set()
         for node in graph:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type == "Constant":
                 continue
-            key = group_key(node)
+            key = group_key(node) or gru_key(node)
             if key is not None:
                 if key not in done:
                     done.add(key)
-                    lower_lstm(self, groups[key])
+                    (lower_gru if len(key) == 3 else lower_lstm)(self, groups[key])
                 continue
             reason = unsupported_reason(node)
             if reason is not None:
@@ -250,6 +260,7 @@ class Lowering:
             program.output = own.id
         _fuse_clamps(program)
         _fuse_input_transposes(program)
+        fold_layout_transposes(program)
         return program
 
 
@@ -266,7 +277,7 @@ def _fuse_clamps(program: Program) -> None:
     kept: list[Step] = []
     for s in program.steps:
         prev = kept[-1] if kept else None
-        if (s.kernel == "clamp" and prev is not None and prev.kernel in ("linear", "conv1d", "add")
+        if (s.kernel == "clamp" and prev is not None and prev.kernel in ("linear", "conv1d", "conv2d", "add")
                 and prev.outputs[0] == s.inputs[0] and readers.get(program.root(s.inputs[0]), 0) == 1
                 and program.output != s.inputs[0]):
             prev.params["lo"] = max(prev.params["lo"], s.params["lo"])
@@ -652,7 +663,7 @@ def _check_spatial(node: ir.Node, what: str, kernel: tuple[int, ...]) -> str | N
         hint = "; it spans one axis only: the squeeze-conv2d pass makes it 1-D (explicit pads)" if one_axis else ""
         return f"2-D {what} (kernel {kernel[0]}x{kernel[1]}) is not supported, only 1-D{hint}"
     if len(kernel) != 1:
-        return f"{len(kernel)}-D {what} is not supported, only 1-D"
+        return f"{len(kernel)}-D {what} is not supported, only 1-D and 2-D"
     if x is not None and (len(x) != 3 or x[0] != 1):
         return f"input {x}: only [1, C, T] (batch 1) is supported"
     return None
@@ -832,3 +843,135 @@ def _pool(lw: Lowering, node: ir.Node) -> None:
     lw.step("pool", [x], y, node, dims=np.array(dims + [int(is_max), count_pad], dtype=np.int32),
             mult=np.array(mults, dtype=np.int32), shift=np.array(shifts, dtype=np.int32), is_max=int(is_max),
             count_pad=count_pad, x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype], hi=QMAX[y.dtype])
+
+
+# -- 2-D section (issue 13): Conv, MaxPool and AveragePool over [1, C, H, W] ------------------------------------
+# The same ONNX ops as the 1-D emitters above; these emitters take the 2-D nodes (a 2-D kernel shape) and hand
+# every other node to the 1-D emitter and rule they replace. Kernels: runtime_ref/kernels2d.py, conv2d.c.j2,
+# pool2d.c.j2. GlobalAveragePool over H, W is the `pool` reduction above (two adjacent axes).
+_CONV1D, _CHECK_CONV1D = EMITTERS["Conv"], CHECKS["Conv"]
+_POOL1D = {"MaxPool": (EMITTERS["MaxPool"], CHECKS["MaxPool"]), "AveragePool": (EMITTERS["AveragePool"],
+                                                                               CHECKS["AveragePool"])}
+
+
+def _kernel_2d(node: ir.Node) -> tuple[int, int] | None:
+    """(KH, KW) of a 2-D Conv or pool, None for any other rank."""
+    if node.op_type == "Conv":
+        w = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        k = tuple(w.shape[2:]) if w is not None else ()
+    else:
+        attr = node.attributes.get("kernel_shape")
+        k = tuple(attr.as_ints()) if attr is not None else ()
+    return (int(k[0]), int(k[1])) if len(k) == 2 else None
+
+
+def pads_2d(node: ir.Node, size: tuple[int, int], k: tuple[int, int], stride: tuple[int, int],
+            dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads of a 2-D Conv/pool, also for auto_pad SAME_UPPER/SAME_LOWER."""
+    auto = node.attributes.get_string("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        begin, end = [], []
+        for n, kk, s, d in zip(size, k, stride, dilation, strict=True):
+            total = 0 if auto == "VALID" else max(0, (-(-n // s) - 1) * s + (kk - 1) * d + 1 - n)
+            small = total // 2
+            begin.append(small if auto != "SAME_LOWER" else total - small)
+            end.append(total - begin[-1])
+        return begin[0], begin[1], end[0], end[1]
+    attr = node.attributes.get("pads")
+    pads = tuple(int(p) for p in attr.as_ints()) if attr is not None else (0, 0, 0, 0)
+    return pads[0], pads[1], pads[2], pads[3]
+
+
+def window_2d(node: ir.Node, x_shape: tuple[int, ...], k: tuple[int, int]) -> dict:
+    """Strides, dilations, pads and output size of a 2-D window over x [1, C, H, W] (shared with float_c)."""
+    size = (int(x_shape[2]), int(x_shape[3]))
+    stride = tuple(int(v) for v in node.attributes.get_ints("strides", [1, 1]))
+    dilation = tuple(int(v) for v in node.attributes.get_ints("dilations", [1, 1]))
+    pt, pl, pb, pr = pads_2d(node, size, k, stride, dilation)
+    h_out = (size[0] + pt + pb - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+    w_out = (size[1] + pl + pr - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+    return {"h_in": size[0], "w_in": size[1], "h_out": h_out, "w_out": w_out, "stride": stride,
+            "dilation": dilation, "pads": (pt, pl, pb, pr)}
+
+
+def _check_2d(node: ir.Node, what: str) -> str | None:
+    x = _shape(node.inputs[0])
+    if x is not None and (len(x) != 4 or x[0] != 1):
+        return f"2-D {what} on input {x}: only [1, C, H, W] (batch 1) is supported"
+    if node.attributes.get_int("ceil_mode", 0):
+        return "ceil_mode=1 is not supported"
+    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].consumers():
+        return "the indices output is not supported"
+    return None
+
+
+def _one_axis(node: ir.Node, k: tuple[int, int]) -> bool:
+    """A 2-D window over an axis of size 1 with a kernel of 1 there: squeeze-conv2d makes it the 1-D kernel."""
+    x = _shape(node.inputs[0])
+    return x is not None and len(x) == 4 and ((x[2] == 1 and k[0] == 1) or (x[3] == 1 and k[1] == 1))
+
+
+def _check_conv_2d(node: ir.Node) -> str | None:
+    k = _kernel_2d(node)
+    if k is None or _one_axis(node, k):  # the 1-D rule; a one-axis 2-D conv is told to run squeeze-conv2d
+        return _CHECK_CONV1D(node)
+    return _check_2d(node, "convolution")
+
+
+@emitter("Conv", keras="Conv2D (valid, same; strides, dilation), DepthwiseConv2D (depth multiplier 1), "
+         "SeparableConv2D, ZeroPadding2D before a conv (fold-pad)", torch="nn.Conv2d (groups, padding)",
+         constraints="2-D over [1, C, H, W] (channels first in C), batch 1, any groups, optional bias, explicit "
+         "or SAME pads; a 1x1 kernel is a matrix multiply over the pixels",
+         precisions="int8, int16; weights int8, int16", check=_check_conv_2d)
+def _conv_2d(lw: Lowering, node: ir.Node) -> None:
+    k = _kernel_2d(node)
+    if k is None:
+        _CONV1D(lw, node)
+        return
+    x = lw.input_of(node, 0)
+    w, w_scale = lw.weight(node, 1)
+    y = lw.output_of(node)
+    c_out = w.shape[0]
+    win = window_2d(node, x.shape, k)
+    groups = node.attributes.get_int("group", 1)
+    dims = [x.shape[1], win["h_in"], win["w_in"], c_out, win["h_out"], win["w_out"], *k, *win["stride"],
+            *win["dilation"], win["pads"][0], win["pads"][1], groups, 0, 0]
+    lw.step("conv2d", [x], y, node, dims=np.array(dims, dtype=np.int32), groups=groups,
+            **_requant_params(node, x, y, w, w_scale, _bias(lw, node, c_out)), weight=np.ascontiguousarray(w))
+
+
+def _check_pool_2d(node: ir.Node) -> str | None:
+    k = _kernel_2d(node)
+    if k is None or _one_axis(node, k):
+        return _POOL1D[node.op_type][1](node)
+    return _check_2d(node, "max pooling" if node.op_type == "MaxPool" else "average pooling")
+
+
+@emitter("MaxPool", "AveragePool", keras="MaxPooling2D, AveragePooling2D (valid, same); GlobalAveragePooling2D "
+         "is the GlobalAveragePool reduction",
+         torch="nn.MaxPool2d, nn.AvgPool2d", constraints="2-D over [1, C, H, W], batch 1, strides, dilations, "
+         "pads; the mean divides by the valid taps (count_include_pad: by KH·KW)", check=_check_pool_2d)
+def _pool_2d(lw: Lowering, node: ir.Node) -> None:
+    k = _kernel_2d(node)
+    if k is None:
+        _POOL1D[node.op_type][0](lw, node)
+        return
+    x = lw.input_of(node, 0)
+    y = lw.output_of(node)
+    win = window_2d(node, x.shape, k)
+    is_max = int(node.op_type == "MaxPool")
+    taps = k[0] * k[1]
+    span = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    if taps * span >= 2**31:
+        raise UnsupportedOpError(node.name or "", node.op_type, f"a window of {taps} values overflows the int32 sum")
+    pt, pl, pb, pr = win["pads"]
+    full = (pt == pl == 0 and (win["h_out"] - 1) * win["stride"][0] + (k[0] - 1) * win["dilation"][0] < win["h_in"]
+            and (win["w_out"] - 1) * win["stride"][1] + (k[1] - 1) * win["dilation"][1] < win["w_in"])
+    count_pad = int(node.attributes.get_int("count_include_pad", 0) or full)
+    counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
+    mults, shifts = zip(*(quantize_multiplier(x.scale / (y.scale * n)) for n in counts), strict=True)
+    dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
+            pt, pl, is_max, count_pad, 0, 0]
+    lw.step("pool2d", [x], y, node, dims=np.array(dims, dtype=np.int32), mult=np.array(mults, dtype=np.int32),
+            shift=np.array(shifts, dtype=np.int32), x_zp=x.zero_point, y_zp=y.zero_point, lo=QMIN[y.dtype],
+            hi=QMAX[y.dtype])

@@ -5,7 +5,11 @@ ties each role's quantization parameters across time. So the integer constants c
 one step, and the C runs a single loop body for all T steps (code size does not grow with T).
 Supported here: one direction per kernel (forward or reverse; a bidirectional LSTM is two kernels and a
 concat), batch 1 (so layout 0 and 1 hold the same bytes), default activations, no peepholes or clip, zero
-initial states.
+initial states. Y, Y_h (and one step's h) are views of the kernel's h rows, Y_c of its cell state; the rows
+kept are T in time order only when Y is read, else T in processing order when an earlier step's h is read,
+else two taking turns. When only the first processing steps are read (the reverse half of a bidirectional
+LSTM whose last time step is read), only those steps run. A gate bias too large for int32 at s_x·s_W is
+stored at s_x·s_W·2^k per row and shifted back into the (int64) accumulator, as the linear kernels do.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Right after the float passes (before calibration) every node is checked with the same rule the lowering
 applies later (`lower.unsupported_reason`, the `check=` next to each emitter), and every refusal is reported
-at once. Nodes that `unroll-lstm` tagged are checked as one recurrent layer by `lower_lstm.check_group`,
-the function the recurrent lowering itself uses.
+at once. Nodes that `unroll-lstm` / `unroll-gru` tagged are checked as one recurrent layer by `lower_lstm.check_group` /
+`lower_gru.check_gru_group`, the functions the recurrent lowering itself uses.
 
     model after passes ──check_model──▶ ok | UnsupportedModelError("3 nodes cannot be lowered: ...")
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qpass.codegen.lower import SUPPORT, unsupported_reason
+from qpass.codegen.lower_gru import check_gru_group, gru_key
 from qpass.codegen.lower_lstm import check_group, group_key
 from qpass.errors import UnsupportedOpError
 
@@ -38,9 +39,9 @@ def problems(model: ir.Model) -> list[tuple[str, str, str]]:
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         found.append((graph.name or "graph", "Graph", f"{len(graph.inputs)} inputs and {len(graph.outputs)} "
                       "outputs: exactly one input and one output are supported"))
-    groups: dict[tuple[str, str], list[ir.Node]] = {}
+    groups: dict[tuple[str, ...], list[ir.Node]] = {}
     for node in graph:
-        key = group_key(node)
+        key = group_key(node) or gru_key(node)
         if key is not None:
             groups.setdefault(key, []).append(node)
             continue
@@ -49,9 +50,9 @@ def problems(model: ir.Model) -> list[tuple[str, str, str]]:
         reason = unsupported_reason(node)
         if reason is not None:
             found.append((node.name or "", node.op_type, reason))
-    for nodes in groups.values():
+    for key, nodes in groups.items():
         try:
-            check_group(nodes)
+            (check_gru_group if len(key) == 3 else check_group)(nodes)
         except UnsupportedOpError as exc:
             found.append((exc.node_name, exc.op_type, str(exc).split("): ", 1)[-1]))
     return found

@@ -462,6 +462,34 @@ class _Rewrite:
         else:
             ir.convenience.replace_all_uses_with(old, new)
 
+    def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+        """The ONNX LSTM node for the match: its Y, Y_h, Y_c."""
+        m, graph = self.m, self.graph
+        steps, batch, hidden = m.steps, m.batch, m.hidden
+
+        def gates(a: np.ndarray) -> np.ndarray:
+            return a.reshape(4, hidden, -1)[_KERAS_TO_ONNX_GATES].reshape(1, 4 * hidden, -1)
+
+        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(gates(m.w.T)).astype(np.float32))
+        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(gates(m.r.T)).astype(np.float32))
+        b = None
+        if m.b is not None:
+            bias = np.concatenate([gates(m.b.reshape(-1, 1)).reshape(-1), np.zeros(4 * hidden, np.float32)])
+            b = new_initializer(graph, f"{self.base}_B", bias.reshape(1, 8 * hidden).astype(np.float32))
+        h0, c0 = self._state(m.h_slot, "h0"), self._state(m.c_slot, "c0")
+        inputs = [x, w, r, b, None, h0, c0]
+        while inputs[-1] is None:
+            inputs.pop()
+        attrs = {"hidden_size": hidden, "direction": direction}
+        if self.opset >= 14:
+            attrs["layout"] = 0
+        lstm = self._add("LSTM", inputs, attrs, num_outputs=3,
+                         shapes=[[steps, 1, batch, hidden], [1, batch, hidden], [1, batch, hidden]])
+        y, y_h, y_c = lstm.outputs
+        y.name, y_h.name, y_c.name = f"{self.base}_Y", f"{self.base}_Y_h", f"{self.base}_Y_c"
+
+        return y, y_h, y_c
+
     def apply(self) -> None:
         m, loop, graph = self.m, self.loop, self.graph
         steps, batch, hidden = m.steps, m.batch, m.hidden
@@ -495,27 +523,7 @@ class _Rewrite:
             if lengths is not None and lengths.shape == (batch,) and (lengths == steps).all():
                 x, direction = rev.inputs[0], "reverse"
 
-        def gates(a: np.ndarray) -> np.ndarray:
-            return a.reshape(4, hidden, -1)[_KERAS_TO_ONNX_GATES].reshape(1, 4 * hidden, -1)
-
-        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(gates(m.w.T)).astype(np.float32))
-        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(gates(m.r.T)).astype(np.float32))
-        b = None
-        if m.b is not None:
-            bias = np.concatenate([gates(m.b.reshape(-1, 1)).reshape(-1), np.zeros(4 * hidden, np.float32)])
-            b = new_initializer(graph, f"{self.base}_B", bias.reshape(1, 8 * hidden).astype(np.float32))
-        h0, c0 = self._state(m.h_slot, "h0"), self._state(m.c_slot, "c0")
-        inputs = [x, w, r, b, None, h0, c0]
-        while inputs[-1] is None:
-            inputs.pop()
-        attrs = {"hidden_size": hidden, "direction": direction}
-        if self.opset >= 14:
-            attrs["layout"] = 0
-        lstm = self._add("LSTM", inputs, attrs, num_outputs=3,
-                         shapes=[[steps, 1, batch, hidden], [1, batch, hidden], [1, batch, hidden]])
-        y, y_h, y_c = lstm.outputs
-        y.name, y_h.name, y_c.name = f"{self.base}_Y", f"{self.base}_Y_h", f"{self.base}_Y_c"
-
+        y, y_h, y_c = self._recurrence(x, direction)
         cache: dict[str, ir.Value] = {}
 
         def squeezed(key: str, src: ir.Value, axis: int, shape: list[int]):
@@ -529,7 +537,8 @@ class _Rewrite:
         for value in last_values:
             self._redirect(value, last)
         self._redirect(loop.outputs[m.h_slot], last)
-        self._redirect(loop.outputs[m.c_slot], squeezed("c", y_c, 0, [batch, hidden]))
+        if y_c is not None:
+            self._redirect(loop.outputs[m.c_slot], squeezed("c", y_c, 0, [batch, hidden]))
         for seq in scan_outputs:
             self._redirect(seq, squeezed("y", y, 1, [steps, batch, hidden]))
         for k, outer in m.invariant.items():

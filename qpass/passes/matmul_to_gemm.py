@@ -11,7 +11,8 @@ which later stages treat as views:
 Without a bias Add the Gemm gets a zero bias, so every linear layer reaches the solver in one form.
 The Add is absorbed only when its output has the MatMul's shape (a [1,1,N] bias on a 2-D MatMul adds a
 dimension, which a Gemm cannot). The bias takes the weight's dtype, so a float16 model stays float16.
-MatMuls that `unroll-lstm` made (tagged `qpass.lstm`) are left alone: the lowering re-rolls them.
+MatMuls that `unroll-lstm` / `unroll-gru` made (tagged `qpass.lstm` / `qpass.gru`) are left alone: the lowering
+re-rolls them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
+
+RECURRENT_TAGS = {"qpass.lstm", "qpass.gru"}  # nodes unroll-lstm / unroll-gru made
 
 
 def _bias_add(y: ir.Value, y_shape: tuple[int, ...], dtype: np.dtype) -> tuple[ir.Node | None, np.ndarray]:
@@ -47,8 +50,9 @@ class MatMulToGemmPass(QPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or "qpass.lstm" in node.metadata_props:
-                continue  # an unrolled LSTM's projections keep their form for the lowering
+            if (node.op_type != "MatMul" or node.domain not in ("", "ai.onnx")
+                    or node.metadata_props.keys() & RECURRENT_TAGS):
+                continue  # an unrolled LSTM's or GRU's projections keep their form for the lowering
             x, w_val = node.inputs[0], node.inputs[1]
             w = const_value(w_val)
             if x is None or x.shape is None or len(x.shape) < 2 or w is None or w.ndim != 2:

@@ -118,8 +118,10 @@ def save(model: ir.Model, path: Path) -> None:
 
 
 def _shapes_known(model: ir.Model) -> bool:
-    """Every node output has a type and a shape of known rank (what shape inference would add)."""
-    return all(v.type is not None and v.shape is not None for node in model.graph for v in node.outputs)
+    """Every node output has a type and a fully static shape (what shape inference would add or make
+    static: a pass that folds a Shape/Gather chain leaves dimensions only inference can resolve)."""
+    return all(v.type is not None and v.shape is not None and all(isinstance(d, int) for d in v.shape)
+               for node in model.graph for v in node.outputs)
 
 
 def _options(name: str, cls: type[QPass], options: object) -> pydantic.BaseModel:

@@ -192,6 +192,8 @@ def _parse(node: ir.Node, name: str) -> _Lstm:
 class _Builder:
     """Creates the nodes of one LSTM's unrolling, each tagged and named, in a list to insert at once."""
 
+    keys = (LSTM_KEY, DIRECTION_KEY, STEP_KEY, ROLE_KEY)  # the tags: unroll-gru uses its own
+
     def __init__(self, qpass: QPass, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
         self.qpass, self.graph, self.lstm, self.taken = qpass, graph, lstm, taken
         self.base = re.sub(r"[^0-9A-Za-z_.]", "_", lstm.name)
@@ -211,8 +213,8 @@ class _Builder:
                        else f"{self.base}_{where}_{role}{tag}")
         values = [ir.Value(name=_unique(self.taken, name + suffix) if suffix else name, shape=ir.Shape(shape),
                            type=self.type) for suffix in names]
-        node = ir.node(op_type, inputs, attrs, outputs=values, name=name, metadata_props={
-            LSTM_KEY: self.lstm.name, DIRECTION_KEY: str(d), STEP_KEY: str(s), ROLE_KEY: role})
+        node = ir.node(op_type, inputs, attrs, outputs=values, name=name, metadata_props=dict(zip(
+            self.keys, (self.lstm.name, str(d), str(s), role), strict=True)))
         self.nodes.append(self.qpass.mark(node))
         return values
 
@@ -264,7 +266,14 @@ class UnrollLstmPass(QPass):
                 h, c = self._step(b, d, s, x, time_index[t], h, c, wt, rt, bsum, split, peep, clip)
                 hs[d].append(h)
             last_c.append(c)
+        self._finish(graph, b, hs, {2: (last_c, "y_c")})
 
+    def _finish(self, graph: ir.Graph, b: _Builder, hs: list[list[ir.Value]],
+                states: dict[int, tuple[list[ir.Value], str]]) -> None:
+        """Route the readers of one step of Y to that step's h, build the used outputs (Y, Y_h and the extra
+        `states`: output index → (last value per direction, role)), insert the nodes and remove the recurrence."""
+        node, T, taken = b.lstm.node, b.lstm.steps, b.taken
+        lstm = b.lstm
         halves: dict[int, ir.Value] = {}
         for chain, t, d in _step_reads(lstm):  # Y read at one time step (t >= 0): that step's h; one direction's
             if t < 0:                          # whole sequence (t = -1): that direction's half of Y; both
@@ -289,8 +298,9 @@ class UnrollLstmPass(QPass):
             results[0] = self._stack_y(b, hs, halves)
         if _is_used(_output(node, 1)):
             results[1] = self._stack_last(b, [h[-1] for h in hs], "y_h")
-        if _is_used(_output(node, 2)):
-            results[2] = self._stack_last(b, last_c, "y_c")
+        for index, (last, role) in states.items():
+            if _is_used(_output(node, index)):
+                results[index] = self._stack_last(b, last, role)
 
         graph.insert_before(node, b.nodes + b.reads)
         for index, new in results.items():
@@ -455,30 +465,37 @@ def _step_reads(lstm: _Lstm) -> list[tuple[list[ir.Node], int, int]]:
     index = np.arange(T * dirs * B * H).reshape(y_shape)
     found = []
     for reader in {id(n): n for n in y.consumers()}.values():
-        chain, node, a = [], reader, index
+        chain, node, a, best = [], reader, index, None
         while node is not None and (node.op_type in _LAYOUT or node.op_type in _SELECT) and node.inputs[0] is (
                 chain[-1].outputs[0] if chain else y):
             a = _through(node, a)
             if a is None or node.outputs[0].is_graph_output():
                 break
             chain.append(node)
-            if node.op_type in _SELECT:
-                break
+            if node.op_type in _SELECT:  # the longest chain that selects a step, a direction or both: the best
+                what = _selected(a, index, lstm)
+                best = (list(chain), *what) if what is not None else best
             node = single_consumer(node.outputs[0])
-        if not chain or chain[-1].op_type not in _SELECT or a is None or a.size not in (B * H, T * B * H,
-                                                                                         dirs * B * H):
-            continue
-        first = np.unravel_index(int(a.reshape(-1)[0]), y_shape)
-        t, d = (int(first[0]), int(first[1])) if lstm.layout == 0 else (int(first[1]), int(first[2]))
-        if a.size == B * H:
-            block = index[t, d] if lstm.layout == 0 else index[:, t, d]
-        elif a.size == dirs * B * H and dirs == 2:
-            d, block = -1, index[t] if lstm.layout == 0 else index[:, t]
-        else:
-            t, block = -1, index[:, d] if lstm.layout == 0 else index[:, :, d]
-        if np.array_equal(a.reshape(-1), block.reshape(-1)):
-            found.append((chain, t, d))
+        if best is not None:
+            found.append(best)
     return found
+
+
+def _selected(a: np.ndarray, index: np.ndarray, lstm: _Lstm) -> tuple[int, int] | None:
+    """(t, d) when `a` (Y's element indices after a reader chain) is one step's h of direction d, (-1, d) when it is
+    direction d's whole sequence, (t, -1) when it is both directions at time t; else None."""
+    T, B, H, dirs, layout = lstm.steps, lstm.batch, lstm.hidden, lstm.dirs, lstm.layout
+    if a.size not in (B * H, T * B * H, dirs * B * H):
+        return None
+    first = np.unravel_index(int(a.reshape(-1)[0]), index.shape)
+    t, d = (int(first[0]), int(first[1])) if layout == 0 else (int(first[1]), int(first[2]))
+    if a.size == B * H:
+        block = index[t, d] if layout == 0 else index[:, t, d]
+    elif a.size == dirs * B * H and dirs == 2:
+        d, block = -1, index[t] if layout == 0 else index[:, t]
+    else:
+        t, block = -1, index[:, d] if layout == 0 else index[:, :, d]
+    return (t, d) if np.array_equal(a.reshape(-1), block.reshape(-1)) else None
 
 
 def _all_names(graph: ir.Graph) -> set[str]:

@@ -221,6 +221,53 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> tuple[np.ndarray
     return hseq, c  # c: the cell state after the last step (Y_c)
 
 
+@kernel("gru")
+def gru(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """One GRU direction over all T steps (gate order z, r, n as in ONNX); writes h_t for every kept row.
+
+    gate_q[r] = clamp(zp_r + ((Σ W(x − zp_x) + b)·MX[r] + hterm_r·MH[r] + 2^(s_r−1)) >> s_r), a = table[gate] − zp
+    z, r rows:  hterm = Σ R(h − zp_h)
+    n rows, linear_before_reset = 1:  hn = clamp(zp_hn + rq(Σ Rn(h − zp_h) + bn, M_hn[j], s_hn)),
+                                      hterm = a_r·(hn − zp_hn)
+    n rows, linear_before_reset = 0:  rh = clamp(zp_rh + rq(a_r·(h − zp_h), M_rh)),  hterm = Σ Rn(rh − zp_rh)
+    h = clamp(zp_h + ((S − a_z)·a_n·M1 + a_z·(h − zp_h)·M2 + 2^(s−1)) >> s)   (S = 1 / sigmoid scale: 1 − z)
+    """
+    p = step.params
+    t_len, n_in, hid = p["t"], p["n_in"], p["hidden"]
+    x = inputs[0].astype(np.int64).reshape(-1, n_in) - p["x_zp"]
+    wx, wh = p["weight"].astype(np.int64), p["weight_h"].astype(np.int64)
+    bias = p["bias"].astype(np.int64) << p["bias_shift"].astype(np.int64)  # [4H]: x side z, r, n, then R side n
+    luts = p["gate_lut"].reshape(3, p["lut_n"])
+    gate_zp = np.repeat(np.array(p["gate_zp"], dtype=np.int64), hid)
+    act_zp = p["act_zp"]
+    mx, mh, shift = p["mx"].astype(np.int64), p["mh"].astype(np.int64), p["shift"].astype(np.int64)
+    rnd = np.int64(1) << (shift - 1)
+    mode, x_steps = p["row_mode"], p["x_steps"]
+    hseq = np.zeros((p["rows"], hid), dtype=np.int64)
+    h = np.full(hid, p["h_zp"], dtype=np.int64)
+    order = [x_steps - 1 - s if p["reverse"] else s for s in range(t_len)]
+    for s, t in enumerate(order):
+        hc = h - p["h_zp"]
+        acc_x = wx @ x[t] + bias[:3 * hid]
+        pre = (acc_x[:2 * hid] * mx[:2 * hid] + (wh[:2 * hid] @ hc) * mh[:2 * hid] + rnd[:2 * hid]) >> shift[:2 * hid]
+        g = np.clip(pre + gate_zp[:2 * hid], p["g_lo"], p["g_hi"])
+        a_z = _gate_act(g[:hid], luts[0]) - act_zp[0]
+        a_r = _gate_act(g[hid:], luts[1]) - act_zp[1]
+        if p["lbr"]:
+            hn = np.clip(requantize(wh[2 * hid:] @ hc + bias[3 * hid:], p["mult"], p["hn_shift"]) + p["hn_zp"],
+                         p["hn_lo"], p["hn_hi"])
+            hterm = a_r * (hn - p["hn_zp"])
+        else:
+            rh = np.clip(requantize(a_r * hc, p["rh_mult"], p["rh_shift"]) + p["rh_zp"], p["rh_lo"], p["rh_hi"])
+            hterm = wh[2 * hid:] @ (rh - p["rh_zp"])
+        pre_n = (acc_x[2 * hid:] * mx[2 * hid:] + hterm * mh[2 * hid:] + rnd[2 * hid:]) >> shift[2 * hid:]
+        a_n = _gate_act(np.clip(pre_n + gate_zp[2 * hid:], p["g_lo"], p["g_hi"]), luts[2]) - act_zp[2]
+        acc = (p["one"] - a_z) * a_n * p["m1"] + a_z * hc * p["m2"] + (np.int64(1) << (p["h_shift"] - 1))
+        h = np.clip((acc >> p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
+        hseq[(t, s, s & 1)[mode]] = h
+    return hseq
+
+
 @kernel("concat")
 def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """y = the inputs one after another along `axis` (all with the output's scale and zero point)."""
@@ -264,3 +311,6 @@ def mul2(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     b = inputs[1].astype(np.int64).reshape(-1)[channel_index(out.size, p["b_n"], p["inner"])] - p["b_zp"]
     y = requantize(a * b, p["mult"], p["shift"]) + p["y_zp"]
     return saturate(y, out.dtype, p["lo"], p["hi"])
+
+
+from qpass.runtime_ref import kernels2d  # noqa: E402, F401  (registers the 2-D kernels in KERNELS)

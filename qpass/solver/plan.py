@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from qpass.config import QuantSection
 from qpass.passes._util import const_value
+from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN
@@ -139,22 +140,30 @@ def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection |
 
 
 def _tie_timesteps(model: ir.Model, g: nx.Graph) -> None:
-    """Across time: every step of an unrolled LSTM shares the parameters of each role's tensors."""
-    first: dict[tuple[str, str, str, int], str] = {}
+    """Across time: every step of an unrolled LSTM or GRU shares the parameters of each role's tensors."""
+    first: dict[tuple[str, str, str, str, int], str] = {}
     for node in model.graph:
-        key = node.metadata_props.get(LSTM_KEY)
-        role = node.metadata_props.get(ROLE_KEY)
+        cell, (key, direction, role) = _recurrent_tags(node)
         if key is None or role is None:
             continue
         for idx, out in enumerate(node.outputs):
             if out.name not in g:
                 continue
-            g.nodes[out.name]["wide"] = role in WIDE_ROLES
-            tag = (key, node.metadata_props.get(DIR_KEY, "0"), role, idx)
+            g.nodes[out.name]["wide"] = cell == "LSTM" and role in WIDE_ROLES
+            tag = (cell, key, direction or "0", role, idx)
             if tag in first:
                 g.add_edge(first[tag], out.name, contract="equal", op="time", node=key)
             else:
                 first[tag] = out.name
+
+
+def _recurrent_tags(node: ir.Node) -> tuple[str, tuple[str | None, str | None, str | None]]:
+    """("LSTM" | "GRU", (name, direction, role)) of a node unroll-lstm / unroll-gru made, else ("", Nones)."""
+    meta = node.metadata_props
+    for cell, keys in (("LSTM", (LSTM_KEY, DIR_KEY, ROLE_KEY)), ("GRU", (GRU_KEY, GRU_DIRECTION_KEY, GRU_ROLE_KEY))):
+        if keys[0] in meta:
+            return cell, tuple(meta.get(k) for k in keys)
+    return "", (None, None, None)
 
 
 def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
@@ -176,8 +185,9 @@ def _resolve_conflicts(g: nx.Graph, conflicts: list[str]) -> None:
 
 def precision(node: ir.Node, quant: QuantSection) -> tuple[str, str]:
     """(activation dtype, weight dtype) for a node: the first matching override, else the defaults."""
-    names = [node.name or "", node.metadata_props.get(LSTM_KEY, "")]
-    ops = [node.op_type] + (["LSTM"] if LSTM_KEY in node.metadata_props else [])
+    cell, (key, _, _) = _recurrent_tags(node)
+    names = [node.name or "", key or ""]
+    ops = [node.op_type] + ([cell] if cell else [])
     for rule in quant.overrides:
         m = rule.match
         hit = (m.startswith("op:") and m[3:] in ops) or (m.startswith("re:") and any(
@@ -227,7 +237,10 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
-        elif node.op_type in ("Mul", "Add", "Sub") and LSTM_KEY not in node.metadata_props:
+        elif node.metadata_props.get(GRU_ROLE_KEY) in ("xb", "hb"):
+            mm = node.inputs[0].producer() if node.inputs[0] is not None else None
+            _plan_bias(node, mm, plan)
+        elif node.op_type in ("Mul", "Add", "Sub") and not _recurrent_tags(node)[0]:
             _plan_elementwise_constant(node, plan, quant)
     return plan
 
@@ -262,7 +275,11 @@ def _plan_lstm_bias(node: ir.Node, plan: QuantPlan) -> None:
     """An unrolled LSTM's gate bias: int32 at scale s_x × s_W (the input projection's), or at s_x × s_W × 2^k
     per row when it does not fit int32 there (int16 × int16, a row with a tiny weight scale), as for linear."""
     xh = node.inputs[0].producer() if node.inputs[0] is not None else None
-    xw = xh.inputs[0].producer() if xh is not None and xh.inputs[0] is not None else None
+    _plan_bias(node, xh.inputs[0].producer() if xh is not None and xh.inputs[0] is not None else None, plan)
+
+
+def _plan_bias(node: ir.Node, xw: ir.Node | None, plan: QuantPlan) -> None:
+    """The constant input 1 of a recurrent bias Add after the MatMul `xw`: int32 at s_x·s_W(·2^k per row)."""
     b_val = node.inputs[1]
     bias = const_value(b_val)
     if xw is None or xw.op_type != "MatMul" or bias is None or b_val.name in plan.biases:

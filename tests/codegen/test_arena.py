@@ -12,16 +12,12 @@ from qpass.codegen.lower import lower
 from qpass.config import load_pipeline
 from qpass.converters import load_model
 from qpass.data import batches, load_array
-from qpass.errors import UnsupportedOpError
 from qpass.passes.runner import run_passes
 from qpass.runtime_ref.program import Program, QTensor, Step
 from qpass.solver import apply_plan, calibrate, solve
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.parent.name for p in (ROOT / "examples").glob("*/pipeline.yaml"))
-# examples whose 2-D convolutions wait for issue 13's kernels: the lowering refuses them today (strict: when the
-# kernels land this xfail fails, and the example joins the check)
-PENDING_2D = {"kws", "resnet8"}
 
 
 def _program(example: str) -> Program:
@@ -33,10 +29,7 @@ def _program(example: str) -> Program:
     return lower(apply_plan(model, plan), example)
 
 
-@pytest.mark.parametrize("example", [
-    pytest.param(e, marks=pytest.mark.xfail(e in PENDING_2D, raises=UnsupportedOpError, strict=True,
-                                             reason="issue 13: no 2-D convolution kernel yet"))
-    for e in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_example_arena_plan_never_overlaps_live_tensors(example: str) -> None:
     program = _program(example)
     plan = plan_arena(program)

@@ -109,6 +109,27 @@ def test_lstm_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_
     assert source.count("qf_lstm(") == 2  # its definition and one call: one loop body for every step
 
 
+@pytest.mark.parametrize(("direction", "t_len", "read_y", "lbr"),
+                         [("forward", 20, False, 1), ("reverse", 9, True, 1), ("forward", 12, True, 0),
+                          ("reverse", 7, False, 0), ("forward", 1, False, 1)])
+def test_gru_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_len: int, read_y: bool,
+                                             lbr: int) -> None:
+    proto = _lstm_model(t_len, direction, read_y)
+    node = proto.graph.node[1]
+    node.op_type = "GRU"
+    node.attribute.append(helper.make_attribute("linear_before_reset", lbr))
+    rng = np.random.default_rng(2)
+    for init in proto.graph.initializer:
+        if init.name in ("W", "R", "B"):
+            dims = [1, 3 * H, I_IN] if init.name == "W" else [1, 3 * H, H] if init.name == "R" else [1, 6 * H]
+            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.4, dims).astype(np.float32), init.name))
+    model = _passes(proto, ["unroll-gru", "fold-constants", "simplify-layout", "matmul-to-gemm"])
+    x = np.random.default_rng(1).normal(0, 1, (40, 1, t_len, I_IN)).astype(np.float32)
+    y_c, source = _float_c(model, "seq", tmp_path, x)
+    assert np.abs(y_c - _ort(proto, x)).max() < TOL
+    assert source.count("qf_gru(") == 2  # its definition and one call
+
+
 def test_lstm_code_size_does_not_grow_with_t() -> None:
     sources = {}
     for t_len in (5, 50):

@@ -778,6 +778,67 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     return _program(name, tensors, [step], output="t1")
 
 
+# -- gru (params from codegen/lower_gru.gru_params, as the lowering computes them) --------------------
+
+
+def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, lbr: bool, x_dtype="int8",
+                 w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
+                 x_steps: int = 0) -> Program:
+    from qpass.codegen.lower_gru import gru_params
+
+    narrow = {"int8": 1.0, "int16": 1 / 256}
+    x_q = (0.04 * narrow[x_dtype], int(rng.integers(-20, 20)) if x_dtype == "int8" else 0, x_dtype)
+    h_q = (1.01 / (QMAX[h_dtype] + 1), int(rng.integers(-4, 5)) if h_dtype == "int8" else 0, h_dtype)
+    mid_q = (float(rng.uniform(0.01, 0.03)) * narrow[h_dtype], int(rng.integers(-6, 6)) if h_dtype == "int8" else 0,
+             h_dtype)
+    three_h = 3 * hid
+    wx, wh = _weights(rng, (n_in, three_h), w_dtype), _weights(rng, (hid, three_h), w_dtype)
+    sw = rng.uniform(0.002, 0.01, three_h) * narrow[w_dtype]
+    sr = rng.uniform(0.002, 0.01, three_h) * narrow[w_dtype]
+    bias = rng.integers(-3000, 3000, size=4 * hid)
+    shifts = np.zeros(4 * hid, np.int64)
+    if w_dtype == "int16":  # a bias stored at s·s_w·2^k (too large for int32 at s·s_w)
+        shifts[::3] = rng.integers(1, 4, size=shifts[::3].size)
+        bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
+    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
+              else 0, g_dtype) for _ in range(3)]
+    params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr,
+                        bias=(bias[:three_h], shifts[:three_h], bias[three_h:], shifts[three_h:]), x_q=x_q, h_q=h_q,
+                        gates=gates, a_dtype=a_dtype, mid_q=mid_q, lbr=lbr, t_len=t_len, reverse=reverse,
+                        rows=rows or t_len, x_steps=x_steps or t_len, mode=2 if rows else 0)
+    tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_q[0], x_q[1], dtype=x_dtype),
+               _t("t1", (rows or t_len, 1, hid), h_q[0], h_q[1], dtype=h_dtype),
+               _t("t2", (three_h,), 1.0, 0, dtype="int16")]
+    step = Step("gru", ["t0"], ["t1", "t2"], params, origin="test/GRU")
+    return _program(name, tensors, [step], output="t1")
+
+
+def gru_forward(rng):
+    return _gru_program(rng, "k_gru", t_len=8, n_in=3, hid=5, reverse=False, lbr=True)
+
+
+def gru_reset_before(rng):
+    return _gru_program(rng, "k_gru_lbr0", t_len=7, n_in=4, hid=4, reverse=False, lbr=False)
+
+
+def gru_reverse_two_rows(rng):
+    return _gru_program(rng, "k_gru_rows", t_len=6, n_in=3, hid=4, reverse=True, lbr=True, rows=2, x_steps=8)
+
+
+def gru_single_step(rng):
+    return _gru_program(rng, "k_gru_t1", t_len=1, n_in=6, hid=4, reverse=False, lbr=False)
+
+
+def gru_int16_gates(rng):
+    return _gru_program(rng, "k_gru_g16", t_len=5, n_in=3, hid=4, reverse=True, lbr=False, g_dtype="int16",
+                        a_dtype="int16")
+
+
+def gru_int16_everything(rng):
+    return _gru_program(rng, "k_gru_16", t_len=4, n_in=3, hid=3, reverse=False, lbr=True, x_dtype="int16",
+                        w_dtype="int16", g_dtype="int16", a_dtype="int16", h_dtype="int16")
+
+
 def lstm_forward(rng):
     return _lstm_program(rng, "k_lstm", t_len=8, n_in=3, hid=5, reverse=False)
 
@@ -817,6 +878,109 @@ class Case:
     min_distinct: int = 20
 
 
+# -- conv2d, pool2d (params as lower._conv_2d / lower._pool_2d fill them; layout [C, H, W]) --------------------
+
+
+def _out_size(n: int, k: int, stride: int, dil: int, p0: int, p1: int) -> int:
+    return (n + p0 + p1 - dil * (k - 1) - 1) // stride + 1
+
+
+def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: int, k: tuple[int, int],
+                    stride=(1, 1), dil=(1, 1), pads=(0, 0, 0, 0), groups=1, x_zp=0, y_zp=0, lo=None, hi=None,
+                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0)) -> Program:
+    h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
+    w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
+    cin_g = c_in // groups
+    weight = _weights(rng, (c_out, cin_g, *k), w_dtype)
+    bias = rng.integers(-30000, 30000, c_out)
+    bias_shift = np.zeros(c_out, dtype=np.int32)
+    bound = _bound(weight, bias, bias_shift, x_dtype, x_zp)
+    typical = np.sqrt(cin_g * k[0] * k[1]) * (QMAX[x_dtype] / 1.7) * np.abs(weight.reshape(c_out, -1)).mean(axis=1)
+    mult, shift, acc_bits = _requant(rng, typical, bound, y_dtype)
+    dims = [c_in, *hw, c_out, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], groups, *hwc]
+    p = dict(dims=np.array(dims, np.int32), groups=groups, weight=weight, bias=bias.astype(np.int32),
+             bias_shift=bias_shift, mult=mult, shift=shift, acc_bits=acc_bits, acc_bound=bound, x_zp=x_zp, y_zp=y_zp,
+             lo=QMIN[y_dtype] if lo is None else lo, hi=QMAX[y_dtype] if hi is None else hi)
+    tensors = [_t("t0", (1, *hw, c_in) if hwc[0] else (1, c_in, *hw), zp=x_zp, dtype=x_dtype),
+               _t("t1", (1, h_out, w_out, c_out) if hwc[1] else (1, c_out, h_out, w_out), zp=y_zp, dtype=y_dtype)]
+    return _program(name, tensors, [Step("conv2d", ["t0"], ["t1"], p, origin="test/Conv")])
+
+
+def conv2d_same_pad(rng):
+    return _conv2d_program(rng, "k_c2", c_in=3, hw=(6, 5), c_out=4, k=(3, 3), pads=(1, 1, 1, 1), x_zp=-4, y_zp=6)
+
+
+def conv2d_strided_dilated(rng):  # kws's first layer: a tall kernel, stride 2, uneven pads; plus dilation
+    return _conv2d_program(rng, "k_c2_sd", c_in=2, hw=(11, 7), c_out=3, k=(4, 2), stride=(2, 2), dil=(2, 1),
+                           pads=(1, 0, 2, 1), x_zp=11, y_zp=-9)
+
+
+def conv2d_depthwise(rng):
+    return _conv2d_program(rng, "k_c2_dw", c_in=4, hw=(5, 6), c_out=4, k=(3, 3), groups=4, pads=(1, 1, 1, 1),
+                           lo=-128 + 20)
+
+
+def conv2d_pointwise(rng):  # 1x1, stride 2 (a ResNet shortcut)
+    return _conv2d_program(rng, "k_c2_pw", c_in=5, hw=(6, 6), c_out=7, k=(1, 1), stride=(2, 2), x_zp=-128)
+
+
+def conv2d_int16(rng):
+    return _conv2d_program(rng, "k_c2_16", c_in=2, hw=(5, 4), c_out=3, k=(3, 2), pads=(1, 0, 1, 1),
+                           x_dtype="int16", w_dtype="int16", y_dtype="int16")
+
+
+def conv2d_hwc_in(rng):  # a Keras NHWC input read channels-last (the input transpose folded)
+    return _conv2d_program(rng, "k_c2_hwc", c_in=3, hw=(5, 4), c_out=4, k=(3, 3), stride=(2, 1), pads=(1, 1, 1, 1),
+                           hwc=(1, 0), x_zp=5)
+
+
+def conv2d_hwc_out_depthwise(rng):  # written channels-last (the output transpose folded)
+    return _conv2d_program(rng, "k_c2_hwco", c_in=3, hw=(4, 5), c_out=3, k=(2, 2), groups=3, pads=(0, 1, 1, 0),
+                           hwc=(1, 1))
+
+
+def _pool2d_program(name: str, c: int, hw: tuple[int, int], k: tuple[int, int], *, stride=(1, 1), dil=(1, 1),
+                    pads=(0, 0, 0, 0), is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7,
+                    dtype="int8", hwc=(0, 0)) -> Program:
+    h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
+    w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
+    taps = k[0] * k[1]
+    counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
+    mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    dims = [c, *hw, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], is_max, count_pad, *hwc]
+    params = dict(dims=np.array(dims, np.int32), mult=np.array([m for m, _ in mq], np.int32),
+                  shift=np.array([sh for _, sh in mq], np.int32), x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
+    tensors = [_t("t0", (1, *hw, c) if hwc[0] else (1, c, *hw), x_scale, x_zp, dtype=dtype),
+               _t("t1", (1, h_out, w_out, c) if hwc[1] else (1, c, h_out, w_out), y_scale, y_zp, dtype=dtype)]
+    return _program(name, tensors, [Step("pool2d", ["t0"], ["t1"], params, origin="test/Pool2D")])
+
+
+def pool2d_avg_padded(rng):
+    return _pool2d_program("k_p2_avg", 3, (7, 6), (3, 3), stride=(2, 2), pads=(1, 1, 1, 1))
+
+
+def pool2d_avg_count_pad(rng):
+    return _pool2d_program("k_p2_cp", 2, (5, 5), (2, 3), pads=(1, 1, 0, 1), count_pad=1)
+
+
+def pool2d_avg_global(rng):  # kws's AveragePooling2D: one full window, one multiplier
+    return _pool2d_program("k_p2_gap", 4, (6, 3), (6, 3), count_pad=1, y_scale=0.01)
+
+
+def pool2d_max(rng):
+    return _pool2d_program("k_p2_max", 3, (8, 7), (2, 2), stride=(2, 2), dil=(1, 2), pads=(0, 1, 0, 0), is_max=1,
+                           y_scale=0.05, y_zp=3)
+
+
+def pool2d_hwc(rng):
+    return _pool2d_program("k_p2_hwc", 3, (6, 5), (2, 2), stride=(2, 2), pads=(0, 0, 0, 1), hwc=(1, 1))
+
+
+def pool2d_int16(rng):
+    return _pool2d_program("k_p2_16", 2, (6, 5), (3, 2), stride=(1, 2), pads=(1, 0, 1, 1), dtype="int16", x_zp=0,
+                           y_zp=0)
+
+
 CASES: dict[str, dict[str, Case]] = {
     "linear": {"random": Case(linear_random), "rows": Case(linear_rows, 5), "extremes": Case(linear_extremes, 3),
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
@@ -843,6 +1007,12 @@ CASES: dict[str, dict[str, Case]] = {
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
                "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
+    "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
+               "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
+               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
+    "pool2d": {"avg-padded": Case(pool2d_avg_padded), "avg-count-pad": Case(pool2d_avg_count_pad),
+               "avg-global": Case(pool2d_avg_global), "max": Case(pool2d_max), "int16": Case(pool2d_int16),
+               "hwc": Case(pool2d_hwc)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
                   "overlapping": Case(maxpool1d_overlapping), "int16": Case(maxpool1d_int16)},
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
@@ -854,6 +1024,9 @@ CASES: dict[str, dict[str, Case]] = {
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
              "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
+    "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
+            "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
+            "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
 }
 
 KNOWN_BUGS: dict = {}

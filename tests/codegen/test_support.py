@@ -22,14 +22,14 @@ def _three_bad_nodes(parse_onnx) -> ir.Model:
     rng = np.random.default_rng(0)
     return parse_onnx("""
         <ir_version: 8, opset_import: ["" : 17, "custom.x" : 1]>
-        g (float[1, 2, 8, 8] x) => (float[1, 4] y) {
-            c = Conv <pads = [1, 1, 1, 1]> (x, w2d)
+        g (float[1, 2, 4, 4, 4] x) => (float[1, 4] y) {
+            c = Conv <pads = [1, 1, 1, 1, 1, 1]> (x, w3d)
             r = Relu (c)
             s = custom.x.Magic (r)
             f = Flatten (s)
             m = MatMul (f, f2)
             y = Gemm <transB = 1> (m, wd, bd)
-        }""", w2d=rng.normal(size=(3, 2, 3, 3)).astype(np.float32),
+        }""", w3d=rng.normal(size=(3, 2, 3, 3, 3)).astype(np.float32),
         f2=rng.normal(size=(192, 5)).astype(np.float32) * 0,
         wd=rng.normal(size=(4, 5)).astype(np.float32), bd=np.zeros(4, np.float32))
 
@@ -39,7 +39,8 @@ def test_every_unsupported_node_is_reported_at_once(parse_onnx) -> None:
     found = problems(model)
     assert [op for _, op, _ in found] == ["Conv", "Magic"], found
     conv = found[0][2]
-    assert "2-D convolution (kernel 3x3)" in conv and "squeeze-conv2d" not in conv  # no pass that cannot help
+    assert "3-D convolution is not supported, only 1-D and 2-D" in conv
+    assert "squeeze-conv2d" not in conv  # no pass that cannot help
     assert "custom-domain" in found[1][2]
     with pytest.raises(UnsupportedModelError) as err:
         check_model(model)
@@ -102,16 +103,16 @@ def test_pipeline_refuses_before_calibration(tmp_path: Path, parse_onnx, monkeyp
     rng = np.random.default_rng(0)
     model = parse_onnx("""
         <ir_version: 8, opset_import: ["" : 17]>
-        g (float[1, 2, 8, 8] x) => (float[1, 3, 8, 8] y) {
-            c = Conv <pads = [1, 1, 1, 1]> (x, w2d)
+        g (float[1, 2, 4, 4, 4] x) => (float[1, 3, 4, 4, 4] y) {
+            c = Conv <pads = [1, 1, 1, 1, 1, 1]> (x, w3d)
             y = Relu (c)
-        }""", w2d=rng.normal(size=(3, 2, 3, 3)).astype(np.float32))
+        }""", w3d=rng.normal(size=(3, 2, 3, 3, 3)).astype(np.float32))
     proto = ir.serde.serialize_model(model)
     (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
-    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 2, 8, 8), np.float32))
+    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 2, 4, 4, 4), np.float32))
     (tmp_path / "pipeline.yaml").write_text("model: m.onnx\ncalibration: {path: calib.npz, key: x}\n"
                                             "codegen: {name: m, output_dir: out}\n")
-    with pytest.raises(UnsupportedModelError, match="2-D convolution"):
+    with pytest.raises(UnsupportedModelError, match="3-D convolution"):
         run_pipeline(load_pipeline(tmp_path / "pipeline.yaml"))
     assert not (tmp_path / "out").exists()
 

@@ -531,6 +531,27 @@ def test_one_directions_sequence_reads_that_half_of_y(layout):
     assert UnrollLstmPass()(model).modified is False
 
 
+def test_a_step_of_one_directions_half_reads_that_h():
+    """tf2onnx's Bidirectional(return_sequences=False), concat merge: Slice(Y, direction 1) → Squeeze → Slice(time
+    0:1): the longest selecting chain wins, so the reverse direction's h at time 0 is read and Y is not built."""
+    proto, feeds = lstm_case(np.random.default_rng(6), direction="bidirectional", B=1, T=4, use="all")
+    nodes = list(proto.graph.node)
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    consts |= {"zero": np.array([0], np.int64), "one": np.array([1], np.int64), "two": np.array([2], np.int64)}
+    nodes += [oh.make_node("Slice", ["Y", "one", "two", "one"], ["bw"]),
+              oh.make_node("Squeeze", ["bw", "one"], ["bw3"]),
+              oh.make_node("Slice", ["bw3", "zero", "one", "zero"], ["step"]),
+              oh.make_node("Relu", ["step"], ["Z"])]
+    nodes[0].output[:] = ["Y"]
+    proto = model_proto(nodes, feeds, consts, ["Z"])
+    reference = ort_reference(proto, feeds)
+    model, created, _ = unroll(proto)
+    out = ir.serde.serialize_model(model)
+    np.testing.assert_allclose(_session(out).run(None, feeds)[0], reference[0], rtol=RTOL, atol=ATOL)
+    assert not any(n.op_type == "Slice" for n in model.graph)
+    assert Counter(n.metadata_props.get(ROLE_KEY) for n in model.graph)["y"] == 0
+
+
 def test_torch_export_unrolls_to_the_last_steps_h(check_pass):
     # tools/export_torch_models.py's LSTM with torch.zeros h0/c0 and a dynamic batch, as qpass loads it
     path = Path(__file__).resolve().parents[1] / "data" / "torch" / "lstm_zero_state.onnx"

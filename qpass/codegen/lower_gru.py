@@ -1,0 +1,278 @@
+"""Re-rolling an unrolled GRU: the per-timestep primitive ops `unroll-gru` made → one `gru` kernel per direction.
+
+As for the LSTM (lower_lstm.py): the solver ties each role's parameters across time, so the integer constants are
+read from one step and the C runs one loop body for all T steps. Supported: one direction per kernel (a
+bidirectional GRU is two kernels and a concat), batch 1, default activations, no clip, zero initial state, both
+linear_before_reset values. Y, Y_h and one step's h are views of the kernel's h rows (T rows in time order when Y
+is read, T in processing order when an earlier step's h is read, else two taking turns).
+
+    x ──▶ [gru: z, r = σ-tables, n = tanh-table, h = n + z(h − n)] ──▶ h rows
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, step_time
+from qpass.errors import UnsupportedOpError
+from qpass.passes._util import const_value
+from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
+from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, quantize_multiplier, shared_shift_multipliers
+from qpass.solver.plan import FIXED
+
+if TYPE_CHECKING:
+    from qpass.codegen.lower import Lowering
+
+UNSUPPORTED_ROLES = {"clip_z", "clip_r", "clip_n", "h0"}
+
+
+def gru_key(node: ir.Node) -> tuple[str, str, str] | None:
+    """("GRU", name, direction) for a node unroll-gru made (three items: never equal to an LSTM's key)."""
+    key = node.metadata_props.get(GRU_KEY)
+    return None if key is None else ("GRU", key, node.metadata_props.get(GRU_DIRECTION_KEY, "0"))
+
+
+def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
+    """One GRU direction's tagged nodes by step and role, its length T and whether it runs backwards."""
+    name = nodes[0].metadata_props[GRU_KEY]
+    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
+    for node in nodes:
+        role = node.metadata_props.get(GRU_ROLE_KEY, "")
+        if role in UNSUPPORTED_ROLES:
+            raise UnsupportedOpError(name, "GRU", f"role {role!r} (clip or a non-zero initial state) is not "
+                                     "supported in generated C yet")
+        steps[int(node.metadata_props.get(GRU_STEP_KEY, "-1"))][role] = node
+    t_len = max(steps) + 1
+    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
+        raise UnsupportedOpError(name, "GRU", "the unrolled steps are incomplete")
+    t0 = step_time(steps[0]["x"])
+    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+
+
+def check_gru_group(nodes: list[ir.Node]) -> None:
+    """Refuse, by name, a tagged GRU group the kernel does not run (the early support check calls this)."""
+    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
+        for node in nodes:
+            if node.op_type != "Concat":
+                raise UnsupportedOpError(node.name or nodes[0].metadata_props[GRU_KEY], node.op_type,
+                                         "unexpected node joining GRU directions")
+        return
+    steps, t_len, _ = gather_steps(nodes)
+    if "hr" not in steps[min(1, t_len - 1)]:
+        raise UnsupportedOpError(nodes[0].metadata_props[GRU_KEY], "GRU", "a GRU over one time step (its recurrent "
+                                 "terms folded to constants) is not supported in integer code yet")
+
+
+def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
+    """Emit one `gru` step for the tagged nodes of one GRU direction, and map its visible outputs."""
+    name = nodes[0].metadata_props[GRU_KEY]
+    check_gru_group(nodes)
+    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
+        from qpass.codegen.lower import EMITTERS
+
+        for node in nodes:
+            EMITTERS["Concat"](lw, node)
+        return
+    steps, t_len, reverse = gather_steps(nodes)
+    first = steps[0]
+    lbr = "rn" in first
+    _check_zero_initial_state(name, first)
+
+    x = lw.input_of(first["x"], 0)
+    layout = first["x"].attributes.get_int("axis", 0)
+    x_steps = x.shape[layout] if len(x.shape) == 3 else 0
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
+        raise UnsupportedOpError(name, "GRU", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
+                                 f"batch 1; got {x.shape}")
+    wx, sw = lw.weight(first["xw"], 1)  # [I, 3H], per-column scales
+    n_in, three_h = wx.shape
+    hid = three_h // 3
+    later = steps[min(1, t_len - 1)]  # step 0 reads a constant zero h: its recurrent weights are planned later
+    wh, sr = lw.weight(later["hr"], 1)  # [H, 3H] (lbr = 1) or [H, 2H] (lbr = 0)
+    sr = np.broadcast_to(sr, (wh.shape[1],))
+    if not lbr:
+        wn, srn = lw.weight(later["hn"], 1)
+        wh, sr = np.concatenate([wh, wn], axis=1), np.concatenate([sr, np.broadcast_to(srn, (hid,))])
+    sw = np.broadcast_to(sw, (three_h,))
+    bias_x, shift_x = _bias(name, lw, first["xb"], x.scale, sw)
+
+    h_q = _q_after(lw, first["h"])
+    gates = [_q_after(lw, first[role]) for role in ("zpre", "rpre", "npre")]
+    g_dtype = gates[0][2]
+    if any(g[2] != g_dtype for g in gates) or (g_dtype == "int16" and any(g[1] for g in gates)):
+        raise UnsupportedOpError(name, "GRU", "the three gates must share one type (int16 gates: zero point 0)")
+    acts = [_q_after(lw, first[role]) for role in ("z", "r", "n")]
+    a_dtype = acts[0][2]
+    for role, (scale, zp, dtype) in zip("zrn", acts, strict=True):
+        want = FIXED["Tanh" if role == "n" else "Sigmoid"][dtype]
+        if dtype != a_dtype or not np.isclose(scale, want[0]) or zp != want[1]:
+            raise UnsupportedOpError(name, "GRU", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
+
+    if lbr:
+        mid_q = _q_after(lw, later["split_h"], 2)
+        bias_h, shift_h = _bias(name, lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
+    else:
+        mid_q = _q_after(lw, later["rh"])
+        bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
+    mode = _row_mode(t_len, nodes)
+    rows = t_len if mode < 2 else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
+    scratch = lw.new_tensor((3 * hid,), "int16", 1.0, 0, f"{name} gates (scratch)")
+    params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias_x, shift_x, bias_h, shift_h),
+                        x_q=(x.scale, x.zero_point, x.dtype), h_q=h_q, gates=gates, a_dtype=a_dtype, mid_q=mid_q,
+                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode)
+    step = lw.step("gru", [x], hseq, nodes[0], **params)
+    step.outputs.append(scratch.id)
+    step.origin = f"GRU {name}"
+    _map_outputs(lw, steps, hseq, hid, nodes, mode)
+
+
+def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
+               bias: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x_q: tuple[float, int, str],
+               h_q: tuple[float, int, str], gates: list[tuple[float, int, str]], a_dtype: str,
+               mid_q: tuple[float, int, str], lbr: bool, t_len: int, reverse: bool, rows: int, x_steps: int,
+               mode: int) -> dict:
+    """The `gru` kernel's integer constants from its integer weights (wx [I, 3H], wh [H, 3H] with per-column
+    scales sw, sr), biases (x side [3H], R side n rows [H], each with its per-row shift) and the quantization of
+    x, h, the three gate pre-activations, and mid_q: hn (linear_before_reset = 1) or r·h (= 0)."""
+    n_in, three_h = wx.shape
+    hid = three_h // 3
+    bias_x, shift_x, bias_h, shift_h = bias
+    g_dtype = gates[0][2]
+    s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
+    params: dict = {"lbr": int(lbr)}
+    span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
+    act_span = 1 << (8 if a_dtype == "int8" else 15)
+    if lbr:  # hn = Rn·(h − zp_h) + bn requantized to the split's n output; the n row's h term is a_r·(hn − zp_hn)
+        hn_q = mid_q
+        params.update(hn_zp=hn_q[1], hn_lo=QMIN[hn_q[2]], hn_hi=QMAX[hn_q[2]])
+        n_scales = [hn_q[0] * s_sig] * hid
+        n_span = act_span * max(QMAX[hn_q[2]] - hn_q[1], hn_q[1] - QMIN[hn_q[2]])
+        n_bound = np.full(hid, n_span, np.int64)
+        bound_hn = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * span_h + (
+            np.abs(bias_h.astype(np.int64)) << shift_h)
+        extra_bound = int(bound_hn.max())
+        hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
+                                                     min(31, 61 - extra_bound.bit_length()))
+        params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift)
+        if int((bound_hn * np.array(hn_mult, np.int64)).max()) >= 2**62:
+            raise UnsupportedOpError(name, "GRU", "the recurrent n rescale may overflow int64")
+    else:  # rh = r ⊙ h requantized to the Mul's output; the n row's h term is Rn·(rh − zp_rh)
+        rh_q = mid_q
+        rh_m, rh_s = quantize_multiplier(s_sig * h_q[0] / rh_q[0])
+        params.update(rh_mult=rh_m, rh_shift=rh_s, rh_zp=rh_q[1], rh_lo=QMIN[rh_q[2]], rh_hi=QMAX[rh_q[2]],
+                      mult=np.zeros(1, np.int32))
+        n_scales = [rh_q[0] * float(s) for s in sr[2 * hid:]]
+        n_span = max(QMAX[rh_q[2]] - rh_q[1], rh_q[1] - QMIN[rh_q[2]])
+        n_bound = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * n_span
+        extra_bound = 0
+
+    # gate rows: acc_x·MX + hterm·MH >> s with proven bounds (as the LSTM's)
+    span_x = max(QMAX[x_q[2]] - x_q[1], x_q[1] - QMIN[x_q[2]])
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(bias_x.astype(np.int64)) << shift_x)
+    bound_h = np.concatenate([np.abs(wh[:, :2 * hid].astype(np.int64)).sum(axis=0) * span_h, n_bound])
+    acc_bound = int(max(bound_x.max(), bound_h.max(), extra_bound))
+    bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
+    h_scales = [h_q[0] * float(s) for s in sr[:2 * hid]] + list(n_scales)
+    mx, mh, shifts = [], [], []
+    for r in range(three_h):
+        s_gate = gates[r // hid][0]
+        (a, b), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / s_gate, h_scales[r] / s_gate], bits)
+        mx.append(a), mh.append(b), shifts.append(sh)
+    if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
+        raise UnsupportedOpError(name, "GRU", "the gate rescale may overflow int64")
+
+    luts = []
+    for k, (s_g, zp_g, _) in enumerate(gates):
+        fn = np.tanh if k == 2 else (lambda v: 1.0 / (1.0 + np.exp(-v)))
+        scale, zp = FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype]
+        luts.append(build_lut(fn, s_g, zp_g, scale, zp, "int8", a_dtype) if g_dtype == "int8"
+                    else build_lut16(fn, s_g, scale, zp, a_dtype))
+    # h = (1 − z)·n + z·h: (S − a_z)·a_n at s_sig·s_tanh, a_z·(h − zp_h) at s_sig·s_h, both to s_h
+    (m1, m2), h_shift = shared_shift_multipliers([s_sig * s_tanh / h_q[0], s_sig], 30)
+    act_zp = [FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype][1] for k in range(3)]
+    params.update(t=t_len, n_in=n_in, hidden=hid, x_zp=x_q[1], h_zp=h_q[1], reverse=int(reverse),
+                  gate_zp=[g[1] for g in gates], act_zp=act_zp, g_lo=QMIN[g_dtype], g_hi=QMAX[g_dtype],
+                  h_lo=QMIN[h_q[2]], h_hi=QMAX[h_q[2]], lut_n=luts[0].size, one=round(1 / s_sig), m1=m1, m2=m2,
+                  h_shift=h_shift, rows=rows, x_steps=x_steps, row_mode=mode)
+    dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "lbr", "g_lo", "g_hi", "h_lo",
+                                "h_hi", "lut_n", "one", "m1", "m2", "h_shift", "rows", "x_steps", "row_mode")]
+    dims += params["gate_zp"] + params["act_zp"] + [params.get(k, 0) for k in (
+        "hn_shift", "hn_zp", "hn_lo", "hn_hi", "rh_mult", "rh_shift", "rh_zp", "rh_lo", "rh_hi")]
+    params.update(weight=np.ascontiguousarray(wx.T), weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype),
+                  bias=np.concatenate([bias_x, bias_h]).astype(np.int32),
+                  bias_shift=np.concatenate([shift_x, shift_h]).astype(np.int32),
+                  mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
+                  shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
+                  dims=np.array(dims, dtype=np.int32), acc_bits=32 if acc_bound < 2**31 else 64,
+                  gate_bits=g_dtype, act_bits=a_dtype)
+    return params
+
+
+def _bias(name: str, lw: Lowering, add: ir.Node, in_scale: float, sw: np.ndarray,
+          rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias of a bias Add (rows of it) and its per-row left shift k: scale = s_in · s_W · 2^k."""
+    bias, b_scale = lw.weight(add, 1)
+    bias = bias.reshape(-1)
+    b_scale = np.broadcast_to(b_scale, bias.shape)
+    if rows is not None:
+        bias, b_scale, sw = bias[rows], b_scale[rows], sw[rows]
+    ratio = b_scale / (np.float32(in_scale) * sw.astype(np.float32))
+    k = np.rint(np.log2(np.where(bias != 0, ratio, 1.0))).astype(np.int64)
+    if np.any(k < 0) or np.any(k > 30) or not np.allclose(np.where(bias != 0, ratio, 1.0), np.exp2(k), rtol=1e-5):
+        raise UnsupportedOpError(name, "GRU", "bias scale must be input scale x weight scale (times 2^k)")
+    return bias.astype(np.int32), k
+
+
+def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
+    """The kernel starts from h = 0: step 0 must read a constant zero as its previous h."""
+    v = first["hd"].inputs[0]  # hd = Sub(h_prev, n)
+    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
+                                                                                   "DequantizeLinear"):
+        v = v.producer().inputs[0]
+    c = const_value(v)
+    if c is None or np.any(c != 0):
+        raise UnsupportedOpError(name, "GRU", "a non-zero initial state is not supported in integer code; "
+                                 "export the GRU without initial_h (or with zeros)")
+
+
+def _row_mode(t_len: int, nodes: list[ir.Node]) -> int:
+    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2."""
+    members = {id(n) for n in nodes}
+    mode = 2
+    for node in nodes:
+        role = node.metadata_props.get(GRU_ROLE_KEY, "")
+        s = int(node.metadata_props.get(GRU_STEP_KEY, "-1"))
+        if role == "y" or (role == "h" and s < t_len - 1):
+            for out in node.outputs:
+                if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
+                                                 if u.op_type == "QuantizeLinear"):
+                    mode = 0 if role == "y" else min(mode, 1)
+    return mode
+
+
+def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int, nodes: list[ir.Node],
+                 mode: int) -> None:
+    """h_t, Y and Y_h become views of the kernel's h rows; nothing else may leave the group."""
+    members = {id(n) for n in nodes}
+    last = steps[max(k for k in steps if k >= 0)]
+    for node in nodes:
+        role = node.metadata_props.get(GRU_ROLE_KEY, "")
+        s = int(node.metadata_props.get(GRU_STEP_KEY, "-1"))
+        for out in node.outputs:
+            qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
+            q_val = qs[0].outputs[0] if qs else None
+            if role == "h":
+                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
+            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):
+                _alias(lw, q_val, hseq, 0)
+            elif role == "y_h":
+                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
+            elif q_val is not None and _read_outside(q_val, members):
+                raise UnsupportedOpError(node.name or "", node.op_type,
+                                         f"GRU {role!r} output is used outside the GRU; only Y and Y_h are")

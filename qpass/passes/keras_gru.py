@@ -1,0 +1,259 @@
+"""keras-gru: replace the Loop that tf2onnx emits for a Keras GRU layer (reset_after=True) by one ONNX GRU node.
+
+With Keras 3, tf2onnx leaves the layer's `while` loop as an ONNX Loop around the cell (as for the LSTM, see
+keras-lstm, whose loop bookkeeping checks and output rewiring this pass shares):
+
+    _, h_T, Wk, Rk, bk, H = Loop(T, cond0, t=0, h0, Wk, Rk, bk) {
+        x = Gather(Xt, t)
+        xz, xr, xn = Split(x·Wk + bk[0], 3)           (Gemm or MatMul/Add; Keras gate order z, r, h = ONNX's)
+        hz, hr, hn = Slice or Split(h·Rk + bk[1])
+        z = σ(xz + hz)   r = σ(xr + hr)   n = tanh(xn + r·hn)
+        h' = z·h + (1 − z)·n                          (any operand order)
+        return ..., h', ..., scan h'
+    }
+→
+    Y, Y_h = GRU(Xt, W, R, B, , h0?, hidden_size=H, linear_before_reset=1, layout=0)
+    W = Wkᵀ [1,3H,I]   R = Rkᵀ [1,3H,H]   B = [bk[0], bk[1]] [1,6H] (omitted without a bias); a zero h0 is omitted.
+
+go_backwards with only the last step read becomes direction="reverse", as in keras-lstm. reset_after=False
+(r applied before the recurrent product) does not match and is left alone; every leftover Loop is reported by the
+support check. A Loop that does not match is left alone and the reason is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from qpass.passes import QPass, register_pass
+from qpass.passes._util import const_value, new_initializer
+from qpass.passes.keras_lstm import _STD, _Match, _Matcher, _need, _NoMatch, _Rewrite, _static
+
+log = logging.getLogger(__name__)
+
+
+class _GruMatcher(_Matcher):
+    """Reads one Loop node as a Keras GRU cell; `match()` returns a `_Match` (c_slot −1, b [2, 3H] or None)."""
+
+    def _producer(self, value: ir.Value, op_type: str, what: str) -> ir.Node:
+        node = self._unwrap_identity(value).producer()
+        _need(self._in_body(node) and node.op_type == op_type and node.domain in _STD, f"{what} is not a {op_type}")
+        self.seen.add(node)
+        return node
+
+    def _pair(self, add: ir.Node, test) -> tuple[ir.Value, ir.Value]:
+        """(the input of `add` that passes `test`, the other one)."""
+        a, b = add.inputs[0], add.inputs[1]
+        if test(a):
+            return a, b
+        _need(test(b), f"neither input of {add.name!r} is the expected term")
+        return b, a
+
+    def _thirds(self, values: list[ir.Value], hidden: int, what: str) -> ir.Value:
+        """The [B,3H] sum whose column thirds z, r, n are `values` (one Split, or three Slices on the last axis)."""
+        nodes = [self._unwrap_identity(v).producer() for v in values]
+        _need(all(self._in_body(n) for n in nodes), f"the {what} thirds are not computed in the loop")
+        if all(n is nodes[0] for n in nodes) and nodes[0].op_type == "Split":
+            split = nodes[0]
+            _need(list(split.outputs) == [self._unwrap_identity(v) for v in values],
+                  f"the {what} Split is out of order")
+            _need(split.attributes.get_int("axis", 0) in (1, -1), f"the {what} Split is not on the last axis")
+            self.seen.add(split)
+            return split.inputs[0]
+        source = None
+        for k, node in enumerate(nodes):
+            _need(node.op_type == "Slice" and len(node.inputs) >= 4, f"the {what} parts are not one Split or Slices")
+            starts, ends, axes = (const_value(v) for v in node.inputs[1:4])
+            _need(starts is not None and ends is not None and axes is not None, f"the {what} Slice is not constant")
+            _need(len(node.inputs) < 5 or node.inputs[4] is None or not np.any(const_value(node.inputs[4]) != 1),
+                  f"the {what} Slice has steps")
+            for start, end, axis in zip(starts.tolist(), ends.tolist(), axes.tolist(), strict=True):
+                if axis in (1, -1):  # the gate columns: third k
+                    _need(start == k * hidden and (end == (k + 1) * hidden or (k == 2 and end >= 3 * hidden)),
+                          f"the {what} Slice does not take third {k}")
+                else:  # the batch axis, whole
+                    _need(axis in (0, -2) and start == 0 and end >= 2**31 - 1, f"the {what} Slice cuts the batch")
+            _need(source is None or node.inputs[0] is source, f"the {what} Slices read different tensors")
+            source = node.inputs[0]
+            self.seen.add(node)
+        return source
+
+    def _terms(self, value: ir.Value, batch: int, hidden: int, what: str) -> tuple[ir.Value, np.ndarray,
+                                                                                     np.ndarray | None]:
+        """(MatMul input, weight [*, 3H], bias [3H] or None) of a sum a·W (+ b)."""
+        terms = self._sum_terms(value, (batch, 3 * hidden))
+        mats = [t for t in terms if isinstance(t, tuple)]
+        _need(len(mats) == 1, f"the {what} sum has {len(mats)} MatMuls, expected 1")
+        _, a, b, trans = mats[0]
+        weight = self._const(b, f"the {what} weight").astype(np.float32)
+        weight = weight.T if trans else weight
+        _need(weight.ndim == 2 and weight.shape[1] == 3 * hidden, f"the {what} weight is not [*,3H]")
+        bias = None
+        for t in terms:
+            if not isinstance(t, tuple):
+                array = self._const_expr(t)
+                _need(array is not None and array.size == 3 * hidden,
+                      f"{t.name!r} in the {what} sum is not a [3H] bias")
+                bias = (0 if bias is None else bias) + array.astype(np.float32).reshape(-1)
+        return a, weight, bias
+
+    def match(self) -> _Match:
+        tanhs = [n for n in self.body if n.op_type == "Tanh"]
+        sigmoids = [n for n in self.body if n.op_type == "Sigmoid"]
+        _need(len(tanhs) == 1 and len(sigmoids) == 2, "the body is not one Tanh and two Sigmoids")
+        self.seen.update([*tanhs, *sigmoids])
+        n_pre = self._producer(tanhs[0].inputs[0], "Add", "the candidate pre-activation")
+        shape = _static(n_pre.outputs[0])
+        _need(shape is not None and len(shape) == 2, "the candidate is not [B,H]")
+        batch, hidden = shape
+        sig_out = {s.outputs[0] for s in sigmoids}
+
+        def is_reset_product(v: ir.Value) -> bool:
+            node = self._unwrap_identity(v).producer()
+            return self._in_body(node) and node.op_type == "Mul" and any(i in sig_out for i in node.inputs)
+
+        rn, xn = self._pair(n_pre, is_reset_product)
+        mul_r = self._producer(rn, "Mul", "r·hn")
+        r, hn = self._pair(mul_r, lambda v: v in sig_out)
+        r_node = r.producer()
+        z = next(s.outputs[0] for s in sigmoids if s is not r_node)
+        z_pre = self._producer(sigmoids[0 if sigmoids[0] is not r_node else 1].inputs[0], "Add", "z pre-activation")
+        r_pre = self._producer(r_node.inputs[0], "Add", "r pre-activation")
+
+        # h' = z·h + (1 − z)·n
+        h_slot = next((k for k in range(self.carried) if k not in self.invariant and self._slot_reads(k, z)), None)
+        _need(h_slot is not None, "no carried state is multiplied by z")
+        h_prev = self.body.inputs[2 + h_slot]
+        h_new = self._unwrap_identity(self.body.outputs[1 + h_slot])
+        add = h_new.producer()
+        _need(self._in_body(add) and add.op_type == "Add", "h' is not a sum")
+        self.seen.add(add)
+        muls = [self._producer(v, "Mul", "a term of h'") for v in add.inputs]
+        zh = next((m for m in muls if set(m.inputs) == {z, h_prev}), None)
+        _need(zh is not None, "h' has no z·h term")
+        other = muls[1] if muls[0] is zh else muls[0]
+        one_minus, n_val = self._pair(other, lambda v: self._is_one_minus(v, z))
+        _need(n_val is tanhs[0].outputs[0], "h' does not mix in tanh(n)")
+
+        def is_x_part(v: ir.Value) -> bool:
+            node = self._unwrap_identity(v).producer()
+            return self._in_body(node) and node.op_type == "Split"
+
+        xz, hz = self._pair(z_pre, is_x_part)
+        xr, hr = self._pair(r_pre, is_x_part)
+        x_sum = self._thirds([xz, xr, xn], hidden, "input")
+        h_sum = self._thirds([hz, hr, hn], hidden, "recurrent")
+        x_t, w, b_in = self._terms(x_sum, batch, hidden, "input")
+        h_in, r_w, b_rec = self._terms(h_sum, batch, hidden, "recurrent")
+        _need(self._unwrap_identity(h_in) is h_prev, "the recurrent MatMul does not read the carried h")
+        _need(r_w.shape == (hidden, 3 * hidden), "the recurrent kernel is not [H,3H]")
+        for s in range(self.scans):
+            _need(self._unwrap_identity(self.body.outputs[1 + self.carried + s]) is h_new,
+                  f"scan output {s} is not h'")
+        state = self.loop.inputs[2 + h_slot]
+        _need(state is not None and _static(state) == (batch, hidden), "the initial state is not [B,H]")
+
+        gather = x_t.producer()
+        _need(self._in_body(gather) and gather.op_type == "Gather" and gather.domain in _STD
+              and gather.attributes.get_int("axis", 0) == 0, "the input step is not Gather(X, t, axis=0)")
+        self.seen.add(gather)
+        x = self._outer(gather.inputs[0])
+        _need(not self._in_body(x.producer()) and not (x.producer() is None and x.graph is self.body),
+              "the sequence is not defined outside the loop")
+        xshape = _static(x)
+        _need(xshape is not None and len(xshape) == 3 and xshape[1:] == (batch, w.shape[0]),
+              "the sequence is not [T,B,I]")
+        _need(x.dtype == ir.DataType.FLOAT, "the sequence is not float32")
+        controls = [k for k in range(self.carried) if k not in self.invariant and k != h_slot]
+        final = self._simulate(gather.inputs[1], controls, xshape[0])
+        for node in self.body:
+            _need(node in self.seen or node in self.evaluate.seen,
+                  f"body node {node.op_type} {node.name!r} is neither the cell nor its bookkeeping")
+        bias = None
+        if b_in is not None or b_rec is not None:
+            zeros = np.zeros(3 * hidden, np.float32)
+            bias = np.stack([zeros if b_in is None else b_in, zeros if b_rec is None else b_rec])
+        return _Match(x=x, w=w, r=r_w, b=bias, h_slot=h_slot, c_slot=-1, steps=xshape[0], batch=batch,
+                      hidden=hidden, invariant=self.invariant, control_final=final)
+
+    def _const_expr(self, value: ir.Value) -> np.ndarray | None:
+        """A loop-invariant constant, also through body Squeeze/Reshape/Identity and Split (Keras' bias [2, 3H]
+        split into its input and recurrent halves); the nodes it passes are part of the cell."""
+        array = self._const(value, "")
+        node = value.producer()
+        if array is not None or not self._in_body(node) or node.domain not in _STD:
+            return array
+        if node.op_type in ("Squeeze", "Reshape", "Identity", "Unsqueeze"):
+            src = self._const_expr(node.inputs[0])
+            shape = _static(value)
+            if src is None or shape is None or int(np.prod(shape)) != src.size:
+                return None
+            self.seen.add(node)
+            return src.reshape(shape)
+        if node.op_type == "Split":
+            src = self._const_expr(node.inputs[0])
+            sizes = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            if src is None:
+                return None
+            axis = node.attributes.get_int("axis", 0)
+            cuts = np.cumsum(sizes)[:-1] if sizes is not None else len(node.outputs)
+            self.seen.add(node)
+            return np.split(src, cuts, axis=axis)[list(node.outputs).index(value)]
+        return None
+
+    def _slot_reads(self, k: int, z: ir.Value) -> bool:
+        value = self.body.inputs[2 + k]
+        return any(u.op_type == "Mul" and z in u.inputs for u in value.consumers())
+
+    def _is_one_minus(self, value: ir.Value, z: ir.Value) -> bool:
+        node = self._unwrap_identity(value).producer()
+        if not (self._in_body(node) and node.op_type == "Sub" and node.inputs[1] is z):
+            return False
+        one = self._const(node.inputs[0], "")
+        if one is None or one.size != 1 or float(one.reshape(-1)[0]) != 1.0:
+            return False
+        self.seen.add(node)
+        return True
+
+
+class _GruRewrite(_Rewrite):
+    def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+        """The ONNX GRU node for the match (linear_before_reset=1): its Y, Y_h."""
+        m, graph = self.m, self.graph
+        steps, batch, hidden = m.steps, m.batch, m.hidden
+        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(m.w.T[None]).astype(np.float32))
+        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(m.r.T[None]).astype(np.float32))
+        b = None if m.b is None else new_initializer(graph, f"{self.base}_B", m.b.reshape(1, 6 * hidden))
+        inputs = [x, w, r, b, None, self._state(m.h_slot, "h0")]
+        while inputs[-1] is None:
+            inputs.pop()
+        attrs = {"hidden_size": hidden, "direction": direction, "linear_before_reset": 1}
+        if self.opset >= 14:
+            attrs["layout"] = 0
+        gru = self._add("GRU", inputs, attrs, num_outputs=2, shapes=[[steps, 1, batch, hidden], [1, batch, hidden]])
+        y, y_h = gru.outputs
+        y.name, y_h.name = f"{self.base}_Y", f"{self.base}_Y_h"
+        return y, y_h, None
+
+
+@register_pass("keras-gru")
+class KerasGruPass(QPass):
+    """Replace tf2onnx's Loop for a Keras GRU layer (reset_after=True) by one ONNX GRU node (weights converted)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        opset = model.opset_imports.get("", 17)
+        modified = False
+        for node in list(graph):
+            if node.graph is None or node.op_type != "Loop" or node.domain not in _STD:
+                continue
+            try:
+                match = _GruMatcher(node).match()
+            except _NoMatch as why:
+                log.debug("keras-gru: leaving Loop %r alone: %s", node.name, why)
+                continue
+            _GruRewrite(self, graph, node, match, opset).apply()
+            modified = True
+        return ir.passes.PassResult(model, modified)
