@@ -557,8 +557,9 @@ def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
 
 
 def kernel_kind(label: str) -> str:
-    """`lstm: LSTM har_1_...` → lstm (the program step's kernel, as the C comment starts)."""
-    return label.split(":", 1)[0].strip() if ":" in label and label != GLUE else label
+    """`layer 3 lstm: 50x1x16 -> ...` (integer C) or `lstm: LSTM har_1_...` (float C) → lstm: the program
+    step's kernel, the last word before the comment's first colon."""
+    return label.split(":", 1)[0].split()[-1] if ":" in label and label != GLUE else label
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """Render a Program as C99 with jinja2: one template per kernel, constants as `static const` arrays.
 
-Every C identifier is generated (qp_*, t<N>, the validated model name); names from the model file
-appear only in comments, after `comment()` has reduced them to a safe character set.
+A kernel template provides either `define(fn, types)` (one generic function per type set, sizes passed
+at run time) and `call(ctx)`, or `layer(ctx)` (one function per layer with every size, zero point and
+constant array written in, so the compiler sees the shapes) and `call(ctx)`; `PREPARE` adds the
+generation-time constants of a per-layer kernel (folded biases, interior bounds). Every kernel function is
+kept out of line (QP_NOINLINE) so the compiler does not merge them into one function that spills.
+
+Every C identifier is generated (qp_l<step>_<kernel>_<role>, the validated model name); names from the
+model file appear only in comments, after `comment()` has reduced them to a safe character set.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_arena
+from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -23,11 +30,19 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "weight": None, "bias": "int32", "bias_shift": "uint8", "mult": "int32", "shift": "uint8", "table": None,
     "exp_table": "int32",
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
-    "mx": "int32", "mh": "int32",
+    "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
+    "sh": "uint8",
 }
 SCALAR_TYPES = (int, np.integer)
-NEEDS_REQUANTIZE = {"linear", "conv1d", "conv2d", "lstm", "gru", "mul", "mul2", "pool", "pool2d"}  # call qp_requantize
-NO_CLAMP = {"concat", "copy", "lut", "maxpool1d", "transpose"}  # kernels that never call qp_clamp
+PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
+    "linear": lambda program, step: {"f": folded(program, step)},
+    "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
+                                     **conv_interior(step.params)},
+    "lstm": lambda program, step: {"g": lstm_gates(program, step)},
+    "maxpool1d": lambda program, step: conv_interior(step.params),
+    "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
+        step.params["dims"], step.params["strides"], strict=True) if d > 1]},
+}
 
 
 @dataclass
@@ -42,8 +57,14 @@ class GeneratedC:
 
 def comment(text: str, limit: int = 80) -> str:
     """A model-supplied name made safe inside a C block comment: no `*/`, no newline, ASCII only."""
-    safe = re.sub(r"[^A-Za-z0-9_.:/\- ]", "?", text)[:limit]
+    safe = re.sub(r"[^A-Za-z0-9_.:;/\-,()=>+ ]", "?", text)[:limit]
     return safe.replace("*/", "?/")
+
+
+def ident(text: str, limit: int = 32) -> str:
+    """A model-supplied name as part of a C identifier: lower-case letters, digits and single underscores.
+    Callers prefix it (qp_l<step>_), so the result is never a keyword and never collides."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].strip("_")
 
 
 def _env() -> Environment:
@@ -77,24 +98,25 @@ def _types(program: Program, step) -> tuple[dict[str, str], str]:
     return {k: CTYPE[v] for k, v in t.items()}, f"qp_{step.kernel}_{suffix}"
 
 
+def _dims(t) -> str:
+    return "x".join(str(d) for d in t.shape) or "1"
+
+
 def render(program: Program, source: str = "model", stack: tuple[int, str] | None = None) -> GeneratedC:
     """C and header text for a program; `stack` = (worst-case bytes, how it was measured) for the header."""
     env = _env()
     arena = plan_arena(program)
     constants: list[dict] = []
-    const_bytes = 0
 
-    def add_const(values: np.ndarray, dtype: str) -> str:
-        nonlocal const_bytes
-        cname = f"qp_c{len(constants)}"
+    def add_const(values: np.ndarray, dtype: str, cname: str) -> str:
         values = np.asarray(values).reshape(-1)
-        constants.append({"cname": cname, "ctype": CTYPE[dtype], "count": max(1, values.size), "body": _body(values)})
-        const_bytes += values.size * np.dtype(dtype).itemsize
+        constants.append({"cname": cname, "ctype": CTYPE[dtype], "count": max(1, values.size), "body": _body(values),
+                          "bytes": values.size * np.dtype(dtype).itemsize})
         return cname
 
     buf: dict[str, str] = {}
     for tid, data in program.constants.items():
-        buf[tid] = add_const(data, program.tensors[tid].dtype)
+        buf[tid] = add_const(data, program.tensors[tid].dtype, f"qp_const_{len(constants)}")
     in_root, out_root = program.root(program.input), program.root(program.output)
 
     def expr(tid: str) -> str:
@@ -108,21 +130,38 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
     modules: dict[str, object] = {}
     defs: dict[str, str] = {}
     calls = []
-    for step in program.steps:
+    for index, step in enumerate(program.steps):
         if step.kernel not in modules:
             modules[step.kernel] = env.get_template(f"kernels/{step.kernel}.c.j2").module
+        module = modules[step.kernel]
         types, fn = _types(program, step)
-        if fn not in defs:
-            defs[fn] = str(modules[step.kernel].define(fn, types)).strip()
-        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype))
-                  for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
+        layer = f"qp_l{index}_{step.kernel}"
+        prefix = f"qp_l{index}_{ident(step.origin) or step.kernel}"
+        per_layer = hasattr(module, "layer")
+        extra = PREPARE[step.kernel](program, step) if per_layer and step.kernel in PREPARE else {}
+        arrays = {k: v for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
+        for part in ("f", "g"):
+            arrays.update({k: v for k, v in extra.get(part, {}).items() if k in ARRAY_PARAMS})
+        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{prefix}_{k}") for k, v in arrays.items()}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "n": program.tensors[step.outputs[0]].size,
                "scratch": [expr(o) for o in step.outputs[1:]], "c": consts, "p": scalars,
                "l": {k: [int(i) for i in v] for k, v in step.params.items() if isinstance(v, list)}}
-        calls.append({"comment": comment(f"{step.kernel}: {step.origin}"),
-                      "code": str(modules[step.kernel].call(ctx)).strip()})
+        if per_layer:
+            ctx.update(extra, fn=layer, t=types, title=comment(f"layer {index}, {step.kernel} ({step.origin})"))
+            defs[layer] = str(module.layer(ctx)).strip()
+            unused = {c for c in consts.values() if not re.search(rf"\b{c}\b", defs[layer])}
+            constants[:] = [c for c in constants if c["cname"] not in unused]
+        elif fn not in defs:
+            defs[fn] = re.sub(r"^static void", "static QP_NOINLINE void", str(module.define(fn, types)).strip(),
+                              flags=re.M)
+        x, out = program.tensors[step.inputs[0]], program.tensors[step.outputs[0]]
+        note = (f"layer {index} {step.kernel}: {_dims(x)} -> {_dims(out)}, scale {x.scale:.4g} zp {x.zero_point} -> "
+                f"scale {out.scale:.4g} zp {out.zero_point}; from {step.origin}")
+        calls.append({"comment": comment(note, 160),
+                      "code": str(module.call(ctx)).strip()})
+    const_bytes = sum(c["bytes"] for c in constants)
     tin, tout = program.tensors[program.input], program.tensors[program.output]
     ctx = {
         "name": program.name, "NAME": program.name.upper(), "version": __version__, "source": comment(source),
@@ -132,8 +171,9 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "stack_bytes": stack[0] if stack else 0, "stack_source": comment(stack[1]) if stack else "",
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
-        "need_requantize": bool(modules.keys() & NEEDS_REQUANTIZE),
-        "need_clamp": bool(modules.keys() - NO_CLAMP),
+        "need_requantize": any("qp_requantize(" in d for d in defs.values()),
+        "need_requantize_hi": any("qp_requantize_hi(" in d for d in defs.values()),
+        "need_clamp": any("qp_clamp(" in d for d in defs.values()),
         "constants": constants, "calls": calls,
     }
     return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),

@@ -260,6 +260,7 @@ class Lowering:
             self.step("copy", [y], own, out).origin = "graph output"
             program.output = own.id
         _fuse_clamps(program)
+        _fuse_input_transposes(program)
         fold_layout_transposes(program)
         return program
 
@@ -286,6 +287,32 @@ def _fuse_clamps(program: Program) -> None:
             continue
         kept.append(s)
     program.steps[:] = kept
+
+
+def _fuse_input_transposes(program: Program) -> None:
+    """transpose [1, L, C] -> [1, C, L] read only by a conv1d: the conv reads channels-last instead.
+
+    before: x[1,L,C] -> transpose(perm 0,2,1) -> t[1,C,L] -> conv1d -> y
+    after:  x[1,L,C] -> conv1d(channels_last=1) -> y            (same integers, one copy fewer)
+    """
+    readers: dict[str, list[Step]] = {}
+    for s in program.steps:
+        for i in s.inputs:
+            readers.setdefault(program.root(i), []).append(s)
+    drop: set[int] = set()
+    for s in program.steps:
+        t = s.outputs[0]
+        users = readers.get(program.root(t), [])
+        if (s.kernel != "transpose" or s.params["perm"] != [0, 2, 1] or len(users) != 1
+                or users[0].kernel != "conv1d" or users[0].inputs[0] != t or t == program.output
+                or program.tensors[t].alias_of is not None
+                or any(program.tensors[v].alias_of == t for v in program.tensors)):
+            continue
+        users[0].inputs[0] = s.inputs[0]
+        users[0].params["channels_last"] = 1
+        drop.add(id(s))
+        del program.tensors[t]
+    program.steps[:] = [s for s in program.steps if id(s) not in drop]
 
 
 # -- emitters ---------------------------------------------------------------------------------

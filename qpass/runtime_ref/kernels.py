@@ -121,9 +121,12 @@ def _taps(p: dict) -> np.ndarray:
 
 @kernel("conv1d")
 def conv1d(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
-    """y[m,o] = clamp(zp_y + rq_m(bias[m] + Σ_{c,k} (x[c, o·s − p + k·d] − zp_x)·w[m,c,k])); padding adds 0."""
+    """y[m,o] = clamp(zp_y + rq_m(bias[m] + Σ_{c,k} (x[c, o·s − p + k·d] − zp_x)·w[m,c,k])); padding adds 0.
+
+    x is [C, L], or [L, C] with `channels_last` (a fused input transpose)."""
     p = step.params
-    x = inputs[0].astype(np.int64).reshape(p["c_in"], p["l_in"]) - p["x_zp"]
+    x = inputs[0].astype(np.int64) - p["x_zp"]
+    x = x.reshape(p["l_in"], p["c_in"]).T if p.get("channels_last") else x.reshape(p["c_in"], p["l_in"])
     pos = _taps(p)
     valid = (pos >= 0) & (pos < p["l_in"])
     patches = np.where(valid[None], x[:, np.clip(pos, 0, p["l_in"] - 1)], 0)  # [C_in, L_out, K]

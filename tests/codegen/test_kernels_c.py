@@ -10,6 +10,7 @@ is registered without a case here fails, so every new kernel gets one.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import zlib
 from collections.abc import Callable
@@ -223,6 +224,11 @@ def linear_x16_w16_acc64(rng):
     return _linear_program(rng, "k_linear_16x16", k=7, n=n, x_dtype="int16", w_dtype="int16", y_dtype="int16",
                            x_zp=0, y_zp=0, bias=rng.integers(-(2**31), 2**31 - 1, size=n),
                            bias_shift=rng.integers(0, 8, size=n))
+
+
+def linear_pow2(rng):  # every multiplier 1: the C rescales with 32-bit shifts only
+    return _linear_program(rng, "k_lin_pow2", rows=3, k=10, n=5, x_zp=-9, y_zp=4, mult=np.ones(5, np.int32),
+                           shift=np.array([9, 10, 11, 12, 13]))
 
 
 def linear_out16(rng):
@@ -509,7 +515,7 @@ def _conv_params(c_in: int, l_in: int, c_out: int, k: int, *, stride=1, dilation
 
 def _conv_program(rng, name: str, *, c_in: int, l_in: int, c_out: int, k: int, x_zp=0, y_zp=0, lo=None, hi=None,
                   mult=None, shift=None, bias=None, x_dtype="int8", w_dtype="int8", y_dtype="int8",
-                  **dims) -> Program:
+                  channels_last=False, **dims) -> Program:
     p = _conv_params(c_in, l_in, c_out, k, **dims)
     cin_g = c_in // p["groups"]
     weight = _weights(rng, (c_out, cin_g, k), w_dtype)
@@ -526,7 +532,9 @@ def _conv_program(rng, name: str, *, c_in: int, l_in: int, c_out: int, k: int, x
              mult=np.asarray(mult, dtype=np.int32), shift=np.asarray(shift, dtype=np.int32), acc_bits=acc_bits,
              acc_bound=bound, x_zp=x_zp, y_zp=y_zp, lo=QMIN[y_dtype] if lo is None else lo,
              hi=QMAX[y_dtype] if hi is None else hi)
-    tensors = [_t("t0", (1, c_in, l_in), zp=x_zp, dtype=x_dtype),
+    if channels_last:
+        p["channels_last"] = 1
+    tensors = [_t("t0", (1, l_in, c_in) if channels_last else (1, c_in, l_in), zp=x_zp, dtype=x_dtype),
                _t("t1", (1, c_out, p["l_out"]), zp=y_zp, dtype=y_dtype)]
     return _program(name, tensors, [Step("conv1d", ["t0"], ["t1"], p, origin="test/Conv")])
 
@@ -557,6 +565,16 @@ def conv1d_extremes_fused_clamp(rng):
         mult[j], shift[j] = quantize_multiplier(float(rng.uniform(20, 120)) / abs(int(bias[j])))
     return _conv_program(rng, "k_conv_ext", c_in=4, l_in=8, c_out=c_out, k=3, x_zp=-128, y_zp=-128, lo=-128,
                          hi=100, mult=mult, shift=shift, bias=bias, pad_left=1, pad_right=1)
+
+
+def conv1d_channels_last(rng):
+    return _conv_program(rng, "k_conv_cl", c_in=4, l_in=11, c_out=6, k=3, groups=2, stride=2, dilation=2,
+                         pad_left=2, pad_right=1, x_zp=-7, y_zp=3, channels_last=True)
+
+
+def conv1d_pow2(rng):
+    return _conv_program(rng, "k_conv_pow2", c_in=3, l_in=12, c_out=4, k=3, pad_left=1, pad_right=1, x_zp=5,
+                         y_zp=-3, mult=np.ones(4, np.int32), shift=np.array([10, 11, 12, 13]))
 
 
 def conv1d_int16(rng):
@@ -689,7 +707,7 @@ def transpose_int16(rng):
 
 def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, x_dtype="int8",
                   w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                  x_steps: int = 0) -> Program:
+                  x_steps: int = 0, pow2: bool = False) -> Program:
     from qpass.codegen.lower_lstm import tanh_table
     from qpass.solver.plan import FIXED
 
@@ -709,6 +727,9 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
     gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
               else 0) for _ in range(4)]
+    if pow2:  # every scale a power of two (an a8w8-pow2 plan): the multipliers are powers of two too
+        x_scale, h_scale, sw, sr = (2.0 ** np.round(np.log2(v)) for v in (x_scale, h_scale, sw, sr))
+        gates = [(2.0 ** round(float(np.log2(g))), zp) for g, zp in gates]
     # as lower_lstm.lower_lstm: the accumulators' proven bounds give the multiplier bits
     span_x = max(QMAX[x_dtype] - x_zp, x_zp - QMIN[x_dtype])
     span_h = max(QMAX[h_dtype] - h_zp, h_zp - QMIN[h_dtype])
@@ -832,6 +853,10 @@ def lstm_two_rows(rng):  # nobody reads the sequence: h of step s in row s & 1
 
 def lstm_single_step(rng):
     return _lstm_program(rng, "k_lstm_t1", t_len=1, n_in=6, hid=4, reverse=False)
+
+
+def lstm_pow2(rng):  # power-of-two multipliers: 32-bit gate rescale, c and h updates by shifts only
+    return _lstm_program(rng, "k_lstm_pow2", t_len=6, n_in=3, hid=4, reverse=False, pow2=True)
 
 
 def lstm_int16_gates(rng):
@@ -960,7 +985,7 @@ CASES: dict[str, dict[str, Case]] = {
     "linear": {"random": Case(linear_random), "rows": Case(linear_rows, 5), "extremes": Case(linear_extremes, 3),
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
                "x16": Case(linear_x16), "w16": Case(linear_w16), "x16-w16-acc64": Case(linear_x16_w16_acc64),
-               "y16": Case(linear_out16)},
+               "y16": Case(linear_out16), "pow2": Case(linear_pow2)},
     "concat": {"last-axis": Case(concat_last_axis), "middle-axis": Case(concat_middle_axis),
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
@@ -980,7 +1005,8 @@ CASES: dict[str, dict[str, Case]] = {
     "copy": {"reshape": Case(copy_reshape, 256)},
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
-               "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16)},
+               "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
+               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
                "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
@@ -997,7 +1023,7 @@ CASES: dict[str, dict[str, Case]] = {
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
-             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything)},
+             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
     "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
             "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
             "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
@@ -1084,3 +1110,27 @@ def test_chain_of_kernels_on_each_compiler(cc, tmp_path):
     assert plan_arena(program).size > 0
     x = _samples(rng, program.tensors[program.input].size)
     _check_c_equals_ref(program, x, tmp_path, cc=cc, min_distinct=10)
+
+
+def test_per_layer_kernels_see_their_shapes():
+    """linear and conv1d are per-layer functions: sizes and zero points are literals, the multiply-accumulate is
+    bare (x_zp folded into acc0), every kernel is kept out of line."""
+    program = conv1d_channels_last(np.random.default_rng(8))
+    c = render(program, source="test").c
+    heads = re.findall(r"^static (?:QP_NOINLINE )?void (\w+)\(([^)]*)\)", c, flags=re.M)
+    assert {name for name, _ in heads} == {"qp_l0_conv1d", "qp_l1_linear"}
+    assert all(args.count(",") == 1 for _, args in heads)  # (x, y): nothing else arrives at run time
+    assert c.count("static QP_NOINLINE void") == len(heads)
+    macs = re.findall(r"acc\d \+= (.*);", c)
+    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]", m) for m in macs), macs
+    code = re.sub(r"/\*.*?\*/", "", c, flags=re.S)
+    assert "dims[" not in code and "x_zp" not in code
+
+
+@pytest.mark.parametrize("cc", ["gcc", pytest.param("clang", marks=pytest.mark.skipif(
+    shutil.which("clang") is None, reason="clang is not installed on this machine"))])
+def test_per_layer_kernels_on_each_compiler(cc, tmp_path):
+    rng = np.random.default_rng(9)
+    program = conv1d_channels_last(rng)
+    x = _samples(rng, program.tensors[program.input].size)
+    _check_c_equals_ref(program, x, tmp_path, cc=cc, min_distinct=3)

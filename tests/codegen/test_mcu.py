@@ -113,7 +113,7 @@ def test_emulated_cortex_m0_equals_runtime_ref(bench, digits) -> None:
     assert r.lib_calls.get("__aeabi_lmul", 0) > 0, "Cortex-M0 has no 32x32->64 multiply: int64 math is a call"
     # every instruction attributed to a kernel call of the C (its comment), MACs from the program
     assert sum(r.kernels.values()) == r.instructions and r.macs == sum(variants["int"].macs.values()) > 0
-    comments = set(re.findall(r"/\* (\w+: [^*]+?) \*/", variants["int"].c_file.read_text()))
+    comments = set(re.findall(r"/\* ((?:layer \d+ )?\w+: [^*]+?) \*/", variants["int"].c_file.read_text()))
     assert set(r.kernels) - {bench.GLUE} <= comments and max(r.kernels, key=r.kernels.get) in comments
     assert "linear" in r.kernel_macs and "breakdown" in bench.breakdown(r)
     f = bench.bench_variant("digits", variants["float"], "m4", "Os", work / "mcu")

@@ -156,8 +156,8 @@ def test_requant_modes_and_schemes_on_the_digits_example(tmp_path: Path, quant: 
     tensors = report["plan"]["tensors"].values()
     if "pow2" in quant:
         assert all(float(np.log2(t["scale"])).is_integer() for t in tensors)
-        mults_all_one = re.search(r"= \{ 1(,1)* \}", (tmp_path / "out" / "d.c").read_text())
-        assert mults_all_one, "shift-only rescales: every multiplier is 1"
+        c = (tmp_path / "out" / "d.c").read_text()  # every multiplier 1: no multiplier array, no 64-bit rescale
+        assert re.search(r"= \{ 1(,1)* \}", c) or "qp_requantize" not in c, "shift-only rescales"
     if "int16" in quant:
         assert {t["dtype"] for t in tensors} == {"int16"}
         assert report["comparisons"]["c_vs_float"]["max_abs_error"] < 0.01
