@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, step_time
+from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, _row_mode, step_time
 from qpass.errors import UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
@@ -118,7 +118,7 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     else:
         mid_q = _q_after(lw, later["rh"])
         bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
-    mode = _row_mode(t_len, nodes)
+    mode = _row_mode(t_len, nodes, GRU_ROLE_KEY, GRU_STEP_KEY)
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
@@ -239,21 +239,6 @@ def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
     if c is None or np.any(c != 0):
         raise UnsupportedOpError(name, "GRU", "a non-zero initial state is not supported in integer code; "
                                  "export the GRU without initial_h (or with zeros)")
-
-
-def _row_mode(t_len: int, nodes: list[ir.Node]) -> int:
-    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2."""
-    members = {id(n) for n in nodes}
-    mode = 2
-    for node in nodes:
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        s = int(node.metadata_props.get(GRU_STEP_KEY, "-1"))
-        if role == "y" or (role == "h" and s < t_len - 1):
-            for out in node.outputs:
-                if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
-                                                 if u.op_type == "QuantizeLinear"):
-                    mode = 0 if role == "y" else min(mode, 1)
-    return mode
 
 
 def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int, nodes: list[ir.Node],

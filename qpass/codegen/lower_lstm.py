@@ -235,13 +235,14 @@ def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, s
     return lw.qparams(users[0])
 
 
-def _row_mode(t_len: int, nodes: list[ir.Node]) -> int:
-    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2."""
+def _row_mode(t_len: int, nodes: list[ir.Node], role_key: str = ROLE_KEY, step_key: str = STEP_KEY) -> int:
+    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2
+    (the GRU lowering passes its own tag keys)."""
     members = {id(n) for n in nodes}
     mode = 2
     for node in nodes:
-        role = node.metadata_props.get(ROLE_KEY, "")
-        s = int(node.metadata_props.get(STEP_KEY, "-1"))
+        role = node.metadata_props.get(role_key, "")
+        s = int(node.metadata_props.get(step_key, "-1"))
         if role == "y" or (role == "h" and s < t_len - 1):
             for out in node.outputs:
                 if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
