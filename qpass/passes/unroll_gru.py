@@ -54,6 +54,7 @@ from qpass.passes.unroll_lstm import (
     _Lstm,
     _nonzero_state,
     _unique,
+    recurrence_shapes,
 )
 
 GRU_KEY = "qpass.gru"
@@ -86,21 +87,7 @@ def _parse(node: ir.Node, name: str) -> tuple[_Lstm, bool]:
     acts = attrs.get_strings("activations", None)
     if acts is not None and tuple(a.lower() for a in acts) != _DEFAULT_ACTIVATIONS * dirs:
         raise refuse(f"activations {list(acts)} are not the defaults Sigmoid, Tanh")
-    x = _input(node, 0)
-    if x is None or x.shape is None or len(x.shape) != 3 or not all(isinstance(d, int) for d in x.shape):
-        raise refuse(f"X must have a static 3-D shape, got {None if x is None else x.shape}")
-    steps, batch, n_in = (x.shape[0], x.shape[1], x.shape[2]) if layout == 0 else (x.shape[1], x.shape[0],
-                                                                                   x.shape[2])
-    w, r = const_value(_input(node, 1)), const_value(_input(node, 2))
-    if w is None or r is None:
-        raise refuse("W and R must be constants")
-    if w.ndim != 3 or r.ndim != 3 or w.shape[0] != dirs or r.shape[0] != dirs or r.shape[1] != 3 * r.shape[2]:
-        raise refuse(f"W {w.shape} / R {r.shape} do not fit direction {direction!r}")
-    hidden = r.shape[2]
-    if attrs.get_int("hidden_size", hidden) != hidden or w.shape[1] != 3 * hidden or w.shape[2] != n_in:
-        raise refuse(f"W {w.shape}, R {r.shape}, hidden_size and X {x.shape} disagree")
-    if steps < 1 or batch < 1:
-        raise refuse(f"empty sequence or batch: X {x.shape}")
+    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=3, dirs=dirs, layout=layout)
     dtype = np.dtype(x.dtype.numpy() if x.dtype is not None else w.dtype)
     b_in = _input(node, 3)
     bias = np.zeros((dirs, 6 * hidden), dtype) if b_in is None else const_value(b_in)

@@ -66,6 +66,7 @@ Only the main graph is rewritten (an LSTM inside a Loop/If/Scan body is left as 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,30 @@ _MIN_OPSET = 13
 
 def _is_used(value: ir.Value | None) -> bool:
     return value is not None and (bool(value.uses()) or value.is_graph_output())
+
+
+def recurrence_shapes(node: ir.Node, refuse: Callable[[str], UnsupportedOpError], *, gates: int, dirs: int,
+                      layout: int) -> tuple[ir.Value, np.ndarray, np.ndarray, int, int, int, int]:
+    """An ONNX LSTM/GRU/RNN's X, constant W and R and its sizes (steps, batch, inputs, hidden), checked
+    against each other; `gates` is 4 for an LSTM, 3 for a GRU."""
+    x = _input(node, 0)
+    if x is None or x.shape is None or len(x.shape) != 3 or not all(isinstance(d, int) for d in x.shape):
+        raise refuse(f"X must have a static 3-D shape, got {None if x is None else x.shape}")
+    steps, batch, n_in = (x.shape[0], x.shape[1], x.shape[2]) if layout == 0 else (x.shape[1], x.shape[0],
+                                                                                   x.shape[2])
+    w, r = const_value(_input(node, 1)), const_value(_input(node, 2))
+    if w is None or r is None:
+        raise refuse("W and R must be constants")
+    if w.ndim != 3 or r.ndim != 3 or w.shape[0] != dirs or r.shape[0] != dirs or r.shape[1] != gates * r.shape[2]:
+        direction = node.attributes.get_string("direction", "forward")
+        raise refuse(f"W {w.shape} / R {r.shape} do not fit direction {direction!r}")
+    hidden = r.shape[2]
+    if node.attributes.get_int("hidden_size", hidden) != hidden or w.shape[1] != gates * hidden \
+            or w.shape[2] != n_in:
+        raise refuse(f"W {w.shape}, R {r.shape}, hidden_size and X {x.shape} disagree")
+    if steps < 1 or batch < 1:
+        raise refuse(f"empty sequence or batch: X {x.shape}")
+    return x, w, r, steps, batch, n_in, hidden
 
 
 def _input(node: ir.Node, index: int) -> ir.Value | None:
@@ -137,21 +162,7 @@ def _parse(node: ir.Node, name: str) -> _Lstm:
     if acts is not None and tuple(a.lower() for a in acts) != _DEFAULT_ACTIVATIONS * dirs:
         raise refuse(f"activations {list(acts)} are not the defaults Sigmoid, Tanh, Tanh")
 
-    x = _input(node, 0)
-    if x is None or x.shape is None or len(x.shape) != 3 or not all(isinstance(d, int) for d in x.shape):
-        raise refuse(f"X must have a static 3-D shape, got {None if x is None else x.shape}")
-    steps, batch, n_in = (x.shape[0], x.shape[1], x.shape[2]) if layout == 0 else (x.shape[1], x.shape[0],
-                                                                                   x.shape[2])
-    w, r = const_value(_input(node, 1)), const_value(_input(node, 2))
-    if w is None or r is None:
-        raise refuse("W and R must be constants")
-    if w.ndim != 3 or r.ndim != 3 or w.shape[0] != dirs or r.shape[0] != dirs or r.shape[1] != 4 * r.shape[2]:
-        raise refuse(f"W {w.shape} / R {r.shape} do not fit direction {direction!r}")
-    hidden = r.shape[2]
-    if attrs.get_int("hidden_size", hidden) != hidden or w.shape[1] != 4 * hidden or w.shape[2] != n_in:
-        raise refuse(f"W {w.shape}, R {r.shape}, hidden_size and X {x.shape} disagree")
-    if steps < 1 or batch < 1:
-        raise refuse(f"empty sequence or batch: X {x.shape}")
+    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=4, dirs=dirs, layout=layout)
 
     dtype = x.dtype.numpy() if x.dtype is not None else w.dtype
     b_in = _input(node, 3)
