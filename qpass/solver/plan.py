@@ -88,19 +88,24 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32 scale
+
+
 def asymmetric(r: Range, dtype: str = "int8") -> tuple[float, int]:
     """Scale and zero point covering r ∪ {0} on the full integer range."""
     lo, hi = min(r.lo, 0.0), max(r.hi, 0.0)
     qmin, qmax = QMIN[dtype], QMAX[dtype]
-    scale = _f32((hi - lo) / (qmax - qmin)) if hi > lo else 1.0 / (qmax - qmin)
+    scale = _f32((hi - lo) / (qmax - qmin))
+    if not scale >= _TINY:  # a zero (or denormal: a dead layer's) range: any normal scale represents it
+        return 1.0 / (qmax - qmin), int(np.clip(round(qmin - lo * (qmax - qmin)), qmin, qmax))
     zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
     return scale, zp
 
 
 def symmetric(r: Range, dtype: str = "int16") -> float:
     """Scale for a zero-point-0 tensor covering r."""
-    amax = max(abs(r.lo), abs(r.hi))
-    return _f32(amax / QMAX[dtype]) if amax > 0 else 1.0 / QMAX[dtype]
+    scale = _f32(max(abs(r.lo), abs(r.hi)) / QMAX[dtype])
+    return scale if scale >= _TINY else 1.0 / QMAX[dtype]  # a zero or denormal range
 
 
 def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None = None) -> nx.Graph:
