@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer
-from qpass.passes.keras_lstm import _STD, _Match, _Matcher, _need, _NoMatch, _Rewrite, _static
+from qpass.passes.keras_lstm import _STD, _Match, _Matcher, _need, _Rewrite, _static, rewrite_loops
 
 log = logging.getLogger(__name__)
 
@@ -243,17 +243,4 @@ class KerasGruPass(QPass):
     """Replace tf2onnx's Loop for a Keras GRU layer (reset_after=True) by one ONNX GRU node (weights converted)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        opset = model.opset_imports.get("", 17)
-        modified = False
-        for node in list(graph):
-            if node.graph is None or node.op_type != "Loop" or node.domain not in _STD:
-                continue
-            try:
-                match = _GruMatcher(node).match()
-            except _NoMatch as why:
-                log.debug("keras-gru: leaving Loop %r alone: %s", node.name, why)
-                continue
-            _GruRewrite(self, graph, node, match, opset).apply()
-            modified = True
-        return ir.passes.PassResult(model, modified)
+        return rewrite_loops(self, model, _GruMatcher, _GruRewrite)

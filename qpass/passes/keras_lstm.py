@@ -396,20 +396,26 @@ class KerasLstmPass(QPass):
     """Replace tf2onnx's Loop for a Keras LSTM layer by one ONNX LSTM node (weights converted)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        opset = model.opset_imports.get("", 17)
-        modified = False
-        for node in list(graph):
-            if node.graph is None or node.op_type != "Loop" or node.domain not in _STD:
-                continue
-            try:
-                match = _Matcher(node).match()
-            except _NoMatch as why:
-                log.debug("keras-lstm: leaving Loop %r alone: %s", node.name, why)
-                continue
-            _Rewrite(self, graph, node, match, opset).apply()
-            modified = True
-        return ir.passes.PassResult(model, modified)
+        return rewrite_loops(self, model, _Matcher, _Rewrite)
+
+
+def rewrite_loops(owner: QPass, model: ir.Model, matcher: type, rewrite: type) -> ir.passes.PassResult:
+    """Every top-level Loop that `matcher(node).match()` recognizes is replaced by `rewrite(...).apply()`;
+    a Loop it refuses (raising _NoMatch with the reason) stays, logged. Shared by keras-lstm and keras-gru."""
+    graph = model.graph
+    opset = model.opset_imports.get("", 17)
+    modified = False
+    for node in list(graph):
+        if node.graph is None or node.op_type != "Loop" or node.domain not in _STD:
+            continue
+        try:
+            match = matcher(node).match()
+        except _NoMatch as why:
+            log.debug("%s: leaving Loop %r alone: %s", owner.name, node.name, why)
+            continue
+        rewrite(owner, graph, node, match, opset).apply()
+        modified = True
+    return ir.passes.PassResult(model, modified)
 
 
 class _Rewrite:
