@@ -174,6 +174,7 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "need_requantize": any("qp_requantize(" in d for d in defs.values()),
         "need_requantize_hi": any("qp_requantize_hi(" in d for d in defs.values()),
         "need_clamp": any("qp_clamp(" in d for d in defs.values()),
+        "need_dsp": any("QP_DSP" in d for d in defs.values()),
         "constants": constants, "calls": calls,
     }
     return GeneratedC(env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
