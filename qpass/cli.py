@@ -327,6 +327,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - unroll-lstm
   - unroll-gru
   - matmul-to-gemm
+  - fuse-gelu            # an erf/tanh GELU chain (Keras gelu) into one Gelu table
   - simplify-layout
   # - my_passes.py:MyPass  # a pass of your own, from a file next to this one
 

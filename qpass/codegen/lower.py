@@ -97,6 +97,8 @@ def unsupported_reason(node: ir.Node) -> str | None:
 PASS_HINTS: dict[str, str] = {  # ops a float pass removes, and which one
     "Pad": "a zero Pad before a Conv (Keras causal padding) folds into it with the fold-pad pass; other Pads "
            "have no kernel",
+    "Pow": "no integer kernel for this op; the x³ of a tanh-form GELU (Keras gelu(approximate=True)) goes into "
+           "one Gelu table with the fuse-gelu pass",
     "BatchNormalization": "folds into the Conv/Gemm before it (or becomes Mul/Add) with the fold-batchnorm pass",
 }
 
@@ -578,10 +580,11 @@ def _check_lut(node: ir.Node) -> str | None:
     return None
 
 
-@emitter(*LUT_OPS, keras="Activation(sigmoid, tanh, elu, selu, gelu, softplus, softsign, hard_sigmoid, "
-         "hard_swish/hard_silu, exponential), LeakyReLU, ELU", torch="nn.Sigmoid, Tanh, LeakyReLU, ELU, SELU, "
-         "CELU, GELU, Softplus, Softsign, Hardsigmoid, Hardswish, Mish", constraints="any element-wise function "
-         "of one tensor: a table computed from the ONNX op (256 entries for int8, 257 interpolated for int16)",
+@emitter(*LUT_OPS, keras="Activation(sigmoid, tanh, elu, selu, gelu (fuse-gelu pass), softplus, softsign, "
+         "hard_sigmoid, hard_swish/hard_silu, exponential), LeakyReLU, ELU",
+         torch="nn.Sigmoid, Tanh, LeakyReLU, ELU, SELU, CELU, GELU, Softplus, Softsign, Hardsigmoid, Hardswish, Mish",
+         constraints="any element-wise function of one tensor: a table computed from the ONNX op (256 entries for "
+         "int8, 257 interpolated for int16)",
          check=_check_lut)
 def _lut(lw: Lowering, node: ir.Node) -> None:
     x = lw.input_of(node, 0)

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from qpass.converters.no_sklearn import without_sklearn
@@ -77,7 +78,8 @@ def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onn
             return call(**{s.name: a for s, a in zip(specs, args, strict=True)})
 
     try:
-        proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset)
+        proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset,
+                                                 custom_op_handlers=TF_OP_HANDLERS)
     except Exception as exc:  # noqa: BLE001
         raise ConvertError(f"{path}: tf2onnx failed: {type(exc).__name__}: {exc}") from None
     bad = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
@@ -91,6 +93,21 @@ def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onn
 
 
 CONVERTER_KEY = "qpass.converter"
+
+
+def _erfc(ctx, node, name: str, args: list) -> None:
+    """TensorFlow's Erfc, which tf2onnx lacks (Keras `gelu` is 0.5·x·erfc(−x/√2)): erfc(x) = 1 − Erf(x).
+    A tf2onnx op handler (its `custom_op_handlers` form): `node` becomes the Erf, a Sub after it the result."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
+    sub = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{name}_one_minus"))
+    ctx.replace_inputs(sub, [one.output[0], node.output[0]])
+
+
+TF_OP_HANDLERS = {"Erfc": (_erfc, [])}  # TensorFlow op → (handler, args) for tf2onnx
 
 
 def _load_keras_file(path: Path, safe_mode: bool):

@@ -134,6 +134,7 @@ from qpass.passes import (  # noqa: E402,F401
     fold_pad,
     fold_reverse_sequence,
     fold_time_distributed,
+    fuse_gelu,
     keras_gru,
     keras_lstm,
     matmul_to_gemm,

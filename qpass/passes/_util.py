@@ -48,3 +48,25 @@ def bypass(node: ir.Node, keep: ir.Value) -> None:
     else:
         ir.convenience.replace_all_uses_with(out, keep)
     graph.remove(node, safe=True)
+
+
+REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+              "ReduceLogSumExp", "ReduceSumSquare")  # ReduceSum's axes became an input in opset 13 already
+
+
+def raise_opset(model: ir.Model, version: int) -> None:
+    """Raise the model's ONNX opset to at least `version`. From opset 18 the Reduce* `axes` attribute is an
+    input: the main graph's Reduce nodes are rewritten (the other ops qpass meets read the same up to 21)."""
+    old = model.opset_imports.get("", 0)
+    if old >= version:
+        return
+    if old < 18 <= version:
+        for node in model.graph:
+            attr = node.attributes.get("axes")
+            if node.op_type in REDUCE_OPS and attr is not None:
+                axes = new_initializer(model.graph, f"{node.name or node.op_type}_axes",
+                                       np.array(attr.as_ints(), np.int64))
+                del node.attributes["axes"]
+                node.resize_inputs(2)
+                node.replace_input_with(1, axes)
+    model.opset_imports[""] = version

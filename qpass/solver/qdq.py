@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qpass.passes._util import new_initializer
+from qpass.passes._util import new_initializer, raise_opset
 from qpass.solver.plan import QuantPlan
 
 PROVENANCE = {"qpass.pass": "quantize"}
@@ -31,9 +31,7 @@ def _node(op: str, inputs: list[ir.Value], name: str, **attrs) -> ir.Node:
 def apply_plan(model: ir.Model, plan: QuantPlan) -> ir.Model:
     """A new model (the float one is left as it is) with the plan written as Q/DQ pairs."""
     qdq = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    if qdq.opset_imports.get("", 0) < 18:
-        _axes_as_inputs(qdq.graph)
-    qdq.opset_imports[""] = max(qdq.opset_imports.get("", 0), QDQ_OPSET)
+    raise_opset(qdq, QDQ_OPSET)
     graph = qdq.graph
     by_name = {v.name: v for v in graph.inputs}
     by_name.update({v.name: v for n in graph for v in n.outputs})
@@ -62,21 +60,6 @@ def apply_plan(model: ir.Model, plan: QuantPlan) -> ir.Model:
         for name, wq in table.items():
             _dequantized_constant(graph, graph.initializers[name], wq)
     return qdq
-
-
-REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-
-
-def _axes_as_inputs(graph: ir.Graph) -> None:
-    """Raising the opset to 21 moves the Reduce* `axes` attribute to an input (opset 18); ReduceSum's since 13."""
-    for node in graph:
-        attr = node.attributes.get("axes")
-        if node.op_type in REDUCE_OPS and node.op_type != "ReduceSum" and attr is not None:
-            axes = new_initializer(graph, f"{node.name or node.op_type}_axes", np.array(attr.as_ints(), np.int64))
-            del node.attributes["axes"]
-            node.resize_inputs(2)
-            node.replace_input_with(1, axes)
 
 
 def _dequantize_constant_node(graph: ir.Graph, value: ir.Value, q: ir.Value, scale: ir.Value,
