@@ -35,6 +35,16 @@ def new_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Va
     return value
 
 
+def fresh_name(taken: set[str], hint: str) -> str:
+    """`hint`, or `hint_1`, `hint_2` ... whichever is not in `taken` yet; recorded in `taken`."""
+    name, i = hint, 0
+    while name in taken:
+        i += 1
+        name = f"{hint}_{i}"
+    taken.add(name)
+    return name
+
+
 def bypass(node: ir.Node, keep: ir.Value) -> None:
     """Remove a single-output node, routing its readers (and a graph output) to `keep`."""
     out = node.outputs[0]

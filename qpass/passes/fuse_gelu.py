@@ -26,7 +26,7 @@ import onnx.reference
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, raise_opset
+from qpass.passes._util import const_value, fresh_name, raise_opset
 
 ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "Pow", "Neg", "Erf", "Tanh", "Sqrt", "Reciprocal")
 CORES = ("Erf", "Tanh")
@@ -133,19 +133,20 @@ class FuseGeluPass(QPass):
         if not found:
             return ir.passes.PassResult(model, False)
         raise_opset(model, GELU_OPSET)
+        taken = {n.name for n in graph if n.name}
         for chain, approximate in found:
-            self._replace(graph, chain, approximate)
+            self._replace(graph, chain, approximate, taken)
         return ir.passes.PassResult(model, True)
 
-    def _replace(self, graph: ir.Graph, chain: Chain, approximate: str) -> None:
+    def _replace(self, graph: ir.Graph, chain: Chain, approximate: str, taken: set[str]) -> None:
         last = chain.nodes[-1]
         name = last.name or "chain"
         attrs = {"approximate": approximate} if approximate != "none" else None
-        new = [self.mark(ir.node("Gelu", [chain.x], attributes=attrs, name=f"{name}_gelu"))]
+        new = [self.mark(ir.node("Gelu", [chain.x], attributes=attrs, name=fresh_name(taken, f"{name}_gelu")))]
         new[0].outputs[0].shape, new[0].outputs[0].type = chain.x.shape, chain.x.type
         if chain.perm != tuple(range(len(chain.perm))):  # the chain ended in another layout: keep it
             new.append(self.mark(ir.node("Transpose", [new[0].outputs[0]], attributes={"perm": list(chain.perm)},
-                                         name=f"{name}_gelu_transpose")))
+                                         name=fresh_name(taken, f"{name}_gelu_transpose"))))
         old, result = last.outputs[0], new[-1].outputs[0]
         result.shape, result.type = old.shape, old.type
         graph.insert_after(last, new)

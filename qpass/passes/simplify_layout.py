@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, new_initializer, single_consumer
+from qpass.passes._util import const_value, fresh_name, new_initializer, single_consumer
 
 LAYOUT_OPS = {"Unsqueeze", "Squeeze", "Transpose", "Reshape", "Flatten", "Identity"}
 MAX_PERM_RANK = 6
@@ -65,16 +65,17 @@ class SimplifyLayoutPass(QPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         modified = False
+        taken = {n.name for n in graph if n.name}  # new nodes get names no other node has
         for node in list(graph):
             if node.graph is None or node.op_type not in LAYOUT_OPS or "qpass.lstm" in node.metadata_props:
                 continue  # an unrolled LSTM keeps its tagged form for the lowering
             prev = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
             if prev is not None and prev.op_type in LAYOUT_OPS and single_consumer(prev.outputs[0]) is node:
                 continue  # not the head of its chain
-            modified |= self._collapse(graph, node)
+            modified |= self._collapse(graph, node, taken)
         return ir.passes.PassResult(model, modified)
 
-    def _collapse(self, graph: ir.Graph, head: ir.Node) -> bool:
+    def _collapse(self, graph: ir.Graph, head: ir.Node, taken: set[str]) -> bool:
         x = head.inputs[0]
         src_shape = _static(x)
         if src_shape is None or len(src_shape) > MAX_PERM_RANK:
@@ -108,13 +109,14 @@ class SimplifyLayoutPass(QPass):
         cur = x
         name = (head.name or "layout").replace("/", "_")
         if perm is not None:
-            t = self.mark(ir.node("Transpose", [cur], attributes={"perm": list(perm)}, name=f"{name}_transpose"))
+            t = self.mark(ir.node("Transpose", [cur], attributes={"perm": list(perm)},
+                                  name=fresh_name(taken, f"{name}_transpose")))
             t.outputs[0].shape, t.outputs[0].type = ir.Shape(mid_shape), x.type
             ops.append(t)
             cur = t.outputs[0]
         if mid_shape != out_shape:
             shape = new_initializer(graph, f"{name}_shape", np.array(out_shape, dtype=np.int64))
-            r = self.mark(ir.node("Reshape", [cur, shape], name=f"{name}_reshape"))
+            r = self.mark(ir.node("Reshape", [cur, shape], name=fresh_name(taken, f"{name}_reshape")))
             r.outputs[0].shape, r.outputs[0].type = ir.Shape(out_shape), x.type
             ops.append(r)
             cur = r.outputs[0]
