@@ -64,8 +64,22 @@ def main(ctx: click.Context, debug: bool) -> None:
     obj = ctx.ensure_object(dict)
     obj["debug"] = debug
     level = logging.DEBUG if debug else obj.get("level", logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig, plus the filter
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        if not debug:
+            handler.addFilter(_not_in_summary)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _not_in_summary(record: logging.LogRecord) -> bool:
+    """Drop a run's warnings and failed gates from stderr: `run` and `compare` print them in their summary on
+    stdout, so each is shown once (--debug keeps both)."""
+    from qpass.report_warnings import in_summary
+
+    return not in_summary(record)
 
 
 @main.command(epilog=EXIT_CODES)

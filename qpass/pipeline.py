@@ -32,6 +32,7 @@ from qpass.ort import ort_errors
 from qpass.outdir import MANIFEST, staged_output
 from qpass.passes.runner import PassCheck, op_counts, run_passes, save
 from qpass.report_warnings import (
+    IN_SUMMARY,
     calibration_warnings,
     input_saturation_warnings,
     log_warnings,
@@ -225,7 +226,7 @@ def gate_results(limits: dict, report: dict) -> dict:
             passed = value == limit
         out[k] = {"limit": limit, "value": value, "passed": bool(passed)}
         if not passed:
-            log.warning("quality gate %s failed: %s against a limit of %s", k, value, limit)
+            log.warning("quality gate %s failed: %s against a limit of %s", k, value, limit, extra=IN_SUMMARY)
     return out
 
 

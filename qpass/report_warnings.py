@@ -83,6 +83,14 @@ def input_saturation_warnings(x: np.ndarray, scale: float, zero_point: int, dtyp
             "quantization.input_range)"]
 
 
+IN_SUMMARY = {"qpass_in_summary": True}  # `extra` of a log record that the CLI's summary also shows
+
+
+def in_summary(record: logging.LogRecord) -> bool:
+    """Whether a log record says what `qpass run` / `qpass compare` print in their summary anyway."""
+    return bool(getattr(record, "qpass_in_summary", False))
+
+
 def log_warnings(warnings: list[str]) -> None:
     for w in warnings:
-        log.warning("%s", w)
+        log.warning("%s", w, extra=IN_SUMMARY)

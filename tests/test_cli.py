@@ -261,3 +261,49 @@ def test_init_sanitizes_the_name_of_an_unreadable_model(tmp_path):
     for name in ("calib.npz", "test.npz"):
         shutil.copy(EXAMPLE / name, tmp_path / name)
     assert load_pipeline(out).codegen.name == "m_9_my_model"
+
+
+# -- terminal noise -------------------------------------------------------------------------------------------
+
+
+def _env_without_tf_settings() -> dict[str, str]:
+    """The user's environment as it usually is: none of TensorFlow's logging variables set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+
+
+def test_a_bad_keras_file_is_one_stderr_line(tmp_path: Path):
+    """TensorFlow's C++ start-up lines (absl, cuda probe) do not reach stderr before qpass's one line."""
+    (tmp_path / "m.h5").write_bytes(b"not an HDF5 file")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((4, 8), np.float32))
+    path = write_yaml(tmp_path, {"model": "m.h5", "calibration": "calib.npz",
+                                 "codegen": {"name": "m", "output_dir": "out"}})
+    proc = subprocess.run([sys.executable, "-m", "qpass.cli", "run", str(path)], capture_output=True, text=True,
+                          env=_env_without_tf_settings(), timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "could not load the model" in one_error_line(proc.stderr)
+
+
+def test_each_warning_is_shown_once(tmp_path: Path):
+    """A run's warnings are listed in the summary on stdout, not also as log lines on stderr."""
+    import onnx
+    import onnx.helper as oh
+    import onnx.numpy_helper as onh
+
+    rng = np.random.default_rng(0)
+    graph = oh.make_graph([oh.make_node("Gemm", ["x", "w", "b"], ["y"])], "g",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                          [onh.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w"),
+                           onh.from_array(rng.normal(size=3).astype(np.float32), "b")])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((8, 4), np.float32))  # a constant input: a warning
+    np.savez(tmp_path / "test.npz", x=rng.normal(size=(8, 4)).astype(np.float32))
+    path = write_yaml(tmp_path, {"model": "m.onnx", "calibration": "calib.npz", "compare": "test.npz",
+                                 "codegen": {"name": "m", "output_dir": "out"}})
+    proc = subprocess.run([sys.executable, "-m", "qpass.cli", "run", str(path)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.removeprefix("  - ") for line in proc.stdout.splitlines() if line.startswith("  - ")]
+    assert any("in every calibration sample" in w for w in listed), proc.stdout
+    for warning in listed:
+        assert (proc.stdout + proc.stderr).count(warning) == 1, (warning, proc.stderr)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +29,45 @@ from qpass.errors import ConvertError
 log = logging.getLogger(__name__)
 
 
-def _quiet_tf():
+def quiet_tensorflow():
+    """Import TensorFlow without its start-up noise on stderr, and keep its loggers (and tf2onnx's, absl's) to
+    errors that qpass does not report itself. Returns the tensorflow module.
+
+    TensorFlow's C++ libraries write absl lines ("All log messages before absl::InitializeLog() ...", "Could
+    not find cuda drivers") straight to file descriptor 2 while they load, whatever TF_CPP_MIN_LOG_LEVEL says:
+    during the import, descriptor 2 goes to an anonymous temporary file, whose lines reach the debug log.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TF's start-up banner; weights are unaffected
+    if "tensorflow" not in sys.modules:
+        with _native_stderr_to_debug_log("importing TensorFlow"):
+            import tensorflow  # noqa: F401
     import tensorflow as tf
 
     tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    logging.getLogger("tf2onnx").setLevel(quiet)  # its errors name ops qpass's own error names again
+    logging.getLogger("absl").setLevel(quiet)
     return tf
+
+
+@contextmanager
+def _native_stderr_to_debug_log(what: str) -> Iterator[None]:
+    """Send what C libraries write to file descriptor 2 inside the block to the debug log instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("%s: %s", what, line)
 
 
 def convert_keras(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onnx.ModelProto:
@@ -41,7 +76,7 @@ def convert_keras(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -
 
 
 def _convert(path: Path, *, batch_size: int, safe_mode: bool, opset: int) -> onnx.ModelProto:
-    tf = _quiet_tf()
+    tf = quiet_tensorflow()
     import tf2onnx
 
     try:

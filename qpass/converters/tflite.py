@@ -15,20 +15,18 @@ from calibration. A fully integer .tflite (int8/uint8 input or output) is refuse
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import onnx
 
-from qpass.converters.keras import CONVERTER_KEY
+from qpass.converters.keras import CONVERTER_KEY, quiet_tensorflow
 from qpass.errors import ConvertError
 
 log = logging.getLogger(__name__)
 
 
 def convert_tflite(path: Path, *, opset: int) -> onnx.ModelProto:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    quiet_tensorflow()
     import tf2onnx
 
     try:

@@ -26,6 +26,7 @@ import pydantic
 
 from qpass.errors import PassError, QpassError
 from qpass.passes import QPass, resolve_pass
+from qpass.report_warnings import IN_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class PassCheck:
                "model's function")
         if self.fail:
             raise PassError(msg)
-        log.warning("%s", msg)
+        log.warning("%s", msg, extra=IN_SUMMARY)  # report["warnings"] lists it too
         self.warnings.append(msg)
 
 
