@@ -260,3 +260,38 @@ class KerasZoo:
 @pytest.fixture(scope="session")
 def keras_zoo(tmp_path_factory) -> KerasZoo:
     return KerasZoo(tmp_path_factory.mktemp("keras_zoo"))
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class ExampleRuns:
+    """The shipped examples run as they are (the pipeline of a copy of examples/, each output in
+    <example>/out), each at most once per session: the example tests and the arena test share the work."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._runs: dict[str, tuple[dict, Path]] = {}
+
+    def __call__(self, name: str) -> tuple[dict, Path]:
+        """(report, output folder) of examples/<name>/pipeline.yaml."""
+        import re
+        import shutil
+
+        from qpass.config import load_pipeline
+        from qpass.pipeline import run_pipeline
+
+        if name not in self._runs:
+            if not (self.root / "examples").exists():  # copied whole: custom_pass reads ../digits
+                shutil.copytree(EXAMPLES, self.root / "examples")
+            yaml = self.root / "examples" / name / "pipeline.yaml"
+            yaml.write_text(re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text()))
+            self._runs[name] = run_pipeline(load_pipeline(yaml)), yaml.parent / "out"
+        return self._runs[name]
+
+
+@pytest.fixture(scope="session")
+def example_run(tmp_path_factory) -> ExampleRuns:
+    return ExampleRuns(tmp_path_factory.mktemp("example_runs"))

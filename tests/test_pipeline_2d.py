@@ -34,6 +34,8 @@ SLOW = pytest.mark.slow  # the default run keeps one int16 run and both examples
                 ids=lambda p: "-".join(p))
 def run_2d(request, tmp_path_factory) -> tuple[str, str, dict]:
     name, acts, route = request.param
+    if (acts, route) == ("int8", "h5"):
+        return name, acts, request.getfixturevalue("example_run")(name)[0]  # shared with test_arena
     work = tmp_path_factory.mktemp(f"{name}_{acts}_{route}")
     shutil.copytree(ROOT / "examples" / name, work / name)
     yaml = work / name / "pipeline.yaml"

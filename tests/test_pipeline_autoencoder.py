@@ -5,27 +5,20 @@ C's scores still separate the anomalous activities. Plus the comparison metrics 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qpass.compare import is_reconstruction, metrics, reconstruction_scores, score_correlation
-from qpass.config import load_pipeline
-from qpass.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "autoencoder"
 
 
 @pytest.fixture(scope="module")
-def autoencoder(tmp_path_factory) -> tuple[dict, Path]:
-    work = tmp_path_factory.mktemp("autoencoder") / "autoencoder"
-    shutil.copytree(EXAMPLE, work)
-    yaml = work / "pipeline.yaml"
-    yaml.write_text(re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text()))
-    return run_pipeline(load_pipeline(yaml)), work / "out"
+def autoencoder(example_run) -> tuple[dict, Path]:
+    return example_run("autoencoder")  # the session's run, shared with test_arena
 
 
 def test_autoencoder_c_is_bit_exact_and_scores_correlate(autoencoder) -> None:

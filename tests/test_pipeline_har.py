@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from qpass.config import load_pipeline
-from qpass.pipeline import run_pipeline
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module", params=["har", "har_lstm"])
-def har(request, tmp_path_factory) -> tuple[str, dict, Path]:
-    name = request.param
-    work = tmp_path_factory.mktemp(name)
-    shutil.copytree(ROOT / "examples" / name, work / name)
-    yaml = work / name / "pipeline.yaml"
-    yaml.write_text(re.sub(r"output_dir: .*", "output_dir: out", yaml.read_text()))
-    return name, run_pipeline(load_pipeline(yaml)), work / name / "out"
+def har(request, example_run) -> tuple[str, dict, Path]:
+    return request.param, *example_run(request.param)  # the session's run, shared with test_arena
 
 
 def test_har_c_is_bit_exact_and_agrees_with_float(har) -> None:

@@ -30,8 +30,8 @@ def _run(tmp: Path, precision: str) -> tuple[dict, Path]:
 
 @pytest.mark.parametrize(("precision", "agreement"), [
     ("int8", 0.99), pytest.param("int16", 0.999, marks=pytest.mark.slow)])  # int16: ~1 min more
-def test_har_bilstm_example(tmp_path: Path, precision: str, agreement: float) -> None:
-    report, out = _run(tmp_path, precision)
+def test_har_bilstm_example(tmp_path: Path, example_run, precision: str, agreement: float) -> None:
+    report, out = example_run("har_bilstm") if precision == "int8" else _run(tmp_path, precision)  # int8: shared
     assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
     c = report["comparisons"]["c_vs_float"]
     assert c["samples"] == 40 and c["argmax_agreement"] >= agreement, c

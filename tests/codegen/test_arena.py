@@ -1,37 +1,27 @@
-"""Arena planning on every example: no two tensors alive at the same moment share a byte."""
+"""Arena planning on every example: no two tensors alive at the same moment share a byte.
+
+The programs come from the session's example runs (conftest `example_run`, shared with the example tests):
+lowered again from each run's NAME.qdq.onnx, as `qpass compare` does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import onnx_ir as ir
 import pytest
 
 from qpass.codegen.arena import check_plan, plan_arena
 from qpass.codegen.lower import lower
-from qpass.config import load_pipeline
-from qpass.converters import load_model
-from qpass.data import batches, load_array
-from qpass.passes.runner import run_passes
 from qpass.runtime_ref.program import Program, QTensor, Step
-from qpass.solver import apply_plan, calibrate, solve
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.parent.name for p in (ROOT / "examples").glob("*/pipeline.yaml"))
 
 
-def _program(example: str) -> Program:
-    pipe = load_pipeline(ROOT / "examples" / example / "pipeline.yaml")
-    model = load_model(pipe.resolve(pipe.model.path))
-    run_passes(model, [(p.name, p.options) for p in pipe.passes], base_dir=pipe.source.parent)
-    x = load_array(pipe.resolve(pipe.calibration.path), pipe.calibration.key, yaml_file="", yaml_key="")
-    plan = solve(model, calibrate(model, batches(np.asarray(x)[:16], 16)), pipe.quantization)
-    return lower(apply_plan(model, plan), example)
-
-
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_example_arena_plan_never_overlaps_live_tensors(example: str) -> None:
-    program = _program(example)
+def test_example_arena_plan_never_overlaps_live_tensors(example: str, example_run) -> None:
+    report, out = example_run(example)
+    program = lower(ir.load(str(out / f"{report['name']}.qdq.onnx")), report["name"])
     plan = plan_arena(program)
     assert check_plan(plan) == []
     assert plan.lower_bound <= plan.size <= plan.naive
