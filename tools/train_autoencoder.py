@@ -15,17 +15,13 @@ classes, mean, std), and prints the score's ROC AUC on the test windows.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import basicmotions  # first: TensorFlow's settings for reproducible training
+import numpy as np
+from basicmotions import CHANNELS, ROOT
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-WINDOW, CHANNELS = 25, 6
+WINDOW = 25
 NORMAL = ("Standing", "Walking")
 
 
@@ -33,6 +29,19 @@ def windows(x: np.ndarray, stride: int) -> np.ndarray:
     """[cases, T, C] → [cases * n, WINDOW, C], case by case."""
     starts = range(0, x.shape[1] - WINDOW + 1, stride)
     return np.stack([case[s:s + WINDOW] for case in x for s in starts]).astype(np.float32)
+
+
+def windowed(path: Path) -> tuple[np.ndarray, ...]:
+    """(x_train, x_test, y_test, anomaly, classes, mean, std): standardized windows of the normal training cases
+    (stride 5) and of every test case (stride WINDOW), each test window's label and whether it is anomalous."""
+    x_cases, y_cases, x_test_cases, y_te_case, classes = basicmotions.load(path)
+    normal_ids = [int(np.flatnonzero(classes == c)[0]) for c in NORMAL]
+    x_tr = windows(x_cases[np.isin(y_cases, normal_ids)], stride=5)
+    x_te = windows(x_test_cases, stride=WINDOW)
+    y_te = np.repeat(y_te_case, len(x_te) // len(y_te_case))
+    anomaly = (~np.isin(y_te, normal_ids)).astype(np.int64)
+    mean, std, (x_tr, x_te) = basicmotions.standardize(x_tr, x_te)
+    return x_tr, x_te, y_te, anomaly, classes, mean, std
 
 
 def build(keras):
@@ -56,7 +65,7 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "har" / "basicmotions.npz")
+    ap.add_argument("--data", type=Path, default=basicmotions.DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "examples" / "autoencoder")
     ap.add_argument("--epochs", type=int, default=300)
     args = ap.parse_args()
@@ -64,23 +73,8 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    with np.load(args.data, allow_pickle=False) as d:
-        classes = d["classes"]
-        normal_ids = [int(np.flatnonzero(classes == c)[0]) for c in NORMAL]
-        x_tr = windows(d["x_train"][np.isin(d["y_train"], normal_ids)], stride=5)
-        y_te_case = d["y_test"].astype(np.int64)
-        x_te = windows(d["x_test"], stride=WINDOW)
-    n_per_case = len(x_te) // len(y_te_case)
-    y_te = np.repeat(y_te_case, n_per_case)
-    anomaly = (~np.isin(y_te, normal_ids)).astype(np.int64)
-    mean = x_tr.reshape(-1, CHANNELS).mean(axis=0).astype(np.float32)
-    std = x_tr.reshape(-1, CHANNELS).std(axis=0).astype(np.float32)
-    std = np.where(std > 1e-8, std, np.float32(1.0)).astype(np.float32)
-    x_tr = ((x_tr - mean) / std).astype(np.float32)
-    x_te = ((x_te - mean) / std).astype(np.float32)
-
-    keras.utils.set_random_seed(0)
-    tf.config.experimental.enable_op_determinism()
+    x_tr, x_te, y_te, anomaly, classes, mean, std = windowed(args.data)
+    basicmotions.seed(keras, tf)
     model = build(keras)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
     model.fit(x_tr, x_tr, epochs=args.epochs, batch_size=32, verbose=0, shuffle=True)

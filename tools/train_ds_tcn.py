@@ -11,17 +11,13 @@ tools/extract_basicmotions.py), standardized per channel with the TRAIN statisti
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import basicmotions  # first: TensorFlow's settings for reproducible training
+import numpy as np
+from basicmotions import CHANNELS, ROOT
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-CHANNELS, N_CLASSES, STEPS = 6, 4, 100
+N_CLASSES, STEPS = 4, 100
 
 
 def build_ds_tcn(keras, filters: int = 16):
@@ -46,7 +42,7 @@ def build_ds_tcn(keras, filters: int = 16):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "har" / "basicmotions.npz")
+    ap.add_argument("--data", type=Path, default=basicmotions.DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "examples" / "ds_tcn")
     ap.add_argument("--epochs", type=int, default=150)
     args = ap.parse_args()
@@ -54,18 +50,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    with np.load(args.data, allow_pickle=False) as d:
-        x_tr, y_tr = d["x_train"], d["y_train"].astype(np.int64)
-        x_te, y_te = d["x_test"], d["y_test"].astype(np.int64)
-        classes = d["classes"]
-    mean = x_tr.reshape(-1, CHANNELS).mean(axis=0).astype(np.float32)
-    std = x_tr.reshape(-1, CHANNELS).std(axis=0).astype(np.float32)
-    std = np.where(std > 1e-8, std, np.float32(1.0)).astype(np.float32)
-    x_tr = ((x_tr - mean) / std).astype(np.float32)
-    x_te = ((x_te - mean) / std).astype(np.float32)
+    x_tr, y_tr, x_te, y_te, classes = basicmotions.load(args.data)
+    mean, std, (x_tr, x_te) = basicmotions.standardize(x_tr, x_te)
 
-    keras.utils.set_random_seed(0)
-    tf.config.experimental.enable_op_determinism()
+    basicmotions.seed(keras, tf)
     model = build_ds_tcn(keras)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=8, verbose=0, shuffle=True)

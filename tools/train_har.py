@@ -14,18 +14,13 @@ y: labels, classes: label names). With --out DIR the models go to DIR/<model>/.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # same float results on every x86 machine
+import basicmotions  # first: TensorFlow's settings for reproducible training
+import numpy as np
+from basicmotions import CHANNELS, ROOT
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 FULL_STEPS = 100
-CHANNELS = 6
 N_CLASSES = 4
 
 
@@ -89,7 +84,7 @@ def train(keras, model, x_tr, y_tr, *, lr: float, chunk: int, max_epochs: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "har" / "basicmotions.npz",
+    ap.add_argument("--data", type=Path, default=basicmotions.DATA,
                     help="output of tools/extract_basicmotions.py")
     ap.add_argument("--out", type=Path, default=None,
                     help="root folder: writes OUT/<model>/ (default: examples/; required with --steps)")
@@ -109,24 +104,15 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    with np.load(args.data, allow_pickle=False) as d:
-        x_tr, y_tr = d["x_train"][:, :args.steps], d["y_train"].astype(np.int64)
-        x_te, y_te = d["x_test"][:, :args.steps], d["y_test"].astype(np.int64)
-        classes = d["classes"]
-    # per-channel statistics over all training cases and time steps; the test set never contributes
-    mean = x_tr.reshape(-1, CHANNELS).mean(axis=0).astype(np.float32)
-    std = x_tr.reshape(-1, CHANNELS).std(axis=0).astype(np.float32)
-    std = np.where(std > 1e-8, std, np.float32(1.0)).astype(np.float32)
-    x_tr = ((x_tr - mean) / std).astype(np.float32)
-    x_te = ((x_te - mean) / std).astype(np.float32)
+    x_tr, y_tr, x_te, y_te, classes = basicmotions.load(args.data, args.steps)
+    mean, std, (x_tr, x_te) = basicmotions.standardize(x_tr, x_te)
 
     builders = {"har": (build_har, 3e-3), "har_lstm": (build_har_lstm, 3e-3), "har_bilstm": (build_har_bilstm, 1e-2),
                 "gru": (build_har_gru, 1e-2)}
     for name, (build, lr) in builders.items():
         if args.only and name != args.only:
             continue
-        keras.utils.set_random_seed(0)
-        tf.config.experimental.enable_op_determinism()
+        basicmotions.seed(keras, tf)
         model = build(keras, args.steps)
         epochs, train_acc = train(keras, model, x_tr, y_tr, lr=lr, chunk=25, max_epochs=args.max_epochs,
                                   target=args.target)
