@@ -262,6 +262,25 @@ def keras_zoo(tmp_path_factory) -> KerasZoo:
     return KerasZoo(tmp_path_factory.mktemp("keras_zoo"))
 
 
+# ---------------------------------------------------------------------------------------------- tools/
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (registered in sys.modules: dataclasses, and tools importing each other, look
+    modules up there)."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 # ---------------------------------------------------------------------------------------------- examples
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

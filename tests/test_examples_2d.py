@@ -7,8 +7,6 @@ Slow: tools/bench_tflm.py converts resnet8 to int8 .tflite and runs it in the tf
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from qpass.cli import main
+from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 # example -> (input shape, Keras layer classes it must contain, float test accuracy it must keep)
@@ -62,10 +61,7 @@ def test_example_model_is_2d_and_fits_its_data(name):
 @pytest.mark.slow
 def test_bench_tflm_resnet8(capsys):
     pytest.importorskip("tflite_micro")
-    spec = importlib.util.spec_from_file_location("bench_tflm", ROOT / "tools" / "bench_tflm.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_tflm")
     (row,) = bench.main([str(ROOT / "examples" / "resnet8"), "--limit", "100"])
     assert row.n_test == 100 and row.agreement >= 0.95 and row.int8_acc >= 0.9
     assert row.arena_total == row.arena_head + row.arena_tail

@@ -75,6 +75,7 @@ import onnx_ir as ir
 from qpass.errors import UnsupportedOpError
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
+from qpass.passes._util import fresh_name as _unique  # the name unroll-gru imports from here
 
 LSTM_KEY = "qpass.lstm"
 DIRECTION_KEY = "qpass.lstm.direction"
@@ -517,12 +518,3 @@ def _all_names(graph: ir.Graph) -> set[str]:
         if node.name:
             names.add(node.name)
     return names
-
-
-def _unique(taken: set[str], hint: str) -> str:
-    name, i = hint, 0
-    while name in taken:
-        i += 1
-        name = f"{hint}_{i}"
-    taken.add(name)
-    return name

@@ -10,11 +10,12 @@ import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM_CC = "arm-none-eabi-gcc"
@@ -30,17 +31,9 @@ needs_unicorn = pytest.mark.skipif(importlib.util.find_spec("unicorn") is None,
                                    reason="unicorn is not installed (pip install -e '.[bench]')")
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_mcu", ROOT / "tools" / "bench_mcu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load_bench()
+    return load_tool("bench_mcu")
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,17 +52,9 @@ loop:
 EXECUTED, CONDITION_FAILED = 107, 30
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_mcu", ROOT / "tools" / "bench_mcu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load_bench()
+    return load_tool("bench_mcu")
 
 
 @pytest.fixture(scope="module")
