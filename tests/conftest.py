@@ -26,6 +26,7 @@ from qpass.ort import session
 from qpass.passes import resolve_pass
 
 RTOL = ATOL = 1e-5
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # ---------------------------------------------------------------------------------------------- onnx helpers
@@ -262,9 +263,45 @@ def keras_zoo(tmp_path_factory) -> KerasZoo:
     return KerasZoo(tmp_path_factory.mktemp("keras_zoo"))
 
 
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*args: str):
+    """`qpass ARGS` in this process (click's CliRunner), stderr kept apart from stdout (the default from click
+    8.2; an option before). Exceptions are caught: the result's exit_code and exception tell."""
+    from click.testing import CliRunner
+
+    from qpass.cli import main
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(main, list(args), catch_exceptions=True)
+
+
+def write_yaml(proj: Path, data: dict | str, name: str = "pipeline.yaml") -> Path:
+    """A pipeline YAML (a dict dumped, or text as is) in proj; its absolute path."""
+    import yaml
+
+    path = proj / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path.resolve()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the digits example (model and data) with nothing else in it, in tmp_path/proj."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    shutil.copytree(EXAMPLES / "digits", proj, ignore=shutil.ignore_patterns("pipeline.yaml", "build"))
+    return proj
+
+
 # ---------------------------------------------------------------------------------------------- tools/
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = EXAMPLES.parent / "tools"
 
 
 def load_tool(name: str):
@@ -282,9 +319,6 @@ def load_tool(name: str):
 
 
 # ---------------------------------------------------------------------------------------------- examples
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 
 class ExampleRuns:
     """The shipped examples run as they are (the pipeline of a copy of examples/, each output in

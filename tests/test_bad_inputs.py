@@ -22,11 +22,10 @@ import onnx.helper as oh
 import onnx.numpy_helper
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from qpass.cli import main
 from qpass.config import load_pipeline
 from qpass.outdir import MANIFEST
+from tests.conftest import run_cli
 
 F = onnx.TensorProto.FLOAT
 BASE = {"model": {"path": "tiny.onnx"}, "calibration": {"path": "calib.npz", "key": "x"},
@@ -149,14 +148,6 @@ def tree(root: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def run_cli(*args: str):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, list(args), catch_exceptions=True)
 
 
 def assert_refused(proj: Path, *fragments: str, yaml_name: str = "pipeline.yaml") -> str:

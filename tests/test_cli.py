@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from qpass.cli import main
 from qpass.config import load_pipeline
 from qpass.passes import registered_passes
+from tests.conftest import run_cli, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits"
@@ -31,27 +30,6 @@ BASE = {
     "compare": {"path": "test.npz", "key": "x", "labels_key": "y", "limit": 50},
 }
 BAD_NESTED_KEY = {**BASE, "quantization": {"activation": "int8"}}
-
-
-def _runner() -> CliRunner:
-    """A CliRunner with stderr kept apart from stdout (the default from click 8.2; an option before)."""
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    proj = tmp_path / "proj"
-    shutil.copytree(EXAMPLE, proj, ignore=shutil.ignore_patterns("pipeline.yaml", "build"))
-    return proj
-
-
-def write_yaml(proj: Path, data: dict, name: str = "pipeline.yaml") -> Path:
-    path = proj / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path.resolve()
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int] | None]:
@@ -75,10 +53,6 @@ def one_error_line(stderr: str) -> str:
     assert lines[0].startswith("qpass: error: "), lines[0]
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def run_cli(*args: str):
-    return _runner().invoke(main, list(args), catch_exceptions=True)
 
 
 def cli_subprocess(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

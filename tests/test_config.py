@@ -4,16 +4,13 @@ through the CLI one `qpass: error:` line on stderr, exit code 2, no traceback, n
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from click.testing import CliRunner
 
-from qpass.cli import main
 from qpass.config import load_pipeline
 from qpass.errors import ConfigError
+from tests.conftest import run_cli, write_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
 
@@ -25,28 +22,6 @@ BASE = {
     "codegen": {"name": "digits", "output_dir": "out/digits"},
     "compare": {"path": "test.npz", "key": "x", "labels_key": "y", "limit": 50},
 }
-
-
-def _runner() -> CliRunner:
-    """A CliRunner with stderr kept apart from stdout (the default from click 8.2; an option before)."""
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the digits example (model and data) with nothing else in it."""
-    proj = tmp_path / "proj"
-    shutil.copytree(EXAMPLE, proj, ignore=shutil.ignore_patterns("pipeline.yaml", "build"))
-    return proj
-
-
-def write_yaml(proj: Path, data: dict | str, name: str = "pipeline.yaml") -> Path:
-    path = proj / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path.resolve()
 
 
 def assert_user_error(result, yaml_path: Path, key: str, *fragments: str) -> str:
@@ -73,10 +48,6 @@ def assert_nothing_written(proj: Path, out: str = "out/digits") -> None:
     if out_dir.parent.exists():
         leftovers = [p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}.")]
         assert not leftovers, f"staging left behind: {leftovers}"
-
-
-def run_cli(*args: str):
-    return _runner().invoke(main, list(args), catch_exceptions=True)
 
 
 def _set(data: dict, dotted: str, value) -> dict:

@@ -17,21 +17,12 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from qpass.cli import main
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits"
 OUT = "build/digits"
-
-
-def _runner() -> CliRunner:
-    """A CliRunner with stderr kept apart from stdout (the default from click 8.2; an option before)."""
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()
 
 
 def _project(root: Path, **codegen) -> Path:
@@ -53,7 +44,7 @@ def _staging(out_dir: Path) -> list[str]:
 def digits(tmp_path_factory):
     """`qpass run --dump` on a copy of the example, once: (CliRunner result, output dir)."""
     path = _project(tmp_path_factory.mktemp("digits") / "proj")
-    result = _runner().invoke(main, ["run", "--dump", str(path)], catch_exceptions=True)
+    result = run_cli("run", "--dump", str(path))
     return result, path.parent / OUT
 
 
@@ -187,7 +178,7 @@ def test_dump_writes_numbered_valid_onnx_stages(digits, report):
 
 def test_failing_run_leaves_no_output_and_no_staging(tmp_path):
     path = _project(tmp_path / "proj", cc="false-cc-does-not-exist")
-    result = _runner().invoke(main, ["run", str(path)], catch_exceptions=True)
+    result = run_cli("run", str(path))
     assert result.exit_code == 2, (result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("qpass: error: ") and "false-cc-does-not-exist" in lines[0]
@@ -203,7 +194,7 @@ def test_failing_run_keeps_the_previous_output(digits, tmp_path):
     out_dir = path.parent / OUT
     shutil.copytree(previous, out_dir)
     before = {str(p.relative_to(out_dir)): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
-    result = _runner().invoke(main, ["run", str(path)], catch_exceptions=True)
+    result = run_cli("run", str(path))
     assert result.exit_code == 2, (result.output, result.exception)
     after = {str(p.relative_to(out_dir)): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
     assert after == before
