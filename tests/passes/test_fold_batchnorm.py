@@ -258,35 +258,19 @@ def test_mul_by_a_non_channel_constant_is_not_folded(parse_onnx, check_pass, rng
 # the BN is only decomposed into Mul + Add and the linear op keeps its weights and bias.
 
 
-def test_gemm_with_per_row_bias(parse_onnx, check_pass, rng):
+@pytest.mark.parametrize(("rows", "body", "bias", "after"), [
+    (8, "h = Gemm(x, W, b)", (8, 1), {"Gemm": 1, "Mul": 1, "Add": 1}),  # one bias per row
+    (8, "m = MatMul(x, W)\n            h = Add(m, b)", (8, 1), {"MatMul": 1, "Add": 2, "Mul": 1}),
+    (2, "h = Gemm(x, W, b)", (2, 8), {"Gemm": 1, "Mul": 1, "Add": 1}),  # a full matrix
+], ids=["gemm-per-row", "matmul-add-per-row", "gemm-full-matrix"])
+def test_bias_not_per_channel(parse_onnx, check_pass, rng, rows: int, body: str, bias: tuple, after: dict):
     model = parse_onnx(f"""{OPSET}
-        g (float[8,16] x) => (float[8,8] y) {{
-            h = Gemm(x, W, b)
+        g (float[{rows},16] x) => (float[{rows},8] y) {{
+            {body}
             y = BatchNormalization(h, gamma, beta, mean, var)
-        }}""", W=_w(rng, 16, 8), b=_w(rng, 8, 1), **_bn_params(rng, 8))
-    res = check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=True)
-    assert res.after == Counter({"Gemm": 1, "Mul": 1, "Add": 1})
-
-
-def test_matmul_bias_add_with_per_row_bias(parse_onnx, check_pass, rng):
-    model = parse_onnx(f"""{OPSET}
-        g (float[8,16] x) => (float[8,8] y) {{
-            m = MatMul(x, W)
-            h = Add(m, b)
-            y = BatchNormalization(h, gamma, beta, mean, var)
-        }}""", W=_w(rng, 16, 8), b=_w(rng, 8, 1), **_bn_params(rng, 8))
-    res = check_pass("fold-batchnorm", model, rng.normal(size=(8, 16)).astype(np.float32), modified=True)
-    assert res.after == Counter({"MatMul": 1, "Add": 2, "Mul": 1})
-
-
-def test_gemm_with_full_matrix_bias(parse_onnx, check_pass, rng):
-    model = parse_onnx(f"""{OPSET}
-        g (float[2,16] x) => (float[2,8] y) {{
-            h = Gemm(x, W, b)
-            y = BatchNormalization(h, gamma, beta, mean, var)
-        }}""", W=_w(rng, 16, 8), b=_w(rng, 2, 8), **_bn_params(rng, 8))
-    res = check_pass("fold-batchnorm", model, rng.normal(size=(2, 16)).astype(np.float32), modified=True)
-    assert res.after == Counter({"Gemm": 1, "Mul": 1, "Add": 1})
+        }}""", W=_w(rng, 16, 8), b=_w(rng, *bias), **_bn_params(rng, 8))
+    res = check_pass("fold-batchnorm", model, rng.normal(size=(rows, 16)).astype(np.float32), modified=True)
+    assert res.after == Counter(after)
 
 
 def test_gemm_with_non_constant_bias(parse_onnx, check_pass, rng):
