@@ -11,8 +11,9 @@ The chain is recognised by what it computes, not by its op order: a node whose i
 and values computed element-wise from one tensor x (ops in ELEMENTWISE, through an Erf or Tanh) is a scalar
 function y = f(x); f is evaluated on a grid over [-8, 8] and compared with both GELU forms (1e-5 relative).
 The lowering then builds one table for the whole chain instead of quantizing every intermediate (and the
-tanh form's Pow, which has no kernel, goes). Gelu is an opset-20 op: a model below opset 20 is raised to it.
-Only the main graph is rewritten.
+tanh form's Pow, which has no kernel, goes). Transposes inside the chain (tf2onnx moves them there) are
+followed: when the chain ends in another layout than x, the Gelu is followed by that one Transpose. Gelu is an
+opset-20 op: a model below opset 20 is raised to it. Only the main graph is rewritten.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from qpass.passes._util import const_value, fresh_name, raise_opset
 
 ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "Pow", "Neg", "Erf", "Tanh", "Sqrt", "Reciprocal")
 CORES = ("Erf", "Tanh")
-MAX_NODES = 16  # GELU is written in at most ~10 element-wise ops; longer chains are not looked at
+MIN_NODES, MAX_NODES = 4, 16  # GELU takes 4 to ~10 element-wise ops; other chains are not evaluated
 GELU_OPSET = 20
 GRID = 161  # points over [-8, 8] at least
 
@@ -87,7 +88,7 @@ def _chains(graph: ir.Graph) -> dict[ir.Node, Chain]:
 def _match(chain: Chain, opset: int) -> str | None:
     """The GELU form ("none" or "tanh") the chain computes, evaluated by onnx's reference evaluator on a grid
     over [-8, 8] in float32 (as the model computes), else None."""
-    if not any(n.op_type in CORES for n in chain.nodes):
+    if len(chain.nodes) < MIN_NODES or not any(n.op_type in CORES for n in chain.nodes):
         return None
     x, nodes = chain.x, chain.nodes
     shape = tuple(x.shape.numpy())
