@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ from qpass.errors import ConvertError
 log = logging.getLogger(__name__)
 
 
-def quiet_tensorflow():
+def quiet_tensorflow() -> ModuleType:
     """Import TensorFlow without its start-up noise on stderr, and keep its loggers (and tf2onnx's, absl's) to
     errors that qpass does not report itself. Returns the tensorflow module.
 
