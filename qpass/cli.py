@@ -321,11 +321,13 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-batchnorm
   - keras-lstm
   - keras-gru
+  - keras-rnn
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm
   - unroll-gru
+  - unroll-rnn
   - matmul-to-gemm
   - simplify-layout
   # - my_passes.py:MyPass  # a pass of your own, from a file next to this one

@@ -136,10 +136,12 @@ from qpass.passes import (  # noqa: E402,F401
     fold_time_distributed,
     keras_gru,
     keras_lstm,
+    keras_rnn,
     matmul_to_gemm,
     simplify_layout,
     squeeze_conv2d,
     strip_dropout,
     unroll_gru,
     unroll_lstm,
+    unroll_rnn,
 )
