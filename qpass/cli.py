@@ -322,6 +322,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - keras-lstm
   - keras-gru
   - keras-rnn
+  - roll-rnn             # PyTorch's dynamo export of nn.RNN: its unrolled steps back into one RNN
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed

@@ -2,9 +2,9 @@
 
 The classic exporter writes ONNX RNN nodes (num_layers=2: two; bidirectional: one with both directions, relu), with
 zero initial states expanded from Shape(X), read through Squeeze → Transpose → Gather(-1). The dynamo exporter writes
-no RNN node but the recurrence unrolled into per-step Slice/MatMul/Add/Tanh; qpass has no pass that rolls it back
-into an RNN yet, so the support check refuses it by name, in seconds, before calibration. Data: examples/har's
-BasicMotions cases taken every 4th step (T = 25).
+no RNN node but the recurrence unrolled into per-step Slice/MatMul/Add/Tanh (the backward half over a time-flipped
+projection); roll-rnn rolls each chain back into one RNN. Data: examples/har's BasicMotions cases taken every 4th
+step (T = 25).
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 from qpass.config import load_pipeline
-from qpass.errors import UnsupportedOpError
+from qpass.passes.roll_rnn import RollRnnPass
 from qpass.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "torch"
 HAR = ROOT / "examples" / "har"
 STRIDE = 4
-PASSES = ["strip-dropout", "fold-constants", "simplify-layout", "unroll-rnn", "fold-constants", "simplify-layout",
-          "matmul-to-gemm", "simplify-layout"]
+PASSES = ["strip-dropout", "fold-constants", "simplify-layout", "roll-rnn", "unroll-rnn", "fold-constants",
+          "simplify-layout", "matmul-to-gemm", "simplify-layout"]
 
 
 def _write(tmp: Path, name: str, activations: str) -> Path:
@@ -38,7 +40,7 @@ def _write(tmp: Path, name: str, activations: str) -> Path:
     return tmp / "pipeline.yaml"
 
 
-@pytest.mark.parametrize("name", ["rnn_stacked", "rnn_bidirectional", "rnn_dynamo"])
+@pytest.mark.parametrize("name", ["rnn_stacked", "rnn_bidirectional", "rnn_dynamo", "rnn_dynamo_bidirectional"])
 def test_export_matches_torch(name: str) -> None:
     """The shipped file is what torch computed (so a qpass failure is qpass's, not a stale export)."""
     expected = np.load(DATA / "rnn_expected.npz")[name]
@@ -49,20 +51,39 @@ def test_export_matches_torch(name: str) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "activations", "agreement", "kernels"), [
-    ("rnn_stacked", "int8", 0.99, 2),  # two layers: two rnn kernels
-    ("rnn_bidirectional", "int16", 0.999, 2)])  # relu, both directions: two rnn kernels and a concat
-def test_classic_export_is_bit_exact(tmp_path: Path, name: str, activations: str, agreement: float,
-                                     kernels: int) -> None:
+@pytest.mark.parametrize(("name", "activations", "agreement", "rnn_nodes"), [
+    ("rnn_stacked", "int8", 0.99, 2),  # classic, two layers: two RNN nodes, two rnn kernels
+    ("rnn_bidirectional", "int16", 0.999, 1),  # classic, relu, both directions in one node: two kernels, a concat
+    ("rnn_dynamo", "int16", 0.999, 0),  # dynamo: 25 steps written out, rolled back into one RNN
+    ("rnn_dynamo_bidirectional", "int16", 0.999, 0)])  # dynamo, relu: two chains (one over the flipped input) paired
+# The relu and the dynamo models (trained less far: train accuracy 0.9) keep 97.5 % (39/40) at a8w8, their int8
+# weights moving a near-tie; a16 (int8 weights still) keeps every case. a8w8 is held to 99 % on rnn_stacked and on
+# the Keras SimpleRNN of test_pipeline_rnn.py.
+def test_export_is_bit_exact(tmp_path: Path, name: str, activations: str, agreement: float, rnn_nodes: int) -> None:
     report = run_pipeline(load_pipeline(_write(tmp_path, name, activations)))
-    assert report["op_counts"]["converted"]["RNN"] == (2 if name == "rnn_stacked" else 1)
+    assert report["op_counts"]["converted"].get("RNN", 0) == rnn_nodes
     assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
     assert report["comparisons"]["c_vs_float"]["argmax_agreement"] >= agreement, report["comparisons"]
-    assert report["kernels"].count("rnn") == kernels
+    assert report["kernels"].count("rnn") == (1 if name == "rnn_dynamo" else 2)
+    assert not {"RNN", "Slice"} & set(report["op_counts"]["final"])  # rolled, then unrolled in tagged form
 
 
-def test_dynamo_export_is_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedOpError, match=r"node 'node_Slice_\d+' \(Slice\)") as info:
-        run_pipeline(load_pipeline(_write(tmp_path, "rnn_dynamo", "int8")))
-    assert not (tmp_path / "out" / "rnn_dynamo.c").exists()  # refused before any C was written
-    assert len(info.value.problems) == 26  # the 25 per-step Slices and the last-step Gather, all at once
+def _dynamo() -> ir.Model:
+    return ir.from_proto(onnx.shape_inference.infer_shapes(onnx.load(DATA / "rnn_dynamo.onnx")))
+
+
+def test_roll_rnn_rolls_the_dynamo_chain_once() -> None:
+    model = _dynamo()
+    assert RollRnnPass()(model).modified
+    assert [n.op_type for n in model.graph].count("RNN") == 1
+    assert not any(n.op_type in ("Slice", "Tanh", "MatMul") for n in model.graph)
+    assert not RollRnnPass()(model).modified  # a second run finds nothing
+
+
+def test_roll_rnn_leaves_a_non_zero_initial_state_alone() -> None:
+    """The first step's constant is h0·Rᵀ + b_hh: anything but b_hh means a non-zero h0, which RNN(B) cannot hold."""
+    model = _dynamo()
+    first = next(n for n in model.graph if n.op_type == "Tanh")
+    const = next(v for v in first.inputs[0].producer().inputs if v.const_value is not None)
+    const.const_value = ir.tensor(const.const_value.numpy() + 0.5)
+    assert not RollRnnPass()(model).modified

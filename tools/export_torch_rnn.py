@@ -13,7 +13,10 @@ with export_torch_models.py's full-batch loop on examples/har/calib.npz:
                        → Softmax; classic exporter: one bidirectional ONNX RNN with activations [Relu, Relu]
     rnn_dynamo         nn.RNN(6→12, tanh) → last step → Linear(12→4) → Softmax; the dynamo exporter
                        (`dynamo=True`, opset 18), which writes no RNN node: the recurrence comes unrolled, one
-                       MatMul/Add/Tanh per step (T = 25) behind one input projection for all steps
+                       MatMul/Add/Tanh per step (T = 25) behind one input projection for all steps (roll-rnn
+                       rolls it back into an RNN)
+    rnn_dynamo_bidirectional  nn.RNN(6→8, relu, bidirectional=True), dynamo exporter: the backward half runs
+                       forward over a time-flipped projection, and its outputs are flipped back
 
 rnn_expected.npz holds torch's own outputs on the first 8 test cases (key = model name).
 """
@@ -50,6 +53,7 @@ MODELS = {  # name: (hidden, nn.RNN options, dynamo exporter)
     "rnn_stacked": (12, {"num_layers": 2}, False),
     "rnn_bidirectional": (8, {"bidirectional": True, "nonlinearity": "relu"}, False),
     "rnn_dynamo": (12, {}, True),
+    "rnn_dynamo_bidirectional": (8, {"bidirectional": True, "nonlinearity": "relu"}, True),
 }
 
 
@@ -64,8 +68,12 @@ def export(name: str, epochs: int = 150) -> np.ndarray:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(1, x.shape[1], CHANNELS),), str(path), dynamo=dynamo,
                           opset_version=18 if dynamo else 17, input_names=["x"], output_names=["prob"])
-    if dynamo:  # the dynamo exporter keeps the weights in a side file: one self-contained .onnx instead
-        onnx.save(onnx.load(str(path)), str(path))
+    if dynamo:  # weights in a side file and a stack trace per node: one self-contained .onnx, without the traces
+        proto = onnx.load(str(path))
+        for node in proto.graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        onnx.save(proto, str(path))
         path.with_name(path.name + ".data").unlink()
     test = np.load(HAR / "test.npz")
     with torch.no_grad():

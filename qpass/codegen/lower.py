@@ -115,9 +115,9 @@ RECURRENT: dict[str, str] = {
 RECURRENT_LOWERINGS = {"GRU": lower_gru, "RNN": lower_rnn}  # by the first item of a 3-item group key
 SUPPORT.append(Support(
     ("RNN",), keras="SimpleRNN (tanh, relu; return_sequences, go_backwards), Bidirectional(SimpleRNN)",
-    torch="nn.RNN (tanh, relu; num_layers, bidirectional) from the classic exporter; its dynamo export (unrolled "
-          "per step) is refused",
-    constraints="after the keras-rnn and unroll-rnn passes: batch 1, Tanh or Relu, no clip or initial state; "
+    torch="nn.RNN (tanh, relu; num_layers, bidirectional): classic export, and the dynamo export after roll-rnn",
+    constraints="after the keras-rnn (or roll-rnn) and unroll-rnn passes: batch 1, Tanh or Relu, no clip or initial "
+    "state; "
     "bidirectional as two kernels; the activation a table; one loop over T in C",
     precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(

@@ -138,6 +138,7 @@ from qpass.passes import (  # noqa: E402,F401
     keras_lstm,
     keras_rnn,
     matmul_to_gemm,
+    roll_rnn,
     simplify_layout,
     squeeze_conv2d,
     strip_dropout,
