@@ -101,40 +101,54 @@ def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
     if pre_q[2] == "int16" and pre_q[1] != 0:
         raise UnsupportedOpError(name, "RNN", "an int16 pre-activation must have zero point 0")
 
+    mode = _row_mode(t_len, nodes, RNN_ROLE_KEY, RNN_STEP_KEY)
+    rows = t_len if mode < 2 else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
+    params = rnn_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias, bias_shift), x_q=(x.scale, x.zero_point, x.dtype),
+                        h_q=h_q, pre_q=pre_q, act=act, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps,
+                        mode=mode)
+    step = lw.step("rnn", [x], hseq, nodes[0], **params)
+    step.origin = f"RNN {name} ({act.lower()})"
+    _map_outputs(lw, steps, hseq, hid, nodes, mode, (RNN_ROLE_KEY, RNN_STEP_KEY, "RNN"))
+
+
+def rnn_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
+               bias: tuple[np.ndarray, np.ndarray], x_q: tuple[float, int, str], h_q: tuple[float, int, str],
+               pre_q: tuple[float, int, str], act: str, t_len: int, reverse: bool, rows: int, x_steps: int,
+               mode: int) -> dict:
+    """The `rnn` kernel's integer constants from its integer weights (wx [I, H], wh [H, H] with per-column scales
+    sw, sr), its bias [H] with per-row shifts, and the quantization of x, h and the pre-activation."""
+    n_in, hid = wx.shape
+    b, b_shift = bias
     # pre-activation: acc_x·MX + acc_h·MH >> s, with the accumulators' proven bounds
-    span_x = max(QMAX[x.dtype] - x.zero_point, x.zero_point - QMIN[x.dtype])
+    span_x = max(QMAX[x_q[2]] - x_q[1], x_q[1] - QMIN[x_q[2]])
     span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
-    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(bias.astype(np.int64)) << bias_shift)
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(b.astype(np.int64)) << b_shift)
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
     mx, mh, shifts = [], [], []
     for r in range(hid):
-        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / pre_q[0], h_q[0] * float(sr[r]) / pre_q[0]],
+        (a, m), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / pre_q[0], h_q[0] * float(sr[r]) / pre_q[0]],
                                               bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+        mx.append(a), mh.append(m), shifts.append(sh)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "RNN", "the pre-activation rescale may overflow int64")
     fn = FUNCTIONS[act]
     table = (build_lut(fn, pre_q[0], pre_q[1], h_q[0], h_q[1], "int8", h_q[2]) if pre_q[2] == "int8"
              else build_lut16(fn, pre_q[0], h_q[0], h_q[1], h_q[2]))
-
-    mode = _row_mode(t_len, nodes, RNN_ROLE_KEY, RNN_STEP_KEY)
-    rows = t_len if mode < 2 else min(t_len, 2)
-    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
-                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
-    params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x.zero_point, "h_zp": h_q[1], "reverse": int(reverse),
+    params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x_q[1], "h_zp": h_q[1], "reverse": int(reverse),
               "g_zp": pre_q[1], "g_lo": QMIN[pre_q[2]], "g_hi": QMAX[pre_q[2]], "x_steps": x_steps, "row_mode": mode,
               "rows": rows}
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "g_zp", "g_lo", "g_hi", "x_steps",
                                 "row_mode")]
-    step = lw.step("rnn", [x], hseq, nodes[0], **params, weight=np.ascontiguousarray(wx.T),
-                   weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype), bias=bias.astype(np.int32),
-                   bias_shift=bias_shift.astype(np.int32), mx=np.array(mx, np.int64), mh=np.array(mh, np.int64),
-                   shift=np.array(shifts, np.int32), gate_lut=table, dims=np.array(dims, np.int32),
-                   acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=pre_q[2], act_bits=h_q[2])
-    step.origin = f"RNN {name} ({act.lower()})"
-    _map_outputs(lw, steps, hseq, hid, nodes, mode, (RNN_ROLE_KEY, RNN_STEP_KEY, "RNN"))
+    params.update(weight=np.ascontiguousarray(wx.T), weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype),
+                  bias=b.astype(np.int32), bias_shift=b_shift.astype(np.int32), mx=np.array(mx, np.int64),
+                  mh=np.array(mh, np.int64), shift=np.array(shifts, np.int32), gate_lut=table,
+                  dims=np.array(dims, np.int32), acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=pre_q[2],
+                  act_bits=h_q[2])
+    return params
 
 
 def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
