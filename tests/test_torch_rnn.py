@@ -53,7 +53,8 @@ def test_export_matches_torch(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "activations", "agreement", "rnn_nodes"), [
     ("rnn_stacked", "int8", 0.99, 2),  # classic, two layers: two RNN nodes, two rnn kernels
-    ("rnn_bidirectional", "int16", 0.999, 1),  # classic, relu, both directions in one node: two kernels, a concat
+    # classic, relu, both directions in one node (the graph roll-rnn makes of the dynamo export below): slow
+    pytest.param("rnn_bidirectional", "int16", 0.999, 1, marks=pytest.mark.slow),
     ("rnn_dynamo", "int16", 0.999, 0),  # dynamo: 25 steps written out, rolled back into one RNN
     ("rnn_dynamo_bidirectional", "int16", 0.999, 0)])  # dynamo, relu: two chains (one over the flipped input) paired
 # The relu and the dynamo models (trained less far: train accuracy 0.9) keep 97.5 % (39/40) at a8w8, their int8

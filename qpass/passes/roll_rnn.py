@@ -168,7 +168,9 @@ class _Chain:
             _need(act is not None, f"step {s} has another activation")
             self.nodes += [*cut, *rec_nodes, pre, act]
             hs.append(act.outputs[0])
-        b_hh = np.zeros(hidden, np.float32) if b_hh is None else b_hh
+        if rt is None:  # one step: no recurrent product; its constant is the whole recurrent bias
+            _need(c0.size == hidden, "the first step's constant is not [H]")
+            rt, b_hh = np.zeros((hidden, hidden), np.float32), c0.reshape(-1)
         _need(c0.size == hidden and np.allclose(c0.reshape(-1), b_hh, rtol=1e-6, atol=1e-7),
               "the first step's constant is not b_hh (a non-zero initial state)")
         _need(len({id(u) for u in p.consumers()}) == steps and not p.is_graph_output(),

@@ -6,8 +6,6 @@ the original node; the per-step structure and tags the lowering re-rolls; refusa
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -51,8 +49,9 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize(("direction", "act", "with_b", "with_h0", "clip"), [
-    *itertools.product(["forward", "reverse", "bidirectional"], ["Tanh", "Relu"], [True], [False], [None]),
-    ("forward", "Tanh", False, True, None), ("bidirectional", "Relu", True, True, 0.8)])
+    ("forward", "Tanh", True, False, None), ("reverse", "Relu", True, False, None),
+    ("bidirectional", "Tanh", True, False, None), ("forward", "Tanh", False, True, None),
+    ("bidirectional", "Relu", True, True, 0.8)])
 def test_unrolled_rnn_equals_the_node(direction, act, with_b, with_h0, clip):
     proto, x = _model(direction, act, with_b, with_h0, clip)
     model = ir.serde.deserialize_model(proto)
