@@ -335,11 +335,14 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - fold-batchnorm
   - keras-lstm
   - keras-gru
+  - keras-rnn
+  - roll-rnn             # PyTorch's dynamo export of nn.RNN: its unrolled steps back into one RNN
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm
   - unroll-gru
+  - unroll-rnn
   - matmul-to-gemm
   - fuse-gelu            # an erf/tanh GELU chain (Keras gelu) into one Gelu table
   - simplify-layout

@@ -14,6 +14,7 @@ kernel under `templates/float/`:
     GlobalMaxPool, ReduceMean, ReduceMax → pool
     the per-step nodes `unroll-lstm` tagged (qpass.lstm, .direction, .step, .role) → one `lstm` loop over T
     the per-step nodes `unroll-gru` tagged (qpass.gru, ...) → one `gru` loop over T
+    the per-step nodes `unroll-rnn` tagged (qpass.rnn, ...) → one `rnn` loop over T
 
 The C uses float and <math.h> (expf, tanhf; link with -lm) and nothing else: `NAME_float_run(const float
 *input, float *output)`, a static arena, const weights, sizes as `NAME_FLOAT_*` macros.
@@ -44,11 +45,13 @@ from qpass.codegen.lower import reduce_axes, same_pads, window_2d
 from qpass.codegen.lower_gru import gather_steps as gather_gru_steps
 from qpass.codegen.lower_gru import gru_key
 from qpass.codegen.lower_lstm import gather_steps, step_time
+from qpass.codegen.lower_rnn import gather_rnn_steps, rnn_key
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
+from qpass.passes.unroll_rnn import RNN_DIRECTION_KEY, RNN_KEY, RNN_ROLE_KEY
 from qpass.runtime_ref.program import Program, QTensor, Step
 
 FLOAT_ARRAYS = ("weight", "weight_h", "bias")  # kernel params rendered as `static const float` arrays
@@ -142,7 +145,8 @@ class FloatLowering:
             if key is not None:
                 if key not in done:
                     done.add(key)
-                    (lower_gru_float if len(key) == 3 else lower_lstm_float)(self, groups[key])
+                    ({"GRU": lower_gru_float, "RNN": lower_rnn_float}[key[0]] if len(key) == 3
+                     else lower_lstm_float)(self, groups[key])
                 continue
             if node.op_type == "Constant":
                 continue
@@ -167,10 +171,11 @@ class FloatLowering:
 
 
 def _group_key(node: ir.Node) -> tuple[str, ...] | None:
-    """(name, direction) of an unrolled LSTM's node, ("GRU", name, direction) of an unrolled GRU's, else None."""
+    """(name, direction) of an unrolled LSTM's node, ("GRU" | "RNN", name, direction) of an unrolled GRU's or RNN's,
+    else None."""
     if LSTM_KEY in node.metadata_props:
         return node.metadata_props[LSTM_KEY], node.metadata_props.get(DIR_KEY, "0")
-    return gru_key(node)
+    return gru_key(node) or rnn_key(node)
 
 
 def _static(shape) -> bool:
@@ -482,18 +487,19 @@ def lower_lstm_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     fl.step("lstm", [x], [hseq, cell], f"LSTM {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
             weight=np.ascontiguousarray(wx.T, dtype=np.float32),
             weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
-    _map_outputs(fl, nodes, steps, hseq, hid)
+    _map_outputs(fl, nodes, steps, hseq, hid, ROLE_KEY, "LSTM")
 
 
 def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[str, ir.Node]], hseq: QTensor,
-                 hid: int) -> None:
-    """h_t, the Unsqueezes of Y and Y_h and Y's Concat become views of the h sequence; nothing else may leave."""
+                 hid: int, role_key: str, what: str) -> None:
+    """h_t, the Unsqueezes of Y and Y_h and Y's Concat become views of the h sequence; nothing else may leave
+    (shared by the LSTM, the GRU and the RNN: `role_key` is the role tag, `what` the op named in errors)."""
     members = {id(n) for n in nodes}
     for s in range(max(steps) + 1):
         if "h" in steps[s]:  # the last h is gone when only Y_c was read
             fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=step_time(steps[s]["x"]) * hid)
     for node in nodes:  # in graph order: an Unsqueeze's h is mapped before it
-        role = node.metadata_props.get(ROLE_KEY, "")
+        role = node.metadata_props.get(role_key, "")
         if role in ("y", "y_h") and node.op_type == "Unsqueeze":
             src = fl.input_of(node, 0)
             fl.output_of(node, alias_of=src)
@@ -503,7 +509,7 @@ def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[
             for out in node.outputs:
                 if out.is_graph_output() or any(id(u) not in members for u in out.consumers()):
                     raise UnsupportedOpError(node.name or "", node.op_type,
-                                             f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")
+                                             f"{what} {role!r} output is used outside the {what}; only Y and Y_h are")
 
 
 # -- the re-rolled GRU ------------------------------------------------------------------------
@@ -547,20 +553,33 @@ def lower_gru_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     fl.step("gru", [x], [hseq, scratch], f"GRU {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
             lbr=int(lbr), weight=np.ascontiguousarray(wx.T, dtype=np.float32),
             weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
-    members = {id(n) for n in nodes}
-    for s in range(t_len):
-        fl.output_of(steps[s]["h"], (1, hid), alias_of=hseq, offset=step_time(steps[s]["x"]) * hid)
-    for node in nodes:  # in graph order: an Unsqueeze's h is mapped before it
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        if role in ("y", "y_h") and node.op_type == "Unsqueeze":
-            fl.output_of(node, alias_of=fl.input_of(node, 0))
-        elif role == "y" and node.op_type == "Concat":
-            fl.output_of(node, alias_of=hseq)
-        elif role != "h":
-            for out in node.outputs:
-                if out.is_graph_output() or any(id(u) not in members for u in out.consumers()):
-                    raise UnsupportedOpError(node.name or "", node.op_type,
-                                             f"GRU {role!r} output is used outside the GRU; only Y and Y_h are")
+    _map_outputs(fl, nodes, steps, hseq, hid, GRU_ROLE_KEY, "GRU")
+
+
+# -- the re-rolled RNN ------------------------------------------------------------------------
+def lower_rnn_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
+    """One `rnn` step for the tagged nodes of one direction (as lower_rnn.py reads them), and its views."""
+    name = nodes[0].metadata_props[RNN_KEY]
+    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
+        raise UnsupportedOpError(name, "RNN", "bidirectional ONNX RNNs are not in the float C baseline yet")
+    steps, t_len, reverse = gather_rnn_steps(nodes)
+    first = steps[0]
+    x = fl.input_of(first["x"], 0)
+    n_in = x.shape[-1]
+    if len(x.shape) != 3 or x.size != t_len * n_in:
+        raise UnsupportedOpError(name, "RNN", f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
+    wx = fl.const(first["xw"], 1, "W")  # [I, H]
+    hid = wx.shape[1]
+    hr = next((st["hr"] for st in steps.values() if "hr" in st), None)
+    wh = fl.const(hr, 1, "R") if hr is not None else np.zeros((hid, hid))  # T = 1: never used
+    bias = next((c for c in map(const_value, first["xb"].inputs) if c is not None), np.zeros(hid)).reshape(-1)
+    if wx.shape != (n_in, hid) or wh.shape != (hid, hid) or bias.shape != (hid,):
+        raise UnsupportedOpError(name, "RNN", f"W {wx.shape}, R {wh.shape}, B {bias.shape} do not fit I={n_in}")
+    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
+    fl.step("rnn", [x], [hseq], f"RNN {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
+            relu=int(first["h"].op_type == "Relu"), weight=np.ascontiguousarray(wx.T, dtype=np.float32),
+            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
+    _map_outputs(fl, nodes, steps, hseq, hid, RNN_ROLE_KEY, "RNN")
 
 
 # -- C ----------------------------------------------------------------------------------------

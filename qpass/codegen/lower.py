@@ -21,6 +21,7 @@ import onnx_ir as ir
 from qpass.codegen.layout_2d import fold_layout_transposes
 from qpass.codegen.lower_gru import gru_key, lower_gru  # noqa: E402  (after Lowering's deps)
 from qpass.codegen.lower_lstm import group_key, lower_lstm  # noqa: E402
+from qpass.codegen.lower_rnn import lower_rnn, rnn_key
 from qpass.errors import SolverError, UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.runtime_ref.intmath import (
@@ -107,12 +108,22 @@ PASS_HINTS: dict[str, str] = {  # ops a float pass removes, and which one
 # re-rolls the tagged steps into one loop kernel). An op here left in the graph names the pass to add.
 RECURRENT: dict[str, str] = {
     "LSTM": "an ONNX LSTM is lowered after the unroll-lstm pass; add `unroll-lstm` to passes",
-    "Loop": "tf2onnx writes a Keras LSTM as a Loop: the keras-lstm and unroll-lstm passes turn it into kernels; "
+    "Loop": "tf2onnx writes a Keras LSTM/GRU/SimpleRNN as a Loop: the keras-lstm/-gru/-rnn and unroll-lstm/-gru/"
+            "-rnn passes turn it into kernels; "
             "other loops have no kernel",
     "GRU": "an ONNX GRU is lowered after the unroll-gru pass; add `unroll-gru` to passes",
+    "RNN": "an ONNX RNN is lowered after the unroll-rnn pass; add `unroll-rnn` to passes",
 }
+RECURRENT_LOWERINGS = {"GRU": lower_gru, "RNN": lower_rnn}  # by the first item of a 3-item group key
 SUPPORT.append(Support(
-    ("GRU",), keras="GRU (reset_after=True, the default; return_sequences, go_backwards), Bidirectional(GRU)",
+    ("RNN",), keras="SimpleRNN (tanh, relu; return_sequences, go_backwards), Bidirectional(SimpleRNN)",
+    torch="nn.RNN (tanh, relu; num_layers, bidirectional): classic export, and the dynamo export after roll-rnn",
+    constraints="after the keras-rnn (or roll-rnn) and unroll-rnn passes: batch 1, Tanh or Relu, no clip or initial "
+    "state; "
+    "bidirectional as two kernels; the activation a table; one loop over T in C",
+    precisions="int8, int16; weights int8, int16"))
+SUPPORT.append(Support(
+    ("GRU",), keras="GRU (reset_after=True or False; return_sequences, go_backwards), Bidirectional(GRU)",
     torch="nn.GRU (its ONNX GRU export; not tested yet)",
     constraints="after the keras-gru and unroll-gru passes: batch 1, T >= 2, default activations, no clip or "
     "initial state; ONNX GRU with either linear_before_reset; bidirectional as two kernels; one loop over T in C",
@@ -231,18 +242,18 @@ class Lowering:
         self.by_value[id(qs[0].outputs[0])] = t_in
         groups: dict[tuple[str, ...], list[ir.Node]] = {}
         for node in graph:
-            key = group_key(node) or gru_key(node)
+            key = group_key(node) or gru_key(node) or rnn_key(node)
             if key is not None:
                 groups.setdefault(key, []).append(node)
         done: set[tuple[str, ...]] = set()
         for node in graph:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type == "Constant":
                 continue
-            key = group_key(node) or gru_key(node)
+            key = group_key(node) or gru_key(node) or rnn_key(node)
             if key is not None:
                 if key not in done:
                     done.add(key)
-                    (lower_gru if len(key) == 3 else lower_lstm)(self, groups[key])
+                    (RECURRENT_LOWERINGS[key[0]] if len(key) == 3 else lower_lstm)(self, groups[key])
                 continue
             reason = unsupported_reason(node)
             if reason is not None:

@@ -242,13 +242,14 @@ def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
 
 
 def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int, nodes: list[ir.Node],
-                 mode: int) -> None:
-    """h_t, Y and Y_h become views of the kernel's h rows; nothing else may leave the group."""
+                 mode: int, keys: tuple[str, str, str] = (GRU_ROLE_KEY, GRU_STEP_KEY, "GRU")) -> None:
+    """h_t, Y and Y_h become views of the kernel's h rows; nothing else may leave the group (`keys`: the role and
+    step tags and the op name, lower_rnn passes its own)."""
     members = {id(n) for n in nodes}
     last = steps[max(k for k in steps if k >= 0)]
     for node in nodes:
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        s = int(node.metadata_props.get(GRU_STEP_KEY, "-1"))
+        role = node.metadata_props.get(keys[0], "")
+        s = int(node.metadata_props.get(keys[1], "-1"))
         for out in node.outputs:
             qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
             q_val = qs[0].outputs[0] if qs else None
@@ -260,4 +261,5 @@ def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: 
                 _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
             elif q_val is not None and _read_outside(q_val, members):
                 raise UnsupportedOpError(node.name or "", node.op_type,
-                                         f"GRU {role!r} output is used outside the GRU; only Y and Y_h are")
+                                         f"{keys[2]} {role!r} output is used outside the {keys[2]}; only Y and "
+                                         "Y_h are")

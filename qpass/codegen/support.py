@@ -2,8 +2,9 @@
 
 Right after the float passes (before calibration) every node is checked with the same rule the lowering
 applies later (`lower.unsupported_reason`, the `check=` next to each emitter), and every refusal is reported
-at once. Nodes that `unroll-lstm` / `unroll-gru` tagged are checked as one recurrent layer by `lower_lstm.check_group` /
-`lower_gru.check_gru_group`, the functions the recurrent lowering itself uses.
+at once. Nodes that `unroll-lstm` / `unroll-gru` / `unroll-rnn` tagged are checked as one recurrent layer by
+`lower_lstm.check_group` / `lower_gru.check_gru_group` / `lower_rnn.check_rnn_group`, the functions the recurrent
+lowering itself uses.
 
     model after passes ──check_model──▶ ok | UnsupportedModelError("3 nodes cannot be lowered: ...")
 """
@@ -15,6 +16,7 @@ import onnx_ir as ir
 from qpass.codegen.lower import SUPPORT, unsupported_reason
 from qpass.codegen.lower_gru import check_gru_group, gru_key
 from qpass.codegen.lower_lstm import check_group, group_key
+from qpass.codegen.lower_rnn import check_rnn_group, rnn_key
 from qpass.errors import UnsupportedOpError
 
 TABLE_COLUMNS = ("ONNX op", "Keras layer", "PyTorch module", "Constraints", "Precisions (activations; weights)")
@@ -41,7 +43,7 @@ def problems(model: ir.Model) -> list[tuple[str, str, str]]:
                       "outputs: exactly one input and one output are supported"))
     groups: dict[tuple[str, ...], list[ir.Node]] = {}
     for node in graph:
-        key = group_key(node) or gru_key(node)
+        key = group_key(node) or gru_key(node) or rnn_key(node)
         if key is not None:
             groups.setdefault(key, []).append(node)
             continue
@@ -52,7 +54,7 @@ def problems(model: ir.Model) -> list[tuple[str, str, str]]:
             found.append((node.name or "", node.op_type, reason))
     for key, nodes in groups.items():
         try:
-            (check_gru_group if len(key) == 3 else check_group)(nodes)
+            ({"GRU": check_gru_group, "RNN": check_rnn_group}[key[0]] if len(key) == 3 else check_group)(nodes)
         except UnsupportedOpError as exc:
             found.append((exc.node_name, exc.op_type, str(exc).split("): ", 1)[-1]))
     return found

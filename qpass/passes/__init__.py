@@ -137,10 +137,13 @@ from qpass.passes import (  # noqa: E402,F401
     fuse_gelu,
     keras_gru,
     keras_lstm,
+    keras_rnn,
     matmul_to_gemm,
+    roll_rnn,
     simplify_layout,
     squeeze_conv2d,
     strip_dropout,
     unroll_gru,
     unroll_lstm,
+    unroll_rnn,
 )

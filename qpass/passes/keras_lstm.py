@@ -257,9 +257,10 @@ class _Matcher:
                 return self._sum_terms(node.inputs[0], target)
         return [value]
 
-    def _classify(self, terms: list, hidden: int):
+    def _classify(self, terms: list, hidden: int, gates: int = 4):
+        """(x, W [I, gates·H], h, R [H, gates·H], bias or None) of the gate sum's terms (gates: 1 for keras-rnn)."""
         x_t = w = h_prev = r = None
-        bias = np.zeros(4 * hidden, dtype=np.float32)
+        bias = np.zeros(gates * hidden, dtype=np.float32)
         has_bias = False
         for term in terms:
             if isinstance(term, tuple):
@@ -267,7 +268,7 @@ class _Matcher:
                 weight = self._const(b, "a MatMul weight").astype(np.float32)
                 _need(weight.ndim == 2, "a MatMul weight is not 2-D")
                 weight = weight.T if trans else weight
-                _need(weight.shape[1] == 4 * hidden, "a MatMul weight is not [*,4H]")
+                _need(weight.shape[1] == gates * hidden, f"a MatMul weight is not [*,{gates}H]")
                 if self._slot(a) is not None:
                     _need(h_prev is None, "two recurrent MatMuls")
                     h_prev, r = a, weight
@@ -276,12 +277,13 @@ class _Matcher:
                     x_t, w = a, weight
             else:
                 array = self._const(term, "")
-                _need(array is not None and array.size == 4 * hidden and _strip_ones(array.shape) == (4 * hidden,),
-                      f"{term.name!r} in the gate sum is neither a MatMul nor a [4H] bias")
+                _need(array is not None and array.size == gates * hidden
+                      and _strip_ones(array.shape) == (gates * hidden,),
+                      f"{term.name!r} in the gate sum is neither a MatMul nor a [{gates}H] bias")
                 bias = bias + array.astype(np.float32).reshape(-1)
                 has_bias = True
         _need(x_t is not None and h_prev is not None, "the gate sum lacks x·W or h·R")
-        _need(r.shape == (hidden, 4 * hidden), "the recurrent kernel is not [H,4H]")
+        _need(r.shape == (hidden, gates * hidden), f"the recurrent kernel is not [H,{gates}H]")
         return x_t, w, h_prev, r, bias if has_bias else None
 
     # --- the bookkeeping ---------------------------------------------------------------------------
@@ -401,7 +403,7 @@ class KerasLstmPass(QPass):
 
 def rewrite_loops(owner: QPass, model: ir.Model, matcher: type, rewrite: type) -> ir.passes.PassResult:
     """Every top-level Loop that `matcher(node).match()` recognizes is replaced by `rewrite(...).apply()`;
-    a Loop it refuses (raising _NoMatch with the reason) stays, logged. Shared by keras-lstm and keras-gru."""
+    a Loop it refuses (raising _NoMatch with the reason) stays, logged. Shared by keras-lstm, -gru and -rnn."""
     graph = model.graph
     opset = model.opset_imports.get("", 17)
     modified = False

@@ -11,8 +11,8 @@ which later stages treat as views:
 Without a bias Add the Gemm gets a zero bias, so every linear layer reaches the solver in one form.
 The Add is absorbed only when its output has the MatMul's shape (a [1,1,N] bias on a 2-D MatMul adds a
 dimension, which a Gemm cannot). The bias takes the weight's dtype, so a float16 model stays float16.
-MatMuls that `unroll-lstm` / `unroll-gru` made (tagged `qpass.lstm` / `qpass.gru`) are left alone: the lowering
-re-rolls them.
+MatMuls that `unroll-lstm` / `unroll-gru` / `unroll-rnn` made (tagged `qpass.lstm` / `.gru` / `.rnn`) are left
+alone: the lowering re-rolls them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import onnx_ir as ir
 from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
 
-RECURRENT_TAGS = {"qpass.lstm", "qpass.gru"}  # nodes unroll-lstm / unroll-gru made
+RECURRENT_TAGS = {"qpass.lstm", "qpass.gru", "qpass.rnn"}  # nodes unroll-lstm / -gru / -rnn made
 
 
 def _bias_add(y: ir.Value, y_shape: tuple[int, ...], dtype: np.dtype) -> tuple[ir.Node | None, np.ndarray]:

@@ -268,6 +268,31 @@ def gru(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     return hseq
 
 
+@kernel("rnn")
+def rnn(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
+    """One RNN direction over all T steps; writes h_t for every kept row (rows as for the LSTM).
+
+    pre_q[j] = clamp(zp_g + ((Σ W(x − zp_x) + b·2^k)·MX[j] + Σ R(h − zp_h)·MH[j] + 2^(s_j−1)) >> s_j)
+    h[j] = table[pre_q[j]]   (tanh or relu from the pre-activation's parameters to h's: 256 entries for int8,
+                              257 interpolated for int16, as the LSTM's gates)
+    """
+    p = step.params
+    n_in, hid = p["n_in"], p["hidden"]
+    x = inputs[0].astype(np.int64).reshape(-1, n_in) - p["x_zp"]
+    wx, wh = p["weight"].astype(np.int64), p["weight_h"].astype(np.int64)
+    bias = p["bias"].astype(np.int64) << p["bias_shift"].astype(np.int64)
+    mx, mh, shift = p["mx"].astype(np.int64), p["mh"].astype(np.int64), p["shift"].astype(np.int64)
+    mode, x_steps = p["row_mode"], p["x_steps"]
+    hseq = np.zeros((p["rows"], hid), dtype=np.int64)
+    h = np.full(hid, p["h_zp"], dtype=np.int64)
+    for s in range(p["t"]):
+        t = x_steps - 1 - s if p["reverse"] else s
+        pre = ((wx @ x[t] + bias) * mx + (wh @ (h - p["h_zp"])) * mh + (np.int64(1) << (shift - 1))) >> shift
+        h = _gate_act(np.clip(pre + p["g_zp"], p["g_lo"], p["g_hi"]), p["gate_lut"])
+        hseq[(t, s, s & 1)[mode]] = h
+    return hseq
+
+
 @kernel("concat")
 def concat(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     """y = the inputs one after another along `axis` (all with the output's scale and zero point)."""

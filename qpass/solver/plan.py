@@ -28,6 +28,7 @@ from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
+from qpass.passes.unroll_rnn import RNN_DIRECTION_KEY, RNN_KEY, RNN_ROLE_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.solver.calibrate import Range, float_values
 
@@ -145,7 +146,7 @@ def build_graph(model: ir.Model, ranges: dict[str, Range], quant: QuantSection |
 
 
 def _tie_timesteps(model: ir.Model, g: nx.Graph) -> None:
-    """Across time: every step of an unrolled LSTM or GRU shares the parameters of each role's tensors."""
+    """Across time: every step of an unrolled LSTM, GRU or RNN shares the parameters of each role's tensors."""
     first: dict[tuple[str, str, str, str, int], str] = {}
     for node in model.graph:
         cell, (key, direction, role) = _recurrent_tags(node)
@@ -163,9 +164,10 @@ def _tie_timesteps(model: ir.Model, g: nx.Graph) -> None:
 
 
 def _recurrent_tags(node: ir.Node) -> tuple[str, tuple[str | None, str | None, str | None]]:
-    """("LSTM" | "GRU", (name, direction, role)) of a node unroll-lstm / unroll-gru made, else ("", Nones)."""
+    """("LSTM" | "GRU" | "RNN", (name, direction, role)) of a node unroll-lstm / -gru / -rnn made, else ("", Nones)."""
     meta = node.metadata_props
-    for cell, keys in (("LSTM", (LSTM_KEY, DIR_KEY, ROLE_KEY)), ("GRU", (GRU_KEY, GRU_DIRECTION_KEY, GRU_ROLE_KEY))):
+    for cell, keys in (("LSTM", (LSTM_KEY, DIR_KEY, ROLE_KEY)), ("GRU", (GRU_KEY, GRU_DIRECTION_KEY, GRU_ROLE_KEY)),
+                       ("RNN", (RNN_KEY, RNN_DIRECTION_KEY, RNN_ROLE_KEY))):
         if keys[0] in meta:
             return cell, tuple(meta.get(k) for k in keys)
     return "", (None, None, None)
@@ -242,7 +244,7 @@ def solve(model: ir.Model, ranges: dict[str, Range], quant: QuantSection | None 
     for node in model.graph:
         if node.metadata_props.get(ROLE_KEY) == "gates":
             _plan_lstm_bias(node, plan)
-        elif node.metadata_props.get(GRU_ROLE_KEY) in ("xb", "hb"):
+        elif node.metadata_props.get(GRU_ROLE_KEY) in ("xb", "hb") or node.metadata_props.get(RNN_ROLE_KEY) == "xb":
             mm = node.inputs[0].producer() if node.inputs[0] is not None else None
             _plan_bias(node, mm, plan)
         elif node.op_type in ("Mul", "Add", "Sub") and not _recurrent_tags(node)[0]:

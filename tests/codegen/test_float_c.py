@@ -130,6 +130,26 @@ def test_gru_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_l
     assert source.count("qf_gru(") == 2  # its definition and one call
 
 
+@pytest.mark.parametrize(("direction", "t_len", "read_y", "act"),
+                         [("forward", 20, False, "Tanh"), ("reverse", 7, True, "Relu"), ("forward", 1, False, "Tanh")])
+def test_rnn_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_len: int, read_y: bool,
+                                             act: str) -> None:
+    proto = _lstm_model(t_len, direction, read_y)
+    node = proto.graph.node[1]
+    node.op_type = "RNN"
+    node.attribute.append(helper.make_attribute("activations", [act]))
+    rng = np.random.default_rng(3)
+    for init in proto.graph.initializer:
+        if init.name in ("W", "R", "B"):
+            dims = [1, H, I_IN] if init.name == "W" else [1, H, H] if init.name == "R" else [1, 2 * H]
+            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.4, dims).astype(np.float32), init.name))
+    model = _passes(proto, ["unroll-rnn", "fold-constants", "simplify-layout", "matmul-to-gemm"])
+    x = np.random.default_rng(1).normal(0, 1, (40, 1, t_len, I_IN)).astype(np.float32)
+    y_c, source = _float_c(model, "seq", tmp_path, x)
+    assert np.abs(y_c - _ort(proto, x)).max() < TOL
+    assert source.count("qf_rnn(") == 2  # its definition and one call
+
+
 def test_lstm_code_size_does_not_grow_with_t() -> None:
     sources = {}
     for t_len in (5, 50):

@@ -981,6 +981,56 @@ def pool2d_int16(rng):
                            y_zp=0)
 
 
+# -- rnn (params from codegen/lower_rnn.rnn_params, as the lowering computes them) --------------------
+
+
+def _rnn_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, act: str = "Tanh",
+                 x_dtype="int8", w_dtype="int8", a_dtype="int8", rows: int = 0, x_steps: int = 0) -> Program:
+    from qpass.codegen.lower_rnn import rnn_params
+
+    narrow = {"int8": 1.0, "int16": 1 / 256}
+    x_q = (0.04 * narrow[x_dtype], int(rng.integers(-20, 20)) if x_dtype == "int8" else 0, x_dtype)
+    pre_q = (float(rng.uniform(0.02, 0.05)) * narrow[a_dtype], int(rng.integers(-10, 10)) if a_dtype == "int8"
+             else 0, a_dtype)
+    # tanh: h has the tanh output's fixed parameters; relu: h shares the pre-activation's (one clamped group)
+    h_q = (1.0 / (QMAX[a_dtype] + 1), 0, a_dtype) if act == "Tanh" else pre_q
+    wx, wh = _weights(rng, (n_in, hid), w_dtype), _weights(rng, (hid, hid), w_dtype)
+    sw = rng.uniform(0.002, 0.01, hid) * narrow[w_dtype]
+    sr = rng.uniform(0.002, 0.01, hid) * narrow[w_dtype]
+    bias = rng.integers(-3000, 3000, size=hid)
+    shifts = np.zeros(hid, np.int64)
+    if w_dtype == "int16":  # a bias stored at s·s_w·2^k (too large for int32 at s·s_w)
+        shifts[::2] = rng.integers(1, 4, size=shifts[::2].size)
+        bias[::2] = rng.integers(-2**30, 2**30, size=bias[::2].size)
+    params = rnn_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias, shifts), x_q=x_q, h_q=h_q, pre_q=pre_q, act=act,
+                        t_len=t_len, reverse=reverse, rows=rows or t_len, x_steps=x_steps or t_len,
+                        mode=2 if rows else 0)
+    tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_q[0], x_q[1], dtype=x_dtype),
+               _t("t1", (rows or t_len, 1, hid), h_q[0], h_q[1], dtype=a_dtype)]
+    return _program(name, tensors, [Step("rnn", ["t0"], ["t1"], params, origin="test/RNN")], output="t1")
+
+
+def rnn_forward(rng):
+    return _rnn_program(rng, "k_rnn", t_len=8, n_in=3, hid=5, reverse=False)
+
+
+def rnn_relu_reverse_two_rows(rng):
+    return _rnn_program(rng, "k_rnn_relu", t_len=6, n_in=4, hid=4, reverse=True, act="Relu", rows=2, x_steps=8)
+
+
+def rnn_single_step(rng):
+    return _rnn_program(rng, "k_rnn_t1", t_len=1, n_in=6, hid=4, reverse=False)
+
+
+def rnn_int16(rng):
+    return _rnn_program(rng, "k_rnn_16", t_len=5, n_in=3, hid=4, reverse=True, x_dtype="int16", a_dtype="int16")
+
+
+def rnn_int16_w16_acc64(rng):
+    return _rnn_program(rng, "k_rnn_w16", t_len=4, n_in=3, hid=3, reverse=False, act="Relu", x_dtype="int16",
+                        w_dtype="int16", a_dtype="int16")
+
+
 CASES: dict[str, dict[str, Case]] = {
     "linear": {"random": Case(linear_random), "rows": Case(linear_rows, 5), "extremes": Case(linear_extremes, 3),
                "tiny-multiplier": Case(linear_tiny_multiplier, 3), "fused-clamp": Case(linear_fused_clamp),
@@ -1027,6 +1077,9 @@ CASES: dict[str, dict[str, Case]] = {
     "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
             "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
             "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
+    "rnn": {"forward": Case(rnn_forward), "relu-reverse-two-rows": Case(rnn_relu_reverse_two_rows),
+            "one-step": Case(rnn_single_step, 5), "int16": Case(rnn_int16),
+            "relu-w16-acc64": Case(rnn_int16_w16_acc64)},
 }
 
 KNOWN_BUGS: dict = {}

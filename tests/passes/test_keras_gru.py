@@ -2,8 +2,7 @@
 
 Real Keras models with seeded random weights (.keras and .h5), converted once per module by
 `qpass.converters.load_model`. The float pipeline's recurrent passes (keras-gru, fold-reverse-sequence,
-unroll-gru) then reproduce Keras itself. reset_after=False (not written as a GRU with linear_before_reset=1)
-stays a Loop, and the support check names it.
+unroll-gru) then reproduce Keras itself. reset_after=False becomes a GRU with linear_before_reset=0.
 """
 
 from __future__ import annotations
@@ -41,7 +40,10 @@ def _keras_models():
         "backwards": (seq(L.GRU(6, go_backwards=True), L.Dense(4)), "h5", 1),
         "bidirectional": (seq(L.Bidirectional(L.GRU(6)), L.Dense(4)), "keras", 2),
         "no_bias": (seq(L.GRU(6, use_bias=False), L.Dense(4)), "keras", 1),
-        "reset_before": (seq(L.GRU(6, reset_after=False), L.Dense(4)), "keras", 0),
+        "reset_before": (seq(L.GRU(6, reset_after=False), L.Dense(4)), "keras", 1),
+        "reset_before_stacked": (seq(L.GRU(6, reset_after=False, return_sequences=True),
+                                     L.GRU(5, reset_after=False, use_bias=False, go_backwards=True), L.Dense(4)),
+                                 "h5", 2),
     }
 
 
@@ -75,7 +77,8 @@ def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("name", ["last", "stacked", "backwards", "bidirectional", "no_bias"])
+@pytest.mark.parametrize("name", ["last", "stacked", "backwards", "bidirectional", "no_bias", "reset_before",
+                                  "reset_before_stacked"])
 def test_loop_becomes_one_gru_and_unrolls_to_keras(converted, name):
     model = _fresh(converted, name)
     _, n_gru, x, want = converted[name]
@@ -84,7 +87,8 @@ def test_loop_becomes_one_gru_and_unrolls_to_keras(converted, name):
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     grus = [n for n in model.graph if n.op_type == "GRU"]
     assert len(grus) == n_gru and not any(n.op_type == "Loop" for n in model.graph)
-    assert all(n.attributes.get_int("linear_before_reset") == 1 and n.metadata_props["qpass.pass"] == "keras-gru"
+    lbr = 0 if name.startswith("reset_before") else 1  # Keras reset_after=False: r before the recurrent product
+    assert all(n.attributes.get_int("linear_before_reset") == lbr and n.metadata_props["qpass.pass"] == "keras-gru"
                for n in grus)
     np.testing.assert_allclose(_run(model, x), want, rtol=RTOL, atol=ATOL)
     assert not KerasGruPass()(model).modified  # a second run finds nothing
@@ -95,10 +99,3 @@ def test_loop_becomes_one_gru_and_unrolls_to_keras(converted, name):
     assert not any(n.op_type in ("Loop", "GRU", "ReverseSequence") for n in model.graph)
     np.testing.assert_allclose(_run(model, x), want, rtol=RTOL, atol=ATOL)
     assert not problems(model)  # the early support check accepts every node
-
-
-def test_reset_before_stays_a_loop_and_is_named(converted):
-    model = _fresh(converted, "reset_before")
-    assert not KerasGruPass()(model).modified
-    found = problems(model)
-    assert any(op == "Loop" for _, op, _ in found), found

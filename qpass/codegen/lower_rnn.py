@@ -1,0 +1,172 @@
+"""Re-rolling an unrolled RNN: the per-timestep primitive ops `unroll-rnn` made → one `rnn` kernel per direction.
+
+As for the LSTM and GRU (lower_lstm.py, lower_gru.py): the solver ties each role's parameters across time, so the
+integer constants are read from one step and the C runs one loop body for all T steps. Supported: one direction per
+kernel (a bidirectional RNN is two kernels and a concat), batch 1, Tanh or Relu, no clip, zero initial state, any
+T >= 1. The activation is a table from the pre-activation's parameters to h's (tanh: the table the LSTM and GRU
+gates use; relu: the same table, exact). Y, Y_h and one step's h are views of the kernel's h rows, as for the GRU.
+
+    x ──▶ [rnn: h = table[clamp(zp + ((W·(x − zp_x) + b)·MX + R·(h − zp_h)·MH) >> s)]] ──▶ h rows
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from qpass.codegen.lower_gru import _bias, _map_outputs
+from qpass.codegen.lower_lstm import _q_after, _row_mode, step_time
+from qpass.errors import UnsupportedOpError
+from qpass.passes._util import const_value
+from qpass.passes.unroll_rnn import RNN_DIRECTION_KEY, RNN_KEY, RNN_ROLE_KEY, RNN_STEP_KEY
+from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, shared_shift_multipliers
+
+if TYPE_CHECKING:
+    from qpass.codegen.lower import Lowering
+
+UNSUPPORTED_ROLES = {"clip": "clip", "h0": "a non-zero initial state"}
+FUNCTIONS = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0.0)}
+
+
+def rnn_key(node: ir.Node) -> tuple[str, str, str] | None:
+    """("RNN", name, direction) for a node unroll-rnn made (never equal to an LSTM's or a GRU's key)."""
+    key = node.metadata_props.get(RNN_KEY)
+    return None if key is None else ("RNN", key, node.metadata_props.get(RNN_DIRECTION_KEY, "0"))
+
+
+def gather_rnn_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
+    """One RNN direction's tagged nodes by step and role, its length T and whether it runs backwards; refuses,
+    by name, what neither the integer nor the float kernel runs (shared by both lowerings)."""
+    name = nodes[0].metadata_props[RNN_KEY]
+    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
+    for node in nodes:
+        role = node.metadata_props.get(RNN_ROLE_KEY, "")
+        if role in UNSUPPORTED_ROLES:
+            raise UnsupportedOpError(name, "RNN", f"{UNSUPPORTED_ROLES[role]} is not supported in generated C yet")
+        steps[int(node.metadata_props.get(RNN_STEP_KEY, "-1"))][role] = node
+    t_len = max(steps) + 1
+    if t_len < 1 or any(s not in steps or "x" not in steps[s] or "h" not in steps[s] for s in range(t_len)):
+        raise UnsupportedOpError(name, "RNN", "the unrolled steps are incomplete")
+    if any(steps[s]["h"].op_type not in FUNCTIONS for s in range(t_len)):
+        raise UnsupportedOpError(name, "RNN", f"the activation must be one of {sorted(FUNCTIONS)}")
+    t0 = step_time(steps[0]["x"])
+    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+
+
+def check_rnn_group(nodes: list[ir.Node]) -> None:
+    """Refuse, by name, a tagged RNN group the kernel does not run (the early support check calls this)."""
+    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
+        for node in nodes:
+            if node.op_type != "Concat":
+                raise UnsupportedOpError(node.name or nodes[0].metadata_props[RNN_KEY], node.op_type,
+                                         "unexpected node joining RNN directions")
+        return
+    gather_rnn_steps(nodes)
+
+
+def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
+    """Emit one `rnn` step for the tagged nodes of one RNN direction, and map its visible outputs."""
+    name = nodes[0].metadata_props[RNN_KEY]
+    check_rnn_group(nodes)
+    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
+        from qpass.codegen.lower import EMITTERS
+
+        for node in nodes:
+            EMITTERS["Concat"](lw, node)
+        return
+    steps, t_len, reverse = gather_rnn_steps(nodes)
+    first, later = steps[0], steps[min(1, t_len - 1)]
+    _check_zero_initial_state(name, first)
+
+    x = lw.input_of(first["x"], 0)
+    layout = first["x"].attributes.get_int("axis", 0)
+    x_steps = x.shape[layout] if len(x.shape) == 3 else 0
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
+        raise UnsupportedOpError(name, "RNN", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
+                                 f"batch 1; got {x.shape}")
+    wx, sw = lw.weight(first["xw"], 1)  # [I, H], per-column scales
+    n_in, hid = wx.shape
+    sw = np.broadcast_to(sw, (hid,))
+    if "hr" in later:  # step 0 reads a constant zero h: its recurrent product may have been folded
+        wh, sr = lw.weight(later["hr"], 1)
+        sr = np.broadcast_to(sr, (hid,))
+    else:  # T = 1: the recurrent term never runs
+        wh, sr = np.zeros((hid, hid), dtype=wx.dtype), np.ones(hid)
+    bias, bias_shift = _bias(name, lw, first["xb"], x.scale, sw)
+    pre_q, h_q = _q_after(lw, first["pre"]), _q_after(lw, first["h"])
+    act = first["h"].op_type
+    if pre_q[2] == "int16" and pre_q[1] != 0:
+        raise UnsupportedOpError(name, "RNN", "an int16 pre-activation must have zero point 0")
+
+    mode = _row_mode(t_len, nodes, RNN_ROLE_KEY, RNN_STEP_KEY)
+    rows = t_len if mode < 2 else min(t_len, 2)
+    hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
+                         f"{name} h" + ("" if rows == t_len else " (last two steps)"))
+    params = rnn_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias, bias_shift), x_q=(x.scale, x.zero_point, x.dtype),
+                        h_q=h_q, pre_q=pre_q, act=act, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps,
+                        mode=mode)
+    step = lw.step("rnn", [x], hseq, nodes[0], **params)
+    step.origin = f"RNN {name} ({act.lower()})"
+    _map_outputs(lw, steps, hseq, hid, nodes, mode, (RNN_ROLE_KEY, RNN_STEP_KEY, "RNN"))
+
+
+def rnn_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
+               bias: tuple[np.ndarray, np.ndarray], x_q: tuple[float, int, str], h_q: tuple[float, int, str],
+               pre_q: tuple[float, int, str], act: str, t_len: int, reverse: bool, rows: int, x_steps: int,
+               mode: int) -> dict:
+    """The `rnn` kernel's integer constants from its integer weights (wx [I, H], wh [H, H] with per-column scales
+    sw, sr), its bias [H] with per-row shifts, and the quantization of x, h and the pre-activation."""
+    n_in, hid = wx.shape
+    b, b_shift = bias
+    # pre-activation: acc_x·MX + acc_h·MH >> s, with the accumulators' proven bounds
+    span_x = max(QMAX[x_q[2]] - x_q[1], x_q[1] - QMIN[x_q[2]])
+    span_h = max(QMAX[h_q[2]] - h_q[1], h_q[1] - QMIN[h_q[2]])
+    bound_x = np.abs(wx.astype(np.int64)).sum(axis=0) * span_x + (np.abs(b.astype(np.int64)) << b_shift)
+    bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
+    acc_bound = int(max(bound_x.max(), bound_h.max()))
+    bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
+    mx, mh, shifts = [], [], []
+    for r in range(hid):
+        (a, m), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / pre_q[0], h_q[0] * float(sr[r]) / pre_q[0]],
+                                              bits)
+        mx.append(a), mh.append(m), shifts.append(sh)
+    if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
+        raise UnsupportedOpError(name, "RNN", "the pre-activation rescale may overflow int64")
+    fn = FUNCTIONS[act]
+    table = (build_lut(fn, pre_q[0], pre_q[1], h_q[0], h_q[1], "int8", h_q[2]) if pre_q[2] == "int8"
+             else build_lut16(fn, pre_q[0], h_q[0], h_q[1], h_q[2]))
+    params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x_q[1], "h_zp": h_q[1], "reverse": int(reverse),
+              "g_zp": pre_q[1], "g_lo": QMIN[pre_q[2]], "g_hi": QMAX[pre_q[2]], "x_steps": x_steps, "row_mode": mode,
+              "rows": rows}
+    dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "g_zp", "g_lo", "g_hi", "x_steps",
+                                "row_mode")]
+    params.update(weight=np.ascontiguousarray(wx.T), weight_h=np.ascontiguousarray(wh.T).astype(wx.dtype),
+                  bias=b.astype(np.int32), bias_shift=b_shift.astype(np.int32), mx=np.array(mx, np.int64),
+                  mh=np.array(mh, np.int64), shift=np.array(shifts, np.int32), gate_lut=table,
+                  dims=np.array(dims, np.int32), acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=pre_q[2],
+                  act_bits=h_q[2])
+    return params
+
+
+def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
+    """The kernel starts from h = 0: step 0's recurrent product must read (or have been folded from) zeros."""
+    if "hr" in first:
+        values = [first["hr"].inputs[0]]
+    else:  # folded: pre = Add(xb, constant)
+        values = [v for v in first["pre"].inputs if _behind_qdq(v) is not None and _behind_qdq(v).producer() is not
+                  first["xb"]]
+    for v in values:
+        c = const_value(_behind_qdq(v))
+        if c is None or np.any(c != 0):
+            raise UnsupportedOpError(name, "RNN", "a non-zero initial state is not supported in integer code; "
+                                     "export the RNN without initial_h (or with zeros)")
+
+
+def _behind_qdq(v: ir.Value | None) -> ir.Value | None:
+    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
+                                                                                   "DequantizeLinear"):
+        v = v.producer().inputs[0]
+    return v
