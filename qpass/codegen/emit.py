@@ -31,7 +31,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "exp_table": "int32",
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
-    "sh": "uint8",
+    "sh": "uint8", "act_i": None, "act_o": None, "act_f": None, "act_g": None,
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template

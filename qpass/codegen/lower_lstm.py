@@ -137,12 +137,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
-    mx, mh, shifts = [], [], []
-    for r in range(four_h):
-        s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / s_gate, h_q[0] * float(sr[r]) / s_gate],
-                                              bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+    mx, mh, shifts = gate_multipliers([x.scale * float(v) for v in sw], [h_q[0] * float(v) for v in sr],
+                                      [g[0] for g in gates], bits)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "LSTM", "the gate rescale may overflow int64")
 
@@ -187,6 +183,23 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
     _map_outputs(lw, steps, hseq, cell, hid, nodes, mode)
+
+
+def gate_multipliers(x_scales: list[float], h_scales: list[float], gate_scales: list[float],
+                     bits: int) -> tuple[list[int], list[int], list[int]]:
+    """MX[r], MH[r] and the shift of every gate row r (gates of `len(x_scales) / len(gate_scales)` rows each): one
+    shift for all rows of a gate (the C writes it in as a constant), so a row with a smaller rescale than its
+    gate's largest keeps fewer bits of its multipliers (all < 2^bits, as the int64 bound needs)."""
+    n = len(x_scales) // len(gate_scales)
+    mx, mh, shifts = [], [], []
+    for g, s_gate in enumerate(gate_scales):
+        rows = range(g * n, (g + 1) * n)
+        ms, sh = shared_shift_multipliers([x_scales[r] / s_gate for r in rows] + [h_scales[r] / s_gate for r in rows],
+                                          bits)
+        mx += ms[:n]
+        mh += ms[n:]
+        shifts += [sh] * n
+    return mx, mh, shifts
 
 
 def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,

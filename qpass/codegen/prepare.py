@@ -79,16 +79,47 @@ def _pow2(v: np.ndarray) -> np.ndarray | None:
     return np.array([int(e).bit_length() - 1 for e in v], dtype=np.int64)
 
 
+def rescale32(bound: int, mult: int, shift: int) -> dict:
+    """The cheapest exact C form of (v·M + 2^(s−1)) >> s for |v| <= bound, as runtime_ref.intmath.requantize.
+
+    "shift" (M = 1): (v + 2^(s−1)) >> s in 32 bits. "hi": with v' = v·2^k (|v'| < 2^31) and S = s + k >= 33, the
+    result is ((hi32(v'·M) + 2^(S−33)) >> (S−32)): the same integer, since (v·M·2^k + 2^(S−1)) >> S equals
+    (v·M + 2^(s−1)) >> s and the rounding term's low word is zero (see high_word). "wide": qp_requantize.
+    """
+    if mult == 1 and shift <= 30 and bound + (1 << (shift - 1)) < INT32_LIMIT:
+        return {"kind": "shift", "rnd": 1 << (shift - 1), "s": shift, "bound": (bound >> shift) + 1}
+    for k in range(max(0, 33 - shift), 31):
+        if (bound << k) >= INT32_LIMIT or shift + k > 62:
+            break
+        return {"kind": "hi", "k": 1 << k, "m": mult, "rnd": 1 << (shift + k - 33), "s": shift + k - 32,
+                "bound": ((bound * mult) >> shift) + 1}
+    return {"kind": "wide", "m": mult, "s": shift, "bound": ((bound * mult) >> shift) + 1}
+
+
+def act_table(lut: np.ndarray, zp: int) -> np.ndarray:
+    """A gate's activation table with its zero point already subtracted, in the narrowest type that holds it."""
+    v = np.asarray(lut).astype(np.int64) - zp
+    for dtype in ("int8", "uint8", "int16"):
+        if v.min() >= np.iinfo(dtype).min and v.max() <= np.iinfo(dtype).max:
+            return v.astype(dtype)
+    return v.astype(np.int32)
+
+
 def lstm_gates(program: Program, step: Step) -> dict:
-    """The LSTM's folded gate accumulators and the gate rescale's form.
+    """The LSTM's folded gate accumulators, the gate rescale's form and the cell update's 32-bit forms.
 
     ax = ax0[r] + Σ x·wx[r],  ax0 = bias·2^k − x_zp·Σ wx[r];   ah = ah0[r] + Σ h·wh[r],  ah0 = −h_zp·Σ wh[r].
     With power-of-two MX = 2^a, MH = 2^b and m = min(a, b) < s, the rescale is exactly
-    (ax·2^(a−m) + ah·2^(b−m) + 2^(s−m−1)) >> (s−m), done in 32 bits when its proven bound allows.
+    (ax·2^(a−m) + ah·2^(b−m) + 2^(s−m−1)) >> (s−m), done in 32 bits when its proven bound allows. In the
+    high-word form with one shift S per gate, the gate's zero point joins the rounding term:
+    zp + ((hi + 2^(S−33)) >> (S−32)) = (hi + 2^(S−33) + zp·2^(S−32)) >> (S−32) (`rz`, when it fits 32 bits).
+    The activation tables arrive with their zero points subtracted (act_table), and the c and h updates take
+    their rescale forms from rescale32 with the tables' proven ranges.
     """
     p = step.params
     x = program.tensors[step.inputs[0]]
     h = program.tensors[step.outputs[0]]
+    hid = p["hidden"]
     wx = np.asarray(p["weight"]).astype(np.int64)
     wh = np.asarray(p["weight_h"]).astype(np.int64)
     b = np.asarray(p["bias"]).astype(np.int64) << np.asarray(p["bias_shift"]).astype(np.int64)
@@ -103,17 +134,34 @@ def lstm_gates(program: Program, step: Step) -> dict:
                   int((np.abs(ah0) + np.abs(wh).sum(axis=1) * h_max).max()), int(bound_x.max()), int(bound_h.max()))
     wide = partial >= INT32_LIMIT
     a, bb, s = _pow2(p["mx"]), _pow2(p["mh"]), np.asarray(p["shift"]).astype(np.int64)
+    product = int((bound_x * np.asarray(p["mx"]) + bound_h * np.asarray(p["mh"])).max())
     out = {"ax0": ax0.astype(np.int64 if wide else np.int32), "ah0": ah0.astype(np.int64 if wide else np.int32),
-           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit",
-           "hi": high_word(s, int((bound_x * np.asarray(p["mx"]) + bound_h * np.asarray(p["mh"])).max()))}
+           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit", "hi": high_word(s, product),
+           "gate_shift": None}
     if out["hi"]:
         out["form"] = "64-bit product, high word"
+        per_gate = s.reshape(4, hid)
+        if np.all(per_gate == per_gate[:, :1]):  # one shift per gate: constants, zero point in the rounding
+            sg = [int(v) for v in per_gate[:, 0]]
+            rz = [(1 << (v - 33)) + (zp << (v - 32)) for v, zp in zip(sg, p["gate_zp"], strict=True)]
+            if max(abs(r) for r in rz) + (product >> 32) + 1 < INT32_LIMIT:
+                out.update(gate_shift=[v - 32 for v in sg], gate_rz=rz)
     if a is not None and bb is not None and not wide:
         m = np.minimum(a, bb)
         s2 = s - m
         fx, fh = np.int64(1) << (a - m), np.int64(1) << (bb - m)
         fits = np.all(s2 >= 1) and np.all(s2 <= 30)
         if fits and int((bound_x * fx + bound_h * fh + (np.int64(1) << (s2 - 1))).max()) < INT32_LIMIT:
-            out.update(pow2=True, hi=False, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32),
-                       fh=fh.astype(np.int32), sh=s2.astype(np.int32))
+            out.update(pow2=True, hi=False, gate_shift=None, form="powers of two: 32-bit shifts",
+                       fx=fx.astype(np.int32), fh=fh.astype(np.int32), sh=s2.astype(np.int32))
+    luts = np.asarray(p["gate_lut"]).reshape(4, p["lut_n"])
+    acts = [act_table(luts[g], p["act_zp"][g]) for g in range(4)]
+    out.update({f"act_{role}": t for role, t in zip("iofg", acts, strict=True)})
+    amax = [int(np.abs(t.astype(np.int64)).max()) for t in acts]  # |a_i|, |a_o|, |a_f|, |a_g|
+    tc_max = max(-int(p["tc_lo"]), int(p["tc_hi"]))
+    fc = rescale32(amax[2] * 32768, p["fc_mult"], p["fc_shift"])
+    ig = rescale32(amax[0] * amax[3], p["ig_mult"], p["ig_shift"])
+    hq = rescale32(amax[1] * tc_max, p["h_mult"], p["h_shift"])
+    narrow = fc["bound"] + ig["bound"] < INT32_LIMIT and hq["bound"] + abs(p["h_zp"]) < INT32_LIMIT
+    out.update(fc=fc, ig=ig, hq=hq, cell32=narrow)
     return out
