@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, _row_mode, step_time
+from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, _row_mode, gate_multipliers, step_time
 from qpass.errors import UnsupportedOpError
 from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
@@ -122,12 +122,12 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
-    scratch = lw.new_tensor((3 * hid,), "int16", 1.0, 0, f"{name} gates (scratch)")
     params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias_x, shift_x, bias_h, shift_h),
                         x_q=(x.scale, x.zero_point, x.dtype), h_q=h_q, gates=gates, a_dtype=a_dtype, mid_q=mid_q,
                         lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode)
     step = lw.step("gru", [x], hseq, nodes[0], **params)
-    step.outputs.append(scratch.id)
+    if not lbr:  # a_z and the requantized r·h of every unit: the n rows read all of them
+        step.outputs.append(lw.new_tensor((2 * hid,), "int16", 1.0, 0, f"{name} a_z, r h (scratch)").id)
     step.origin = f"GRU {name}"
     _map_outputs(lw, steps, hseq, hid, nodes, mode)
 
@@ -179,11 +179,7 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
     acc_bound = int(max(bound_x.max(), bound_h.max(), extra_bound))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
     h_scales = [h_q[0] * float(s) for s in sr[:2 * hid]] + list(n_scales)
-    mx, mh, shifts = [], [], []
-    for r in range(three_h):
-        s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / s_gate, h_scales[r] / s_gate], bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+    mx, mh, shifts = gate_multipliers([x_q[0] * float(v) for v in sw], h_scales, [g[0] for g in gates], bits)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "GRU", "the gate rescale may overflow int64")
 

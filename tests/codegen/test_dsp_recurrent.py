@@ -1,7 +1,7 @@
 """The recurrent kernels' Cortex-M4 DSP path (QP_DSP: SXTB16 + SMLAD dot products), emulated: the emulator's
-SXTB16/SMLAD against a hand computation, then LSTM programs built for Cortex-M4 (DSP on) equal runtime_ref bit for
-bit, with lengths that are not multiples of the SIMD width. Uses tools/bench_mcu.py's build
-and emulator and tests/codegen/test_kernels_c.py's LSTM programs."""
+SXTB16/SMLAD against a hand computation, then LSTM and GRU programs built for Cortex-M4 (DSP on) equal runtime_ref
+bit for bit, with lengths that are not multiples of the SIMD width. Uses tools/bench_mcu.py's build and emulator
+and the LSTM/GRU programs of tests/codegen/test_kernels_c.py."""
 
 from __future__ import annotations
 
@@ -89,12 +89,13 @@ def test_emulator_executes_sxtb16_and_smlad(tmp_path: Path) -> None:
         assert uc.reg_read(arm.UC_ARM_REG_R0) == want, (hex(a), hex(b), c)
 
 
-@pytest.mark.parametrize("case", ["forward", "row-shifts", "one-step", "pow2"])
-def test_lstm_dsp_path_on_cortex_m4_equals_runtime_ref(bench, kernels, tmp_path: Path, case: str) -> None:
-    """An LSTM program built for Cortex-M4 (-O2: QP_DSP on, SMLAD in the code) and for Cortex-M3 (portable C, no
-    SMLAD), emulated on a few random and extreme inputs: both equal runtime_ref."""
-    rng = np.random.default_rng(zlib.crc32(f"lstm/{case}".encode()))
-    program = kernels.CASES["lstm"][case].build(rng)
+@pytest.mark.parametrize(("kernel", "case"), [("lstm", "forward"), ("lstm", "row-shifts"), ("lstm", "one-step"),
+                                              ("lstm", "pow2"), ("gru", "pow2"), ("gru", "reset-before")])
+def test_dsp_path_on_cortex_m4_equals_runtime_ref(bench, kernels, tmp_path: Path, kernel: str, case: str) -> None:
+    """An LSTM or GRU program built for Cortex-M4 (-O2: QP_DSP on, SMLAD in the code) and for Cortex-M3 (portable C,
+    no SMLAD), emulated on a few random and extreme inputs: both equal runtime_ref."""
+    rng = np.random.default_rng(zlib.crc32(f"{kernel}/{case}".encode()))
+    program = kernels.CASES[kernel][case].build(rng)
     tin, tout = program.tensors[program.input], program.tensors[program.output]
     xs = kernels._samples(rng, tin.size, tin.dtype, n=64)[[0, 1, 2, 4, 9, 30, 61, 62, 63]]  # extremes, random
     gen = render(program, source=f"test {program.name}")

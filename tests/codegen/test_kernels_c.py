@@ -786,7 +786,7 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
 
 def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, lbr: bool, x_dtype="int8",
                  w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                 x_steps: int = 0) -> Program:
+                 x_steps: int = 0, pow2: bool = False) -> Program:
     from qpass.codegen.lower_gru import gru_params
 
     narrow = {"int8": 1.0, "int16": 1 / 256}
@@ -805,6 +805,11 @@ def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bo
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
     gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
               else 0, g_dtype) for _ in range(3)]
+    if pow2:  # every scale a power of two (an a8w8-pow2 plan)
+        p2 = lambda v: 2.0 ** np.round(np.log2(v))  # noqa: E731
+        x_q, h_q, mid_q = ((float(p2(q[0])), *q[1:]) for q in (x_q, h_q, mid_q))
+        sw, sr = p2(sw), p2(sr)
+        gates = [(float(p2(g[0])), *g[1:]) for g in gates]
     params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr,
                         bias=(bias[:three_h], shifts[:three_h], bias[three_h:], shifts[three_h:]), x_q=x_q, h_q=h_q,
                         gates=gates, a_dtype=a_dtype, mid_q=mid_q, lbr=lbr, t_len=t_len, reverse=reverse,
@@ -830,6 +835,14 @@ def gru_reverse_two_rows(rng):
 
 def gru_single_step(rng):
     return _gru_program(rng, "k_gru_t1", t_len=1, n_in=6, hid=4, reverse=False, lbr=False)
+
+
+def gru_pow2(rng):  # power-of-two scales: 32-bit gate rescale by shifts
+    return _gru_program(rng, "k_gru_pow2", t_len=5, n_in=5, hid=4, reverse=False, lbr=True, pow2=True)
+
+
+def gru_pow2_reset_before(rng):
+    return _gru_program(rng, "k_gru_pow2_lbr0", t_len=5, n_in=4, hid=5, reverse=True, lbr=False, pow2=True)
 
 
 def gru_int16_gates(rng):
@@ -1035,6 +1048,7 @@ CASES: dict[str, dict[str, Case]] = {
              "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
     "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
             "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
+            "pow2": Case(gru_pow2), "pow2-reset-before": Case(gru_pow2_reset_before),
             "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
 }
 
