@@ -11,15 +11,15 @@ is read, T in processing order when an earlier step's h is read, else two taking
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, _row_mode, gate_multipliers, step_time
+from qpass.codegen.lower_lstm import gate_multipliers
+from qpass.codegen.lower_recurrent import Tags, check_zero_state, gate_bias, map_outputs, q_after, row_mode
+from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
-from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, quantize_multiplier, shared_shift_multipliers
 from qpass.solver.plan import FIXED
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
 UNSUPPORTED_ROLES = {"clip_z", "clip_r", "clip_n", "h0"}
+TAGS = Tags("GRU", GRU_KEY, GRU_DIRECTION_KEY, GRU_STEP_KEY, GRU_ROLE_KEY, frozenset(UNSUPPORTED_ROLES),
+            "clip or a non-zero initial state")
 
 
 def gru_key(node: ir.Node) -> tuple[str, str, str] | None:
@@ -37,20 +39,9 @@ def gru_key(node: ir.Node) -> tuple[str, str, str] | None:
 
 
 def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
-    """One GRU direction's tagged nodes by step and role, its length T and whether it runs backwards."""
-    name = nodes[0].metadata_props[GRU_KEY]
-    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
-    for node in nodes:
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        if role in UNSUPPORTED_ROLES:
-            raise UnsupportedOpError(name, "GRU", f"role {role!r} (clip or a non-zero initial state) is not "
-                                     "supported in generated C yet")
-        steps[int(node.metadata_props.get(GRU_STEP_KEY, "-1"))][role] = node
-    t_len = max(steps) + 1
-    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
-        raise UnsupportedOpError(name, "GRU", "the unrolled steps are incomplete")
-    t0 = step_time(steps[0]["x"])
-    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+    """One GRU direction's tagged nodes by step and role, its length T and whether it runs backwards
+    (lower_recurrent.gather_steps with the GRU's tags; float_c.py uses it too)."""
+    return _gather(nodes, TAGS)
 
 
 def check_gru_group(nodes: list[ir.Node]) -> None:
@@ -80,7 +71,7 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     steps, t_len, reverse = gather_steps(nodes)
     first = steps[0]
     lbr = "rn" in first
-    _check_zero_initial_state(name, first)
+    check_zero_state(name, "GRU", [first["hd"].inputs[0]], "initial_h")  # hd = Sub(h_prev, n)
 
     x = lw.input_of(first["x"], 0)
     layout = first["x"].attributes.get_int("axis", 0)
@@ -98,14 +89,14 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
         wn, srn = lw.weight(later["hn"], 1)
         wh, sr = np.concatenate([wh, wn], axis=1), np.concatenate([sr, np.broadcast_to(srn, (hid,))])
     sw = np.broadcast_to(sw, (three_h,))
-    bias_x, shift_x = _bias(name, lw, first["xb"], x.scale, sw)
+    bias_x, shift_x = gate_bias(name, "GRU", lw, first["xb"], x.scale, sw)
 
-    h_q = _q_after(lw, first["h"])
-    gates = [_q_after(lw, first[role]) for role in ("zpre", "rpre", "npre")]
+    h_q = q_after(first["h"], lw)
+    gates = [q_after(first[role], lw) for role in ("zpre", "rpre", "npre")]
     g_dtype = gates[0][2]
     if any(g[2] != g_dtype for g in gates) or (g_dtype == "int16" and any(g[1] for g in gates)):
         raise UnsupportedOpError(name, "GRU", "the three gates must share one type (int16 gates: zero point 0)")
-    acts = [_q_after(lw, first[role]) for role in ("z", "r", "n")]
+    acts = [q_after(first[role], lw) for role in ("z", "r", "n")]
     a_dtype = acts[0][2]
     for role, (scale, zp, dtype) in zip("zrn", acts, strict=True):
         want = FIXED["Tanh" if role == "n" else "Sigmoid"][dtype]
@@ -113,12 +104,12 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
             raise UnsupportedOpError(name, "GRU", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
 
     if lbr:
-        mid_q = _q_after(lw, later["split_h"], 2)
-        bias_h, shift_h = _bias(name, lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
+        mid_q = q_after(later["split_h"], lw, 2)
+        bias_h, shift_h = gate_bias(name, "GRU", lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
     else:
-        mid_q = _q_after(lw, later["rh"])
+        mid_q = q_after(later["rh"], lw)
         bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
-    mode = _row_mode(t_len, nodes, GRU_ROLE_KEY, GRU_STEP_KEY)
+    mode = row_mode(t_len, nodes, TAGS)
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
@@ -129,7 +120,7 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     if not lbr:  # a_z and the requantized r·h of every unit: the n rows read all of them
         step.outputs.append(lw.new_tensor((2 * hid,), "int16", 1.0, 0, f"{name} a_z, r h (scratch)").id)
     step.origin = f"GRU {name}"
-    _map_outputs(lw, steps, hseq, hid, nodes, mode)
+    map_outputs(lw, steps, hseq, hid, nodes, mode, TAGS)
 
 
 def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
@@ -208,52 +199,3 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
                   dims=np.array(dims, dtype=np.int32), acc_bits=32 if acc_bound < 2**31 else 64,
                   gate_bits=g_dtype, act_bits=a_dtype)
     return params
-
-
-def _bias(name: str, lw: Lowering, add: ir.Node, in_scale: float, sw: np.ndarray,
-          rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """int32 bias of a bias Add (rows of it) and its per-row left shift k: scale = s_in · s_W · 2^k."""
-    bias, b_scale = lw.weight(add, 1)
-    bias = bias.reshape(-1)
-    b_scale = np.broadcast_to(b_scale, bias.shape)
-    if rows is not None:
-        bias, b_scale, sw = bias[rows], b_scale[rows], sw[rows]
-    ratio = b_scale / (np.float32(in_scale) * sw.astype(np.float32))
-    k = np.rint(np.log2(np.where(bias != 0, ratio, 1.0))).astype(np.int64)
-    if np.any(k < 0) or np.any(k > 30) or not np.allclose(np.where(bias != 0, ratio, 1.0), np.exp2(k), rtol=1e-5):
-        raise UnsupportedOpError(name, "GRU", "bias scale must be input scale x weight scale (times 2^k)")
-    return bias.astype(np.int32), k
-
-
-def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
-    """The kernel starts from h = 0: step 0 must read a constant zero as its previous h."""
-    v = first["hd"].inputs[0]  # hd = Sub(h_prev, n)
-    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
-                                                                                   "DequantizeLinear"):
-        v = v.producer().inputs[0]
-    c = const_value(v)
-    if c is None or np.any(c != 0):
-        raise UnsupportedOpError(name, "GRU", "a non-zero initial state is not supported in integer code; "
-                                 "export the GRU without initial_h (or with zeros)")
-
-
-def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int, nodes: list[ir.Node],
-                 mode: int) -> None:
-    """h_t, Y and Y_h become views of the kernel's h rows; nothing else may leave the group."""
-    members = {id(n) for n in nodes}
-    last = steps[max(k for k in steps if k >= 0)]
-    for node in nodes:
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        s = int(node.metadata_props.get(GRU_STEP_KEY, "-1"))
-        for out in node.outputs:
-            qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
-            q_val = qs[0].outputs[0] if qs else None
-            if role == "h":
-                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
-            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):
-                _alias(lw, q_val, hseq, 0)
-            elif role == "y_h":
-                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
-            elif q_val is not None and _read_outside(q_val, members):
-                raise UnsupportedOpError(node.name or "", node.op_type,
-                                         f"GRU {role!r} output is used outside the GRU; only Y and Y_h are")
