@@ -17,7 +17,16 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.codegen.lower_lstm import gate_multipliers
-from qpass.codegen.lower_recurrent import Tags, check_zero_state, gate_bias, map_outputs, q_after, row_mode
+from qpass.codegen.lower_recurrent import (
+    Tags,
+    check_zero_state,
+    gate_bias,
+    map_outputs,
+    produced_by,
+    q_after,
+    row_mode,
+    state_value,
+)
 from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
@@ -52,10 +61,7 @@ def check_gru_group(nodes: list[ir.Node]) -> None:
                 raise UnsupportedOpError(node.name or nodes[0].metadata_props[GRU_KEY], node.op_type,
                                          "unexpected node joining GRU directions")
         return
-    steps, t_len, _ = gather_steps(nodes)
-    if "hr" not in steps[min(1, t_len - 1)]:
-        raise UnsupportedOpError(nodes[0].metadata_props[GRU_KEY], "GRU", "a GRU over one time step (its recurrent "
-                                 "terms folded to constants) is not supported in integer code yet")
+    gather_steps(nodes)
 
 
 def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
@@ -83,8 +89,12 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     n_in, three_h = wx.shape
     hid = three_h // 3
     later = steps[min(1, t_len - 1)]  # step 0 reads a constant zero h: its recurrent weights are planned later
-    wh, sr = lw.weight(later["hr"], 1)  # [H, 3H] (lbr = 1) or [H, 2H] (lbr = 0)
-    sr = np.broadcast_to(sr, (wh.shape[1],))
+    if "hr" in later:
+        wh, sr = lw.weight(later["hr"], 1)  # [H, 3H] (lbr = 1) or [H, 2H] (lbr = 0)
+        sr = np.broadcast_to(sr, (wh.shape[1],))
+    else:  # T = 1: h is zero, so R·h was folded away and never runs (a zero scale leaves MX its bits)
+        wh = np.zeros((hid, 3 * hid if lbr else 2 * hid), wx.dtype)
+        sr = np.zeros(wh.shape[1])
     if not lbr:
         wn, srn = lw.weight(later["hn"], 1)
         wh, sr = np.concatenate([wh, wn], axis=1), np.concatenate([sr, np.broadcast_to(srn, (hid,))])
@@ -103,7 +113,17 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
         if dtype != a_dtype or not np.isclose(scale, want[0]) or zp != want[1]:
             raise UnsupportedOpError(name, "GRU", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
 
-    if lbr:
+    hn_fixed = None
+    if lbr and "split_h" not in later:  # T = 1: hn = R·0 + Rbn, a float constant read by rn = Mul(r, hn)
+        hn = next((state_value(v) for v in first["rn"].inputs if not produced_by(v, first["r"])), None)
+        if hn is None or hn.size != hid:
+            raise UnsupportedOpError(name, "GRU", f"one time step: the folded R-side n term must be {hid} constants")
+        hn = hn.astype(np.float64).reshape(-1)
+        top = float(np.abs(hn).max())
+        mid_q = (top / QMAX[h_q[2]] if top > 0 else 1.0, 0, h_q[2])  # quantized here, symmetric, as h's type
+        hn_fixed = np.clip(np.rint(hn / mid_q[0]), QMIN[h_q[2]], QMAX[h_q[2]]).astype(np.int64)
+        bias_h, shift_h = hn_fixed.astype(np.int32), np.zeros(hid, np.int64)
+    elif lbr:
         mid_q = q_after(later["split_h"], lw, 2)
         bias_h, shift_h = gate_bias(name, "GRU", lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
     else:
@@ -115,7 +135,8 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
     params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias_x, shift_x, bias_h, shift_h),
                         x_q=(x.scale, x.zero_point, x.dtype), h_q=h_q, gates=gates, a_dtype=a_dtype, mid_q=mid_q,
-                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode)
+                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode,
+                        hn_fixed=hn_fixed is not None)
     step = lw.step("gru", [x], hseq, nodes[0], **params)
     if not lbr:  # a_z and the requantized r·h of every unit: the n rows read all of them
         step.outputs.append(lw.new_tensor((2 * hid,), "int16", 1.0, 0, f"{name} a_z, r h (scratch)").id)
@@ -127,7 +148,7 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
                bias: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x_q: tuple[float, int, str],
                h_q: tuple[float, int, str], gates: list[tuple[float, int, str]], a_dtype: str,
                mid_q: tuple[float, int, str], lbr: bool, t_len: int, reverse: bool, rows: int, x_steps: int,
-               mode: int) -> dict:
+               mode: int, hn_fixed: bool = False) -> dict:
     """The `gru` kernel's integer constants from its integer weights (wx [I, 3H], wh [H, 3H] with per-column
     scales sw, sr), biases (x side [3H], R side n rows [H], each with its per-row shift) and the quantization of
     x, h, the three gate pre-activations, and mid_q: hn (linear_before_reset = 1) or r·h (= 0)."""
@@ -148,8 +169,11 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
         bound_hn = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * span_h + (
             np.abs(bias_h.astype(np.int64)) << shift_h)
         extra_bound = int(bound_hn.max())
-        hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
-                                                     min(31, 61 - extra_bound.bit_length()))
+        if hn_fixed:  # T = 1: the R-side bias is hn − zp_hn itself, taken as it is (M = 2^30, s = 30)
+            hn_mult, hn_shift = [1 << 30] * hid, 30
+        else:
+            hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
+                                                         min(31, 61 - extra_bound.bit_length()))
         params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift)
         if int((bound_hn * np.array(hn_mult, np.int64)).max()) >= 2**62:
             raise UnsupportedOpError(name, "GRU", "the recurrent n rescale may overflow int64")

@@ -114,8 +114,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     hid = four_h // 4
     if "hr" in later:
         wh, sr = lw.weight(later["hr"], 1)
-    else:  # T = 1: the recurrent term never runs
-        wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.ones(four_h)
+    else:  # T = 1: the recurrent term never runs (a zero scale leaves MX all the bits of its shift)
+        wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.zeros(four_h)
     if "gates" in first:
         bias, bias_shift = gate_bias(name, "LSTM", lw, first["gates"], x.scale, sw)
     else:
