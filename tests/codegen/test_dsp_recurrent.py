@@ -92,8 +92,8 @@ def test_emulator_executes_sxtb16_and_smlad(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kernel", "case"), [("lstm", "forward"), ("lstm", "row-shifts"), ("lstm", "one-step"),
                                               ("lstm", "pow2"), ("gru", "pow2"), ("gru", "reset-before")])
 def test_dsp_path_on_cortex_m4_equals_runtime_ref(bench, kernels, tmp_path: Path, kernel: str, case: str) -> None:
-    """An LSTM or GRU program built for Cortex-M4 (-O2: QP_DSP on, SMLAD in the code) and for Cortex-M3 (portable C,
-    no SMLAD), emulated on a few random and extreme inputs: both equal runtime_ref."""
+    """An LSTM or GRU program built for Cortex-M4 (-O2: QP_DSP on, SMLAD in the code), and the LSTM's forward case
+    also for Cortex-M3 (portable C, no SMLAD), emulated on a few random and extreme inputs: equal to runtime_ref."""
     rng = np.random.default_rng(zlib.crc32(f"{kernel}/{case}".encode()))
     program = kernels.CASES[kernel][case].build(rng)
     tin, tout = program.tensors[program.input], program.tensors[program.output]
@@ -101,7 +101,7 @@ def test_dsp_path_on_cortex_m4_equals_runtime_ref(bench, kernels, tmp_path: Path
     gen = render(program, source=f"test {program.name}")
     assert "QP_DSP" in gen.c
     c_file, h_file = write(gen, tmp_path, program.name)
-    for cpu, dsp in (("cortex-m4", True), ("cortex-m3", False)):
+    for cpu, dsp in (("cortex-m4", True), ("cortex-m3", False))[:2 if case == "forward" else 1]:
         v = bench.Variant("int", "a8w8", program.name, c_file, h_file, CTYPE[tin.dtype], CTYPE[tout.dtype], xs[0],
                           np.zeros(tout.size, tout.dtype), gen.arena_bytes)
         b = bench.build(v, cpu, "O2", tmp_path / cpu)
