@@ -32,7 +32,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
     "sh": "uint8", "act_i": None, "act_o": None, "act_f": None, "act_g": None,
-    "act_z": None, "act_r": None, "act_n": None, "hn0": None,
+    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template

@@ -203,7 +203,7 @@ def gru_gates(program: Program, step: Step) -> dict:
     ax0 = bx - int(p["x_zp"]) * wx.sum(axis=1)
     sum_h = np.abs(wh).sum(axis=1)
     ah0 = -int(p["h_zp"]) * wh.sum(axis=1)
-    out: dict = {}
+    out: dict = {"hn_shift32": None, "upd32": None}
     if lbr:
         ah0[2 * hid:] += bh
         span_hn = max(p["hn_hi"] - p["hn_zp"], p["hn_zp"] - p["hn_lo"])
@@ -212,6 +212,12 @@ def gru_gates(program: Program, step: Step) -> dict:
         partial_n = int((np.abs(ah0[2 * hid:]) + sum_h[2 * hid:] * h_max).max())
         mult = np.asarray(p["mult"]).astype(np.int64)
         out["hn_hi"] = high_word(np.array([p["hn_shift"]]), int((bound_hn * mult).max()))
+        a = _pow2(mult)
+        if a is not None and int(a.min()) < p["hn_shift"]:  # M_hn = 2^a per row: a 32-bit factor and shift
+            f, sh = np.int64(1) << (a - a.min()), int(p["hn_shift"] - a.min())
+            if sh <= 30 and int((bound_hn * f).max()) + (1 << (sh - 1)) < INT32_LIMIT:
+                out["hn_shift32"] = {"rnd": 1 << (sh - 1), "s": sh, "uniform": bool(np.all(f == 1))}
+                out["hn_f"] = f.astype(np.int32)
         hn0 = np.clip(requantize(bh, mult, p["hn_shift"]) + p["hn_zp"], p["hn_lo"], p["hn_hi"])
         out["hn0"] = hn0.astype(np.int16 if h.dtype == "int8" else np.int32)
     else:
@@ -228,6 +234,13 @@ def gru_gates(program: Program, step: Step) -> dict:
                   int(bound_h.max()), int(bound_hn.max()))
     wide = partial >= INT32_LIMIT
     upd = (p["one"] + amax[0]) * amax[2] * p["m1"] + amax[0] * span_h * p["m2"]
+    m12 = _pow2([p["m1"], p["m2"]])
+    if m12 is not None and int(m12.min()) < p["h_shift"]:  # M1 = 2^a, M2 = 2^b: shifts only, when 32 bits hold it
+        lo = int(m12.min())
+        f1, f2, sh = 1 << (int(m12[0]) - lo), 1 << (int(m12[1]) - lo), int(p["h_shift"]) - lo
+        bound = (p["one"] + amax[0]) * amax[2] * f1 + amax[0] * span_h * f2 + (1 << (sh - 1))
+        if sh <= 30 and bound < INT32_LIMIT:
+            out["upd32"] = {"f1": f1, "f2": f2, "rnd": 1 << (sh - 1), "s": sh}
     out.update(tables, ax0=ax0.astype(np.int64 if wide else np.int32), ah0=ah0.astype(np.int64 if wide else np.int32),
                acc="int64_t" if wide else "int32_t", hterm="int32_t" if hterm.max() < INT32_LIMIT else "int64_t",
                h_hi=high_word(np.array([p["h_shift"]]), int(upd)), **gate_form(p, bound_x, bound_h, wide))
