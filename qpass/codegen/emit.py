@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_arena
-from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
+from qpass.codegen.prepare import conv_interior, conv_weight, folded, gru_gates, lstm_gates
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -31,7 +31,8 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "exp_table": "int32",
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
-    "sh": "uint8",
+    "sh": "uint8", "act_i": None, "act_o": None, "act_f": None, "act_g": None,
+    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
@@ -39,6 +40,7 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
     "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
                                      **conv_interior(step.params)},
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
+    "gru": lambda program, step: {"g": gru_gates(program, step)},
     "maxpool1d": lambda program, step: conv_interior(step.params),
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},

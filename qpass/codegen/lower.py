@@ -125,7 +125,7 @@ SUPPORT.append(Support(
 SUPPORT.append(Support(
     ("GRU",), keras="GRU (reset_after=True or False; return_sequences, go_backwards), Bidirectional(GRU)",
     torch="nn.GRU (its ONNX GRU export; not tested yet)",
-    constraints="after the keras-gru and unroll-gru passes: batch 1, T >= 2, default activations, no clip or "
+    constraints="after the keras-gru and unroll-gru passes: batch 1, default activations, no clip or "
     "initial state; ONNX GRU with either linear_before_reset; bidirectional as two kernels; one loop over T in C",
     precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(

@@ -11,15 +11,24 @@ is read, T in processing order when an earlier step's h is read, else two taking
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import _alias, _q_after, _read_outside, _row_mode, step_time
+from qpass.codegen.lower_lstm import gate_multipliers
+from qpass.codegen.lower_recurrent import (
+    Tags,
+    check_zero_state,
+    gate_bias,
+    map_outputs,
+    produced_by,
+    q_after,
+    row_mode,
+    state_value,
+)
+from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
-from qpass.passes._util import const_value
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, quantize_multiplier, shared_shift_multipliers
 from qpass.solver.plan import FIXED
@@ -28,6 +37,8 @@ if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
 UNSUPPORTED_ROLES = {"clip_z", "clip_r", "clip_n", "h0"}
+TAGS = Tags("GRU", GRU_KEY, GRU_DIRECTION_KEY, GRU_STEP_KEY, GRU_ROLE_KEY, frozenset(UNSUPPORTED_ROLES),
+            "clip or a non-zero initial state")
 
 
 def gru_key(node: ir.Node) -> tuple[str, str, str] | None:
@@ -37,20 +48,9 @@ def gru_key(node: ir.Node) -> tuple[str, str, str] | None:
 
 
 def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
-    """One GRU direction's tagged nodes by step and role, its length T and whether it runs backwards."""
-    name = nodes[0].metadata_props[GRU_KEY]
-    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
-    for node in nodes:
-        role = node.metadata_props.get(GRU_ROLE_KEY, "")
-        if role in UNSUPPORTED_ROLES:
-            raise UnsupportedOpError(name, "GRU", f"role {role!r} (clip or a non-zero initial state) is not "
-                                     "supported in generated C yet")
-        steps[int(node.metadata_props.get(GRU_STEP_KEY, "-1"))][role] = node
-    t_len = max(steps) + 1
-    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
-        raise UnsupportedOpError(name, "GRU", "the unrolled steps are incomplete")
-    t0 = step_time(steps[0]["x"])
-    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+    """One GRU direction's tagged nodes by step and role, its length T and whether it runs backwards
+    (lower_recurrent.gather_steps with the GRU's tags; float_c.py uses it too)."""
+    return _gather(nodes, TAGS)
 
 
 def check_gru_group(nodes: list[ir.Node]) -> None:
@@ -61,10 +61,7 @@ def check_gru_group(nodes: list[ir.Node]) -> None:
                 raise UnsupportedOpError(node.name or nodes[0].metadata_props[GRU_KEY], node.op_type,
                                          "unexpected node joining GRU directions")
         return
-    steps, t_len, _ = gather_steps(nodes)
-    if "hr" not in steps[min(1, t_len - 1)]:
-        raise UnsupportedOpError(nodes[0].metadata_props[GRU_KEY], "GRU", "a GRU over one time step (its recurrent "
-                                 "terms folded to constants) is not supported in integer code yet")
+    gather_steps(nodes)
 
 
 def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
@@ -80,7 +77,7 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     steps, t_len, reverse = gather_steps(nodes)
     first = steps[0]
     lbr = "rn" in first
-    _check_zero_initial_state(name, first)
+    check_zero_state(name, "GRU", [first["hd"].inputs[0]], "initial_h")  # hd = Sub(h_prev, n)
 
     x = lw.input_of(first["x"], 0)
     layout = first["x"].attributes.get_int("axis", 0)
@@ -92,51 +89,66 @@ def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     n_in, three_h = wx.shape
     hid = three_h // 3
     later = steps[min(1, t_len - 1)]  # step 0 reads a constant zero h: its recurrent weights are planned later
-    wh, sr = lw.weight(later["hr"], 1)  # [H, 3H] (lbr = 1) or [H, 2H] (lbr = 0)
-    sr = np.broadcast_to(sr, (wh.shape[1],))
+    if "hr" in later:
+        wh, sr = lw.weight(later["hr"], 1)  # [H, 3H] (lbr = 1) or [H, 2H] (lbr = 0)
+        sr = np.broadcast_to(sr, (wh.shape[1],))
+    else:  # T = 1: h is zero, so R·h was folded away and never runs (a zero scale leaves MX its bits)
+        wh = np.zeros((hid, 3 * hid if lbr else 2 * hid), wx.dtype)
+        sr = np.zeros(wh.shape[1])
     if not lbr:
         wn, srn = lw.weight(later["hn"], 1)
         wh, sr = np.concatenate([wh, wn], axis=1), np.concatenate([sr, np.broadcast_to(srn, (hid,))])
     sw = np.broadcast_to(sw, (three_h,))
-    bias_x, shift_x = _bias(name, lw, first["xb"], x.scale, sw)
+    bias_x, shift_x = gate_bias(name, "GRU", lw, first["xb"], x.scale, sw)
 
-    h_q = _q_after(lw, first["h"])
-    gates = [_q_after(lw, first[role]) for role in ("zpre", "rpre", "npre")]
+    h_q = q_after(first["h"], lw)
+    gates = [q_after(first[role], lw) for role in ("zpre", "rpre", "npre")]
     g_dtype = gates[0][2]
     if any(g[2] != g_dtype for g in gates) or (g_dtype == "int16" and any(g[1] for g in gates)):
         raise UnsupportedOpError(name, "GRU", "the three gates must share one type (int16 gates: zero point 0)")
-    acts = [_q_after(lw, first[role]) for role in ("z", "r", "n")]
+    acts = [q_after(first[role], lw) for role in ("z", "r", "n")]
     a_dtype = acts[0][2]
     for role, (scale, zp, dtype) in zip("zrn", acts, strict=True):
         want = FIXED["Tanh" if role == "n" else "Sigmoid"][dtype]
         if dtype != a_dtype or not np.isclose(scale, want[0]) or zp != want[1]:
             raise UnsupportedOpError(name, "GRU", f"{role} must be {a_dtype} with scale {want[0]}, zp {want[1]}")
 
-    if lbr:
-        mid_q = _q_after(lw, later["split_h"], 2)
-        bias_h, shift_h = _bias(name, lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
+    hn_fixed = None
+    if lbr and "split_h" not in later:  # T = 1: hn = R·0 + Rbn, a float constant read by rn = Mul(r, hn)
+        hn = next((state_value(v) for v in first["rn"].inputs if not produced_by(v, first["r"])), None)
+        if hn is None or hn.size != hid:
+            raise UnsupportedOpError(name, "GRU", f"one time step: the folded R-side n term must be {hid} constants")
+        hn = hn.astype(np.float64).reshape(-1)
+        top = float(np.abs(hn).max())
+        mid_q = (top / QMAX[h_q[2]] if top > 0 else 1.0, 0, h_q[2])  # quantized here, symmetric, as h's type
+        hn_fixed = np.clip(np.rint(hn / mid_q[0]), QMIN[h_q[2]], QMAX[h_q[2]]).astype(np.int64)
+        bias_h, shift_h = hn_fixed.astype(np.int32), np.zeros(hid, np.int64)
+    elif lbr:
+        mid_q = q_after(later["split_h"], lw, 2)
+        bias_h, shift_h = gate_bias(name, "GRU", lw, later["hb"], h_q[0], sr, rows=slice(2 * hid, 3 * hid))
     else:
-        mid_q = _q_after(lw, later["rh"])
+        mid_q = q_after(later["rh"], lw)
         bias_h, shift_h = np.zeros(hid, np.int32), np.zeros(hid, np.int64)
-    mode = _row_mode(t_len, nodes, GRU_ROLE_KEY, GRU_STEP_KEY)
+    mode = row_mode(t_len, nodes, TAGS)
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
-    scratch = lw.new_tensor((3 * hid,), "int16", 1.0, 0, f"{name} gates (scratch)")
     params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr, bias=(bias_x, shift_x, bias_h, shift_h),
                         x_q=(x.scale, x.zero_point, x.dtype), h_q=h_q, gates=gates, a_dtype=a_dtype, mid_q=mid_q,
-                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode)
+                        lbr=lbr, t_len=t_len, reverse=reverse, rows=rows, x_steps=x_steps, mode=mode,
+                        hn_fixed=hn_fixed is not None)
     step = lw.step("gru", [x], hseq, nodes[0], **params)
-    step.outputs.append(scratch.id)
+    if not lbr:  # a_z and the requantized r·h of every unit: the n rows read all of them
+        step.outputs.append(lw.new_tensor((2 * hid,), "int16", 1.0, 0, f"{name} a_z, r h (scratch)").id)
     step.origin = f"GRU {name}"
-    _map_outputs(lw, steps, hseq, hid, nodes, mode)
+    map_outputs(lw, steps, hseq, hid, nodes, mode, TAGS)
 
 
 def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
                bias: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x_q: tuple[float, int, str],
                h_q: tuple[float, int, str], gates: list[tuple[float, int, str]], a_dtype: str,
                mid_q: tuple[float, int, str], lbr: bool, t_len: int, reverse: bool, rows: int, x_steps: int,
-               mode: int) -> dict:
+               mode: int, hn_fixed: bool = False) -> dict:
     """The `gru` kernel's integer constants from its integer weights (wx [I, 3H], wh [H, 3H] with per-column
     scales sw, sr), biases (x side [3H], R side n rows [H], each with its per-row shift) and the quantization of
     x, h, the three gate pre-activations, and mid_q: hn (linear_before_reset = 1) or r·h (= 0)."""
@@ -157,8 +169,11 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
         bound_hn = np.abs(wh[:, 2 * hid:].astype(np.int64)).sum(axis=0) * span_h + (
             np.abs(bias_h.astype(np.int64)) << shift_h)
         extra_bound = int(bound_hn.max())
-        hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
-                                                     min(31, 61 - extra_bound.bit_length()))
+        if hn_fixed:  # T = 1: the R-side bias is hn − zp_hn itself, taken as it is (M = 2^30, s = 30)
+            hn_mult, hn_shift = [1 << 30] * hid, 30
+        else:
+            hn_mult, hn_shift = shared_shift_multipliers([h_q[0] * float(s) / hn_q[0] for s in sr[2 * hid:]],
+                                                         min(31, 61 - extra_bound.bit_length()))
         params.update(mult=np.array(hn_mult, np.int32), hn_shift=hn_shift)
         if int((bound_hn * np.array(hn_mult, np.int64)).max()) >= 2**62:
             raise UnsupportedOpError(name, "GRU", "the recurrent n rescale may overflow int64")
@@ -179,11 +194,7 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
     acc_bound = int(max(bound_x.max(), bound_h.max(), extra_bound))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
     h_scales = [h_q[0] * float(s) for s in sr[:2 * hid]] + list(n_scales)
-    mx, mh, shifts = [], [], []
-    for r in range(three_h):
-        s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x_q[0] * float(sw[r]) / s_gate, h_scales[r] / s_gate], bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+    mx, mh, shifts = gate_multipliers([x_q[0] * float(v) for v in sw], h_scales, [g[0] for g in gates], bits)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "GRU", "the gate rescale may overflow int64")
 
@@ -212,54 +223,3 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
                   dims=np.array(dims, dtype=np.int32), acc_bits=32 if acc_bound < 2**31 else 64,
                   gate_bits=g_dtype, act_bits=a_dtype)
     return params
-
-
-def _bias(name: str, lw: Lowering, add: ir.Node, in_scale: float, sw: np.ndarray,
-          rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """int32 bias of a bias Add (rows of it) and its per-row left shift k: scale = s_in · s_W · 2^k."""
-    bias, b_scale = lw.weight(add, 1)
-    bias = bias.reshape(-1)
-    b_scale = np.broadcast_to(b_scale, bias.shape)
-    if rows is not None:
-        bias, b_scale, sw = bias[rows], b_scale[rows], sw[rows]
-    ratio = b_scale / (np.float32(in_scale) * sw.astype(np.float32))
-    k = np.rint(np.log2(np.where(bias != 0, ratio, 1.0))).astype(np.int64)
-    if np.any(k < 0) or np.any(k > 30) or not np.allclose(np.where(bias != 0, ratio, 1.0), np.exp2(k), rtol=1e-5):
-        raise UnsupportedOpError(name, "GRU", "bias scale must be input scale x weight scale (times 2^k)")
-    return bias.astype(np.int32), k
-
-
-def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
-    """The kernel starts from h = 0: step 0 must read a constant zero as its previous h."""
-    v = first["hd"].inputs[0]  # hd = Sub(h_prev, n)
-    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
-                                                                                   "DequantizeLinear"):
-        v = v.producer().inputs[0]
-    c = const_value(v)
-    if c is None or np.any(c != 0):
-        raise UnsupportedOpError(name, "GRU", "a non-zero initial state is not supported in integer code; "
-                                 "export the GRU without initial_h (or with zeros)")
-
-
-def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, hid: int, nodes: list[ir.Node],
-                 mode: int, keys: tuple[str, str, str] = (GRU_ROLE_KEY, GRU_STEP_KEY, "GRU")) -> None:
-    """h_t, Y and Y_h become views of the kernel's h rows; nothing else may leave the group (`keys`: the role and
-    step tags and the op name, lower_rnn passes its own)."""
-    members = {id(n) for n in nodes}
-    last = steps[max(k for k in steps if k >= 0)]
-    for node in nodes:
-        role = node.metadata_props.get(keys[0], "")
-        s = int(node.metadata_props.get(keys[1], "-1"))
-        for out in node.outputs:
-            qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
-            q_val = qs[0].outputs[0] if qs else None
-            if role == "h":
-                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
-            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):
-                _alias(lw, q_val, hseq, 0)
-            elif role == "y_h":
-                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
-            elif q_val is not None and _read_outside(q_val, members):
-                raise UnsupportedOpError(node.name or "", node.op_type,
-                                         f"{keys[2]} {role!r} output is used outside the {keys[2]}; only Y and "
-                                         "Y_h are")

@@ -14,14 +14,23 @@ stored at s_x·s_W·2^k per row and shifted back into the (int64) accumulator, a
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
+from qpass.codegen.lower_recurrent import (
+    Tags,
+    check_zero_state,
+    gate_bias,
+    map_outputs,
+    produced_by,
+    q_after,
+    row_mode,
+    step_time,
+)
+from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
-from qpass.passes._util import const_value
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
 from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY, STEP_KEY
 from qpass.runtime_ref.intmath import (
@@ -39,6 +48,8 @@ if TYPE_CHECKING:
 
 UNSUPPORTED_ROLES = {"clip_i", "clip_o", "clip_f", "clip_c", "peep_i", "peep_f", "peep_o", "peep_i_mul",
                      "peep_f_mul", "peep_o_mul", "h0", "c0"}
+TAGS = Tags("LSTM", LSTM_KEY, DIR_KEY, STEP_KEY, ROLE_KEY, frozenset(UNSUPPORTED_ROLES),
+            "peepholes, clip or initial states")
 
 
 def group_key(node: ir.Node) -> tuple[str, str] | None:
@@ -53,22 +64,9 @@ def tanh_table(scale_c: float) -> np.ndarray:
 
 
 def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
-    """One LSTM direction's tagged nodes by step and role, its length T and whether it runs backwards.
-
-    Shared by the integer and the float lowering; refuses, by name, what neither kernel runs."""
-    name = nodes[0].metadata_props[LSTM_KEY]
-    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
-    for node in nodes:
-        role = node.metadata_props.get(ROLE_KEY, "")
-        if role in UNSUPPORTED_ROLES:
-            raise UnsupportedOpError(name, "LSTM", f"role {role!r} (peepholes, clip or initial states) is not "
-                                     "supported in generated C yet")
-        steps[int(node.metadata_props.get(STEP_KEY, "-1"))][role] = node
-    t_len = max(steps) + 1
-    if t_len < 1 or any(s not in steps or "x" not in steps[s] for s in range(t_len)):
-        raise UnsupportedOpError(name, "LSTM", "the unrolled steps are incomplete")
-    t0 = step_time(steps[0]["x"])  # a reverse LSTM starts at the last time step (T = 1: forward either way)
-    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+    """One LSTM direction's tagged nodes by step and role, its length T and whether it runs backwards
+    (lower_recurrent.gather_steps with the LSTM's tags; float_c.py uses it too)."""
+    return _gather(nodes, TAGS)
 
 
 def check_group(nodes: list[ir.Node]) -> None:
@@ -98,7 +96,10 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
         return
     steps, t_len, reverse = gather_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
-    _check_zero_initial_state(name, first)
+    states = [first["hr"].inputs[0]] if "hr" in first else []
+    if "fc" in first and "f" in first:  # fc = Mul(f, c_prev): the input that is not f
+        states += [v for v in first["fc"].inputs if not produced_by(v, first["f"])]
+    check_zero_state(name, "LSTM", states, "initial_h/initial_c")
 
     x = lw.input_of(first["x"], 0)
     layout = first["x"].attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
@@ -111,19 +112,22 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     hid = four_h // 4
     if "hr" in later:
         wh, sr = lw.weight(later["hr"], 1)
-    else:  # T = 1: the recurrent term never runs
-        wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.ones(four_h)
-    bias, bias_shift = _gate_bias(name, lw, first, x.scale, sw)
+    else:  # T = 1: the recurrent term never runs (a zero scale leaves MX all the bits of its shift)
+        wh, sr = np.zeros((hid, four_h), dtype=np.int8), np.zeros(four_h)
+    if "gates" in first:
+        bias, bias_shift = gate_bias(name, "LSTM", lw, first["gates"], x.scale, sw)
+    else:
+        bias, bias_shift = np.zeros(four_h, np.int32), np.zeros(four_h, np.int64)
 
-    h_q = _q_after(lw, first["h"])
-    c_q = _q_after(lw, first["c"])
+    h_q = q_after(first["h"], lw)
+    c_q = q_after(first["c"], lw)
     if c_q[2] != "int16" or c_q[1] != 0:
         raise UnsupportedOpError(name, "LSTM", "the cell state must be int16 with zero point 0")
-    gates = [_q_after(lw, first["split"], i) for i in range(4)]  # i, o, f, c pre-activations
+    gates = [q_after(first["split"], lw, i) for i in range(4)]  # i, o, f, c pre-activations
     g_dtype = gates[0][2]
     if any(g[2] != g_dtype for g in gates) or (g_dtype == "int16" and any(g[1] for g in gates)):
         raise UnsupportedOpError(name, "LSTM", "the four gates must share one type (int16 gates: zero point 0)")
-    acts = {role: _q_after(lw, first[role]) for role in ("i", "o", "f", "g", "tc")}
+    acts = {role: q_after(first[role], lw) for role in ("i", "o", "f", "g", "tc")}
     a_dtype = acts["i"][2]
     for role, (scale, zp, dtype) in acts.items():
         want = FIXED["Tanh" if role in ("g", "tc") else "Sigmoid"][dtype]
@@ -137,12 +141,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=0) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
-    mx, mh, shifts = [], [], []
-    for r in range(four_h):
-        s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x.scale * float(sw[r]) / s_gate, h_q[0] * float(sr[r]) / s_gate],
-                                              bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+    mx, mh, shifts = gate_multipliers([x.scale * float(v) for v in sw], [h_q[0] * float(v) for v in sr],
+                                      [g[0] for g in gates], bits)
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "LSTM", "the gate rescale may overflow int64")
 
@@ -162,7 +162,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
 
     # where h of processing step s (time t) goes: row t when Y is read (time order, mode 0); row s when the h of
     # an earlier step is read (mode 1); else two rows take turns, row s & 1 (mode 2)
-    mode = _row_mode(t_len, nodes)
+    mode = row_mode(t_len, nodes, TAGS)
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
@@ -186,115 +186,24 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
-    _map_outputs(lw, steps, hseq, cell, hid, nodes, mode)
+    map_outputs(lw, steps, hseq, hid, nodes, mode, TAGS, cell)
 
 
-def _gate_bias(name: str, lw: Lowering, first: dict[str, ir.Node], x_scale: float,
-               sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int32 gate bias and its per-row left shift k: bias scale = s_x · s_W · 2^k (k > 0 only where needed)."""
-    four_h = sw.size
-    if "gates" not in first:
-        return np.zeros(four_h, np.int32), np.zeros(four_h, np.int64)
-    bias, b_scale = lw.weight(first["gates"], 1)
-    ratio = np.broadcast_to(b_scale, (four_h,)) / (np.float32(x_scale) * sw.astype(np.float32))
-    k = np.rint(np.log2(ratio)).astype(np.int64)
-    if np.any(k < 0) or np.any(k > 30) or not np.allclose(ratio, np.exp2(k), rtol=1e-5):
-        raise UnsupportedOpError(name, "LSTM", "gate bias scale must be input scale x weight scale (times 2^k)")
-    return bias.reshape(-1).astype(np.int32), k
+def gate_multipliers(x_scales: list[float], h_scales: list[float], gate_scales: list[float],
+                     bits: int) -> tuple[list[int], list[int], list[int]]:
+    """MX[r], MH[r] and the shift of every gate row r (gates of `len(x_scales) / len(gate_scales)` rows each): one
+    shift for all rows of a gate (the C writes it in as a constant), so a row with a smaller rescale than its
+    gate's largest keeps fewer bits of its multipliers (all < 2^bits, as the int64 bound needs)."""
+    n = len(x_scales) // len(gate_scales)
+    mx, mh, shifts = [], [], []
+    for g, s_gate in enumerate(gate_scales):
+        rows = range(g * n, (g + 1) * n)
+        ms, sh = shared_shift_multipliers([x_scales[r] / s_gate for r in rows] + [h_scales[r] / s_gate for r in rows],
+                                          bits)
+        mx += ms[:n]
+        mh += ms[n:]
+        shifts += [sh] * n
+    return mx, mh, shifts
 
 
-def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
-    """The kernel starts from h = 0 and c = 0: step 0 must read constant zeros as its previous h and c."""
-    states = [first["hr"].inputs[0]] if "hr" in first else []
-    if "fc" in first and "f" in first:  # fc = Mul(f, c_prev): the input that is not f
-        states += [v for v in first["fc"].inputs if not _reads(v, first["f"])]
-    for v in states:
-        c = const_value(v)
-        if c is None or np.any(c != 0):
-            raise UnsupportedOpError(name, "LSTM", "a non-zero initial state is not supported in integer code; "
-                                     "export the LSTM without initial_h/initial_c (or with zeros)")
-
-
-def _reads(v: ir.Value | None, node: ir.Node) -> bool:
-    """v is node's output, directly or through its QuantizeLinear → DequantizeLinear pair."""
-    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
-                                                                                   "DequantizeLinear"):
-        v = v.producer().inputs[0]
-    return v is not None and v.producer() is node
-
-
-def step_time(x_node: ir.Node) -> int:
-    idx = const_value(x_node.inputs[1])
-    return int(idx.reshape(())) if idx is not None else 0
-
-
-def _q_after(lw: Lowering, node: ir.Node, index: int = 0) -> tuple[float, int, str]:
-    users = [u for u in node.outputs[index].consumers() if u.op_type == "QuantizeLinear"]
-    if not users:
-        raise UnsupportedOpError(node.name or "", node.op_type, "LSTM tensor is not quantized")
-    return lw.qparams(users[0])
-
-
-def _row_mode(t_len: int, nodes: list[ir.Node], role_key: str = ROLE_KEY, step_key: str = STEP_KEY) -> int:
-    """0 if anything outside the group reads Y, 1 if it reads the h of a processing step before the last, else 2
-    (the GRU lowering passes its own tag keys)."""
-    members = {id(n) for n in nodes}
-    mode = 2
-    for node in nodes:
-        role = node.metadata_props.get(role_key, "")
-        s = int(node.metadata_props.get(step_key, "-1"))
-        if role == "y" or (role == "h" and s < t_len - 1):
-            for out in node.outputs:
-                if out.is_graph_output() or any(_read_outside(u.outputs[0], members) for u in out.consumers()
-                                                 if u.op_type == "QuantizeLinear"):
-                    mode = 0 if role == "y" else min(mode, 1)
-    return mode
-
-
-def _map_outputs(lw: Lowering, steps: dict[int, dict[str, ir.Node]], hseq, cell, hid: int,
-                 nodes: list[ir.Node], mode: int) -> None:
-    """h_t, Y and Y_h become views of the kernel's h sequence, Y_c of its cell state (the last c when the kernel
-    ends); nothing else may leave the group."""
-    members = {id(n) for n in nodes}
-    last = steps[max(k for k in steps if k >= 0)]
-    for node in nodes:
-        role = node.metadata_props.get(ROLE_KEY, "")
-        s = int(node.metadata_props.get(STEP_KEY, "-1"))
-        for out in node.outputs:
-            qs = [u for u in out.consumers() if u.op_type == "QuantizeLinear"]
-            q_val = qs[0].outputs[0] if qs else None
-            if role == "h":
-                _alias(lw, q_val, hseq, (step_time(steps[s]["x"]), s, s & 1)[mode] * hid)
-            elif role == "y" and (node.op_type == "Concat" or len(steps) == 2):  # T = 1: Y is one Unsqueeze
-                _alias(lw, q_val, hseq, 0)
-            elif role == "y_h":
-                _alias(lw, q_val, hseq, (step_time(last["x"]), max(steps), max(steps) & 1)[mode] * hid)
-            elif role == "y_c" and q_val is not None:
-                q = lw.qparams(qs[0])
-                if (q[2], q[1]) != (cell.dtype, 0) or not np.isclose(q[0], cell.scale, rtol=1e-6):
-                    raise UnsupportedOpError(node.name or "", node.op_type, "Y_c must keep the cell state's "
-                                             f"parameters (int16, scale {cell.scale}), got {q}")
-                _alias(lw, q_val, cell, 0)
-            elif q_val is not None and _read_outside(q_val, members):
-                raise UnsupportedOpError(node.name or "", node.op_type,
-                                         f"LSTM {role!r} output is used outside the LSTM; only Y and Y_h are")
-
-
-def _alias(lw: Lowering, q_val: ir.Value | None, hseq, offset: int) -> None:
-    if q_val is None:
-        return
-    shape = q_val.shape if q_val.shape is not None else (1,)
-    t = lw.new_tensor(shape, hseq.dtype, hseq.scale, hseq.zero_point, q_val.name or "", hseq.id)
-    t.alias_offset = offset
-    lw.by_value[id(q_val)] = t
-
-
-def _read_outside(q_val: ir.Value, members: set[int]) -> bool:
-    for dq in q_val.consumers():
-        for user in dq.outputs[0].consumers() if dq.op_type == "DequantizeLinear" else [dq]:
-            if id(user) not in members:
-                return True
-    return False
-
-
-__all__ = ["group_key", "lower_lstm"]
+__all__ = ["check_group", "gate_multipliers", "gather_steps", "group_key", "lower_lstm", "step_time", "tanh_table"]

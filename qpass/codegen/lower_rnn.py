@@ -11,23 +11,30 @@ gates use; relu: the same table, exact). Y, Y_h and one step's h are views of th
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_gru import _bias, _map_outputs
-from qpass.codegen.lower_lstm import _q_after, _row_mode, step_time
+from qpass.codegen.lower_recurrent import (
+    Tags,
+    check_zero_state,
+    gate_bias,
+    map_outputs,
+    produced_by,
+    q_after,
+    row_mode,
+)
+from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
-from qpass.passes._util import const_value
 from qpass.passes.unroll_rnn import RNN_DIRECTION_KEY, RNN_KEY, RNN_ROLE_KEY, RNN_STEP_KEY
 from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, shared_shift_multipliers
 
 if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
 
-UNSUPPORTED_ROLES = {"clip": "clip", "h0": "a non-zero initial state"}
+TAGS = Tags("RNN", RNN_KEY, RNN_DIRECTION_KEY, RNN_STEP_KEY, RNN_ROLE_KEY, frozenset({"clip", "h0"}),
+            "clip or a non-zero initial state")
 FUNCTIONS = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0.0)}
 
 
@@ -41,19 +48,12 @@ def gather_rnn_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]
     """One RNN direction's tagged nodes by step and role, its length T and whether it runs backwards; refuses,
     by name, what neither the integer nor the float kernel runs (shared by both lowerings)."""
     name = nodes[0].metadata_props[RNN_KEY]
-    steps: dict[int, dict[str, ir.Node]] = defaultdict(dict)
-    for node in nodes:
-        role = node.metadata_props.get(RNN_ROLE_KEY, "")
-        if role in UNSUPPORTED_ROLES:
-            raise UnsupportedOpError(name, "RNN", f"{UNSUPPORTED_ROLES[role]} is not supported in generated C yet")
-        steps[int(node.metadata_props.get(RNN_STEP_KEY, "-1"))][role] = node
-    t_len = max(steps) + 1
-    if t_len < 1 or any(s not in steps or "x" not in steps[s] or "h" not in steps[s] for s in range(t_len)):
+    steps, t_len, reverse = _gather(nodes, TAGS)
+    if any("h" not in steps[s] for s in range(t_len)):
         raise UnsupportedOpError(name, "RNN", "the unrolled steps are incomplete")
     if any(steps[s]["h"].op_type not in FUNCTIONS for s in range(t_len)):
         raise UnsupportedOpError(name, "RNN", f"the activation must be one of {sorted(FUNCTIONS)}")
-    t0 = step_time(steps[0]["x"])
-    return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+    return steps, t_len, reverse
 
 
 def check_rnn_group(nodes: list[ir.Node]) -> None:
@@ -95,13 +95,13 @@ def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
         sr = np.broadcast_to(sr, (hid,))
     else:  # T = 1: the recurrent term never runs
         wh, sr = np.zeros((hid, hid), dtype=wx.dtype), np.ones(hid)
-    bias, bias_shift = _bias(name, lw, first["xb"], x.scale, sw)
-    pre_q, h_q = _q_after(lw, first["pre"]), _q_after(lw, first["h"])
+    bias, bias_shift = gate_bias(name, "RNN", lw, first["xb"], x.scale, sw)
+    pre_q, h_q = q_after(first["pre"], lw), q_after(first["h"], lw)
     act = first["h"].op_type
     if pre_q[2] == "int16" and pre_q[1] != 0:
         raise UnsupportedOpError(name, "RNN", "an int16 pre-activation must have zero point 0")
 
-    mode = _row_mode(t_len, nodes, RNN_ROLE_KEY, RNN_STEP_KEY)
+    mode = row_mode(t_len, nodes, TAGS)
     rows = t_len if mode < 2 else min(t_len, 2)
     hseq = lw.new_tensor((rows, 1, hid), h_q[2], h_q[0], h_q[1],
                          f"{name} h" + ("" if rows == t_len else " (last two steps)"))
@@ -110,7 +110,7 @@ def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
                         mode=mode)
     step = lw.step("rnn", [x], hseq, nodes[0], **params)
     step.origin = f"RNN {name} ({act.lower()})"
-    _map_outputs(lw, steps, hseq, hid, nodes, mode, (RNN_ROLE_KEY, RNN_STEP_KEY, "RNN"))
+    map_outputs(lw, steps, hseq, hid, nodes, mode, TAGS)
 
 
 def rnn_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr: np.ndarray,
@@ -156,17 +156,5 @@ def _check_zero_initial_state(name: str, first: dict[str, ir.Node]) -> None:
     if "hr" in first:
         values = [first["hr"].inputs[0]]
     else:  # folded: pre = Add(xb, constant)
-        values = [v for v in first["pre"].inputs if _behind_qdq(v) is not None and _behind_qdq(v).producer() is not
-                  first["xb"]]
-    for v in values:
-        c = const_value(_behind_qdq(v))
-        if c is None or np.any(c != 0):
-            raise UnsupportedOpError(name, "RNN", "a non-zero initial state is not supported in integer code; "
-                                     "export the RNN without initial_h (or with zeros)")
-
-
-def _behind_qdq(v: ir.Value | None) -> ir.Value | None:
-    while v is not None and v.producer() is not None and v.producer().op_type in ("QuantizeLinear",
-                                                                                   "DequantizeLinear"):
-        v = v.producer().inputs[0]
-    return v
+        values = [v for v in first["pre"].inputs if not produced_by(v, first["xb"])]
+    check_zero_state(name, "RNN", values, "initial_h")

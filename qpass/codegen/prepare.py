@@ -1,4 +1,4 @@
-"""Generation-time constants for the per-layer C kernels (linear, conv1d): the C's view of a step.
+"""Generation-time constants for the per-layer C kernels (linear, conv1d, lstm, gru): the C's view of a step.
 
 runtime_ref computes `bias·2^k + Σ (x − x_zp)·w`; the C computes the same integer as
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpass.runtime_ref.intmath import QMAX, QMIN
+from qpass.runtime_ref.intmath import QMAX, QMIN, requantize
 from qpass.runtime_ref.program import Program, Step
 
 INT32_LIMIT = 2**31
@@ -79,12 +79,77 @@ def _pow2(v: np.ndarray) -> np.ndarray | None:
     return np.array([int(e).bit_length() - 1 for e in v], dtype=np.int64)
 
 
+def rescale32(bound: int, mult: int, shift: int) -> dict:
+    """The cheapest exact C form of (v·M + 2^(s−1)) >> s for |v| <= bound, as runtime_ref.intmath.requantize.
+
+    "shift" (M = 1): (v + 2^(s−1)) >> s in 32 bits. "hi": with v' = v·2^k (|v'| < 2^31) and S = s + k >= 33, the
+    result is ((hi32(v'·M) + 2^(S−33)) >> (S−32)): the same integer, since (v·M·2^k + 2^(S−1)) >> S equals
+    (v·M + 2^(s−1)) >> s and the rounding term's low word is zero (see high_word). "wide": qp_requantize.
+    """
+    if mult == 1 and shift <= 30 and bound + (1 << (shift - 1)) < INT32_LIMIT:
+        return {"kind": "shift", "rnd": 1 << (shift - 1), "s": shift, "bound": (bound >> shift) + 1}
+    for k in range(max(0, 33 - shift), 31):
+        if (bound << k) >= INT32_LIMIT or shift + k > 62:
+            break
+        return {"kind": "hi", "k": 1 << k, "m": mult, "rnd": 1 << (shift + k - 33), "s": shift + k - 32,
+                "bound": ((bound * mult) >> shift) + 1}
+    return {"kind": "wide", "m": mult, "s": shift, "bound": ((bound * mult) >> shift) + 1}
+
+
+def act_table(lut: np.ndarray, zp: int) -> np.ndarray:
+    """A gate's activation table with its zero point already subtracted, in the narrowest type that holds it."""
+    v = np.asarray(lut).astype(np.int64) - zp
+    for dtype in ("int8", "uint8", "int16"):
+        if v.min() >= np.iinfo(dtype).min and v.max() <= np.iinfo(dtype).max:
+            return v.astype(dtype)
+    return v.astype(np.int32)
+
+
+def gate_form(p: dict, bound_x: np.ndarray, bound_h: np.ndarray, wide: bool) -> dict:
+    """How the C rescales a recurrent kernel's gate rows: pre = (ax·MX[r] + ah·MH[r] + 2^(s−1)) >> s, then + zp.
+
+    With power-of-two MX = 2^a, MH = 2^b and m = min(a, b) < s, the rescale is exactly
+    (ax·2^(a−m) + ah·2^(b−m) + 2^(s−m−1)) >> (s−m), done in 32 bits when its proven bound allows. In the
+    high-word form (high_word) with one shift S per gate, the gate's zero point joins the rounding term:
+    zp + ((hi + 2^(S−33)) >> (S−32)) = (hi + 2^(S−33) + zp·2^(S−32)) >> (S−32) (`gate_rz`, when it fits 32 bits).
+    bound_x, bound_h: the proven |ax|, |ah| per row; rows are grouped by gate (len(p["gate_zp"]) gates).
+    """
+    a, bb, s = _pow2(p["mx"]), _pow2(p["mh"]), np.asarray(p["shift"]).astype(np.int64)
+    product = int((bound_x * np.asarray(p["mx"]) + bound_h * np.asarray(p["mh"])).max())
+    out = {"pow2": False, "form": "64-bit", "hi": high_word(s, product), "gate_shift": None}
+    if out["hi"]:
+        out["form"] = "64-bit product, high word"
+        per_gate = s.reshape(len(p["gate_zp"]), -1)
+        if np.all(per_gate == per_gate[:, :1]):  # one shift per gate: constants, zero point in the rounding
+            sg = [int(v) for v in per_gate[:, 0]]
+            rz = [(1 << (v - 33)) + (zp << (v - 32)) for v, zp in zip(sg, p["gate_zp"], strict=True)]
+            if max(abs(r) for r in rz) + (product >> 32) + 1 < INT32_LIMIT:
+                out.update(gate_shift=[v - 32 for v in sg], gate_rz=rz)
+    if a is not None and bb is not None and not wide:
+        m = np.minimum(a, bb)
+        s2 = s - m
+        fx, fh = np.int64(1) << (a - m), np.int64(1) << (bb - m)
+        fits = np.all(s2 >= 1) and np.all(s2 <= 30)
+        if fits and int((bound_x * fx + bound_h * fh + (np.int64(1) << (s2 - 1))).max()) < INT32_LIMIT:
+            out.update(pow2=True, hi=False, gate_shift=None, form="powers of two: 32-bit shifts",
+                       fx=fx.astype(np.int32), fh=fh.astype(np.int32), sh=s2.astype(np.int32))
+    return out
+
+
+def gate_tables(p: dict, roles: str) -> tuple[dict, list[int]]:
+    """act_<role>: each gate's table with its zero point subtracted (act_table), and each table's largest |value|."""
+    luts = np.asarray(p["gate_lut"]).reshape(len(roles), p["lut_n"])
+    acts = [act_table(luts[g], p["act_zp"][g]) for g in range(len(roles))]
+    return ({f"act_{role}": t for role, t in zip(roles, acts, strict=True)},
+            [int(np.abs(t.astype(np.int64)).max()) for t in acts])
+
+
 def lstm_gates(program: Program, step: Step) -> dict:
-    """The LSTM's folded gate accumulators and the gate rescale's form.
+    """The LSTM's folded gate accumulators, the gate rescale's form (gate_form) and the cell update's forms.
 
     ax = ax0[r] + Σ x·wx[r],  ax0 = bias·2^k − x_zp·Σ wx[r];   ah = ah0[r] + Σ h·wh[r],  ah0 = −h_zp·Σ wh[r].
-    With power-of-two MX = 2^a, MH = 2^b and m = min(a, b) < s, the rescale is exactly
-    (ax·2^(a−m) + ah·2^(b−m) + 2^(s−m−1)) >> (s−m), done in 32 bits when its proven bound allows.
+    The activation tables arrive with their zero points subtracted (gate_tables), and the c and h updates take
+    their rescale forms from rescale32 with the tables' proven ranges.
     """
     p = step.params
     x = program.tensors[step.inputs[0]]
@@ -102,18 +167,81 @@ def lstm_gates(program: Program, step: Step) -> dict:
     partial = max(int((np.abs(ax0) + np.abs(wx).sum(axis=1) * x_max).max()),
                   int((np.abs(ah0) + np.abs(wh).sum(axis=1) * h_max).max()), int(bound_x.max()), int(bound_h.max()))
     wide = partial >= INT32_LIMIT
-    a, bb, s = _pow2(p["mx"]), _pow2(p["mh"]), np.asarray(p["shift"]).astype(np.int64)
     out = {"ax0": ax0.astype(np.int64 if wide else np.int32), "ah0": ah0.astype(np.int64 if wide else np.int32),
-           "acc": "int64_t" if wide else "int32_t", "pow2": False, "form": "64-bit",
-           "hi": high_word(s, int((bound_x * np.asarray(p["mx"]) + bound_h * np.asarray(p["mh"])).max()))}
-    if out["hi"]:
-        out["form"] = "64-bit product, high word"
-    if a is not None and bb is not None and not wide:
-        m = np.minimum(a, bb)
-        s2 = s - m
-        fx, fh = np.int64(1) << (a - m), np.int64(1) << (bb - m)
-        fits = np.all(s2 >= 1) and np.all(s2 <= 30)
-        if fits and int((bound_x * fx + bound_h * fh + (np.int64(1) << (s2 - 1))).max()) < INT32_LIMIT:
-            out.update(pow2=True, hi=False, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32),
-                       fh=fh.astype(np.int32), sh=s2.astype(np.int32))
+           "acc": "int64_t" if wide else "int32_t", **gate_form(p, bound_x, bound_h, wide)}
+    tables, amax = gate_tables(p, "iofg")  # |a_i|, |a_o|, |a_f|, |a_g|
+    out.update(tables)
+    tc_max = max(-int(p["tc_lo"]), int(p["tc_hi"]))
+    fc = rescale32(amax[2] * 32768, p["fc_mult"], p["fc_shift"])
+    ig = rescale32(amax[0] * amax[3], p["ig_mult"], p["ig_shift"])
+    hq = rescale32(amax[1] * tc_max, p["h_mult"], p["h_shift"])
+    narrow = fc["bound"] + ig["bound"] < INT32_LIMIT and hq["bound"] + abs(p["h_zp"]) < INT32_LIMIT
+    out.update(fc=fc, ig=ig, hq=hq, cell32=narrow)
+    return out
+
+
+def gru_gates(program: Program, step: Step) -> dict:
+    """The GRU's folded gate accumulators (rows z, r, n), the gate rescale's form and the other rescales' forms.
+
+    ax = ax0[r] + Σ x·wx[r],  ax0 = bias_x·2^k − x_zp·Σ wx[r].  z, r rows: ah = ah0 + Σ h·wh[r], ah0 = −h_zp·Σ wh[r].
+    n rows, linear_before_reset = 1: hn = clamp(zp_hn + rq(ahn)), ahn = ah0 + Σ h·wh[r], ah0 = bias_h·2^k − h_zp·Σ wh[r]
+    (hn0: its value at step 0, where h = h_zp); the gate's h term is a_r·(hn − zp_hn). linear_before_reset = 0:
+    the h term is ah0 + Σ rh·wh[r], ah0 = −rh_zp·Σ wh[r], over the requantized r·h of every unit (scratch).
+    """
+    p = step.params
+    x = program.tensors[step.inputs[0]]
+    h = program.tensors[step.outputs[0]]
+    hid, lbr = p["hidden"], bool(p["lbr"])
+    wx = np.asarray(p["weight"]).astype(np.int64)
+    wh = np.asarray(p["weight_h"]).astype(np.int64)
+    b = np.asarray(p["bias"]).astype(np.int64) << np.asarray(p["bias_shift"]).astype(np.int64)
+    bx, bh = b[:3 * hid], b[3 * hid:]
+    x_max, h_max = max(-QMIN[x.dtype], QMAX[x.dtype]), max(-QMIN[h.dtype], QMAX[h.dtype])
+    span_x = max(QMAX[x.dtype] - p["x_zp"], p["x_zp"] - QMIN[x.dtype])
+    span_h = max(QMAX[h.dtype] - p["h_zp"], p["h_zp"] - QMIN[h.dtype])
+    tables, amax = gate_tables(p, "zrn")  # |a_z|, |a_r|, |a_n|
+    ax0 = bx - int(p["x_zp"]) * wx.sum(axis=1)
+    sum_h = np.abs(wh).sum(axis=1)
+    ah0 = -int(p["h_zp"]) * wh.sum(axis=1)
+    out: dict = {"hn_shift32": None, "upd32": None}
+    if lbr:
+        ah0[2 * hid:] += bh
+        span_hn = max(p["hn_hi"] - p["hn_zp"], p["hn_zp"] - p["hn_lo"])
+        hterm = np.full(hid, amax[1] * span_hn, np.int64)
+        bound_hn = sum_h[2 * hid:] * span_h + np.abs(bh)
+        partial_n = int((np.abs(ah0[2 * hid:]) + sum_h[2 * hid:] * h_max).max())
+        mult = np.asarray(p["mult"]).astype(np.int64)
+        out["hn_hi"] = high_word(np.array([p["hn_shift"]]), int((bound_hn * mult).max()))
+        a = _pow2(mult)
+        if a is not None and int(a.min()) < p["hn_shift"]:  # M_hn = 2^a per row: a 32-bit factor and shift
+            f, sh = np.int64(1) << (a - a.min()), int(p["hn_shift"] - a.min())
+            if sh <= 30 and int((bound_hn * f).max()) + (1 << (sh - 1)) < INT32_LIMIT:
+                out["hn_shift32"] = {"rnd": 1 << (sh - 1), "s": sh, "uniform": bool(np.all(f == 1))}
+                out["hn_f"] = f.astype(np.int32)
+        hn0 = np.clip(requantize(bh, mult, p["hn_shift"]) + p["hn_zp"], p["hn_lo"], p["hn_hi"])
+        out["hn0"] = hn0.astype(np.int16 if h.dtype == "int8" else np.int32)
+    else:
+        span_rh = max(p["rh_hi"] - p["rh_zp"], p["rh_zp"] - p["rh_lo"])
+        ah0[2 * hid:] = -int(p["rh_zp"]) * wh[2 * hid:].sum(axis=1)
+        hterm = sum_h[2 * hid:] * span_rh
+        bound_hn = hterm
+        partial_n = int((np.abs(ah0[2 * hid:]) + sum_h[2 * hid:] * max(-p["rh_lo"], p["rh_hi"])).max())
+        out["rh"] = rescale32(amax[1] * span_h, p["rh_mult"], p["rh_shift"])
+    bound_x = np.abs(wx).sum(axis=1) * span_x + np.abs(bx)
+    bound_h = np.concatenate([sum_h[:2 * hid] * span_h, hterm])
+    partial = max(int((np.abs(ax0) + np.abs(wx).sum(axis=1) * x_max).max()),
+                  int((np.abs(ah0[:2 * hid]) + sum_h[:2 * hid] * h_max).max()), partial_n, int(bound_x.max()),
+                  int(bound_h.max()), int(bound_hn.max()))
+    wide = partial >= INT32_LIMIT
+    upd = (p["one"] + amax[0]) * amax[2] * p["m1"] + amax[0] * span_h * p["m2"]
+    m12 = _pow2([p["m1"], p["m2"]])
+    if m12 is not None and int(m12.min()) < p["h_shift"]:  # M1 = 2^a, M2 = 2^b: shifts only, when 32 bits hold it
+        lo = int(m12.min())
+        f1, f2, sh = 1 << (int(m12[0]) - lo), 1 << (int(m12[1]) - lo), int(p["h_shift"]) - lo
+        bound = (p["one"] + amax[0]) * amax[2] * f1 + amax[0] * span_h * f2 + (1 << (sh - 1))
+        if sh <= 30 and bound < INT32_LIMIT:
+            out["upd32"] = {"f1": f1, "f2": f2, "rnd": 1 << (sh - 1), "s": sh}
+    out.update(tables, ax0=ax0.astype(np.int64 if wide else np.int32), ah0=ah0.astype(np.int64 if wide else np.int32),
+               acc="int64_t" if wide else "int32_t", hterm="int32_t" if hterm.max() < INT32_LIMIT else "int64_t",
+               h_hi=high_word(np.array([p["h_shift"]]), int(upd)), **gate_form(p, bound_x, bound_h, wide))
     return out

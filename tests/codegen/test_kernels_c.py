@@ -707,14 +707,14 @@ def transpose_int16(rng):
 
 def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, x_dtype="int8",
                   w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                  x_steps: int = 0, pow2: bool = False) -> Program:
-    from qpass.codegen.lower_lstm import tanh_table
+                  x_steps: int = 0, pow2: bool = False, per_row: bool = False,
+                  c_scale: float = 2.0**-10) -> Program:
+    from qpass.codegen.lower_lstm import gate_multipliers, tanh_table
     from qpass.solver.plan import FIXED
 
     narrow = {"int8": 1.0, "int16": 1 / 256}
     x_scale, x_zp = 0.04 * narrow[x_dtype], int(rng.integers(-20, 20)) if x_dtype == "int8" else 0
     h_scale, h_zp = 1.01 / (QMAX[h_dtype] + 1), int(rng.integers(-4, 5)) if h_dtype == "int8" else 0
-    c_scale = 2.0**-10
     four_h = 4 * hid
     wx = _weights(rng, (four_h, n_in), w_dtype)
     wh = _weights(rng, (four_h, hid), w_dtype)
@@ -737,11 +737,14 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     bound_h = np.abs(wh.astype(np.int64)).sum(axis=1) * span_h
     acc_bound = int(max(bound_x.max(), bound_h.max()))
     bits = 31 if acc_bound < 2**31 else min(31, 61 - acc_bound.bit_length())
-    mx, mh, shifts = [], [], []
-    for r in range(four_h):
-        s_gate = gates[r // hid][0]
-        (a, b), sh = shared_shift_multipliers([x_scale * sw[r] / s_gate, h_scale * sr[r] / s_gate], bits)
-        mx.append(a), mh.append(b), shifts.append(sh)
+    if per_row:  # a shift per row (a QDQ plan from elsewhere): the C reads each row's shift from a table
+        mx, mh, shifts = [], [], []
+        for r in range(four_h):
+            s_gate = gates[r // hid][0]
+            (a, b), sh = shared_shift_multipliers([x_scale * sw[r] / s_gate, h_scale * sr[r] / s_gate], bits)
+            mx.append(a), mh.append(b), shifts.append(sh)
+    else:
+        mx, mh, shifts = gate_multipliers(list(x_scale * sw), list(h_scale * sr), [g[0] for g in gates], bits)
     assert int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) < 2**62
     luts = []
     for k, (s_g, zp_g) in enumerate(gates):
@@ -783,7 +786,7 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
 
 def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, lbr: bool, x_dtype="int8",
                  w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                 x_steps: int = 0) -> Program:
+                 x_steps: int = 0, pow2: bool = False) -> Program:
     from qpass.codegen.lower_gru import gru_params
 
     narrow = {"int8": 1.0, "int16": 1 / 256}
@@ -802,6 +805,11 @@ def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bo
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
     gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
               else 0, g_dtype) for _ in range(3)]
+    if pow2:  # every scale a power of two (an a8w8-pow2 plan)
+        p2 = lambda v: 2.0 ** np.round(np.log2(v))  # noqa: E731
+        x_q, h_q, mid_q = ((float(p2(q[0])), *q[1:]) for q in (x_q, h_q, mid_q))
+        sw, sr = p2(sw), p2(sr)
+        gates = [(float(p2(g[0])), *g[1:]) for g in gates]
     params = gru_params(name, wx=wx, sw=sw, wh=wh, sr=sr,
                         bias=(bias[:three_h], shifts[:three_h], bias[three_h:], shifts[three_h:]), x_q=x_q, h_q=h_q,
                         gates=gates, a_dtype=a_dtype, mid_q=mid_q, lbr=lbr, t_len=t_len, reverse=reverse,
@@ -829,6 +837,14 @@ def gru_single_step(rng):
     return _gru_program(rng, "k_gru_t1", t_len=1, n_in=6, hid=4, reverse=False, lbr=False)
 
 
+def gru_pow2(rng):  # power-of-two scales: 32-bit gate rescale by shifts
+    return _gru_program(rng, "k_gru_pow2", t_len=5, n_in=5, hid=4, reverse=False, lbr=True, pow2=True)
+
+
+def gru_pow2_reset_before(rng):
+    return _gru_program(rng, "k_gru_pow2_lbr0", t_len=5, n_in=4, hid=5, reverse=True, lbr=False, pow2=True)
+
+
 def gru_int16_gates(rng):
     return _gru_program(rng, "k_gru_g16", t_len=5, n_in=3, hid=4, reverse=True, lbr=False, g_dtype="int16",
                         a_dtype="int16")
@@ -845,6 +861,11 @@ def lstm_forward(rng):
 
 def lstm_reverse(rng):
     return _lstm_program(rng, "k_lstm_rev", t_len=6, n_in=4, hid=3, reverse=True)
+
+
+def lstm_row_shifts(rng):  # a shift per gate row, read from a table; a cell scale that is not a power of two
+    return _lstm_program(rng, "k_lstm_rs", t_len=5, n_in=5, hid=4, reverse=False, per_row=True,
+                         c_scale=0.0013)
 
 
 def lstm_two_rows(rng):  # nobody reads the sequence: h of step s in row s & 1
@@ -1072,10 +1093,12 @@ CASES: dict[str, dict[str, Case]] = {
     "transpose": {"2d": Case(transpose_2d), "conv-layout": Case(transpose_conv_layout),
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
+             "row-shifts": Case(lstm_row_shifts),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
              "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
     "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
             "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
+            "pow2": Case(gru_pow2), "pow2-reset-before": Case(gru_pow2_reset_before),
             "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
     "rnn": {"forward": Case(rnn_forward), "relu-reverse-two-rows": Case(rnn_relu_reverse_two_rows),
             "one-step": Case(rnn_single_step, 5), "int16": Case(rnn_int16),
