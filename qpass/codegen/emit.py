@@ -20,7 +20,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
-from qpass.codegen.arena import BYTES, plan_arena
+from qpass.codegen.arena import BYTES, plan_memory
 from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
@@ -105,7 +105,7 @@ def _dims(t) -> str:
 def render(program: Program, source: str = "model", stack: tuple[int, str] | None = None) -> GeneratedC:
     """C and header text for a program; `stack` = (worst-case bytes, how it was measured) for the header."""
     env = _env()
-    arena = plan_arena(program)
+    arena = plan_memory(program)
     constants: list[dict] = []
 
     def add_const(values: np.ndarray, dtype: str, cname: str) -> str:
@@ -122,7 +122,8 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
     def expr(tid: str) -> str:
         t = program.tensors[tid]
         root, offset = program.view(tid)
-        base = buf.get(root) or ("input" if root == in_root else "output" if root == out_root else None)
+        outside = root == in_root and arena.input_offset is None  # else the input has its arena slot
+        base = buf.get(root) or ("input" if outside else "output" if root == out_root else None)
         if base is not None:
             return f"({base} + {offset})" if offset else base
         return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root] + offset * BYTES[t.dtype]})"
@@ -169,6 +170,7 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "input_scale": _literal(tin.scale), "output_scale": _literal(tout.scale),
         "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
         "stack_bytes": stack[0] if stack else 0, "stack_source": comment(stack[1]) if stack else "",
+        "input_offset": arena.input_offset,
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
         "need_requantize": any("qp_requantize(" in d for d in defs.values()),
