@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_memory
 from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
+from qpass.codegen.prepare_2d import conv2d_layer, pool2d_layer
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -31,7 +32,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "exp_table": "int32",
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
-    "sh": "uint8",
+    "sh": "uint8", "accb": None,
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
@@ -39,6 +40,8 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
     "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
                                      **conv_interior(step.params)},
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
+    "conv2d": conv2d_layer,
+    "pool2d": pool2d_layer,
     "maxpool1d": lambda program, step: conv_interior(step.params),
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},

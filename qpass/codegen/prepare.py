@@ -50,17 +50,20 @@ def high_word(shift: np.ndarray, product_bound: int) -> bool:
     return bool(np.all(shift >= 33) and np.all(shift <= 62) and product_bound < 2**62)
 
 
-def conv_interior(p: dict) -> dict:
-    """Group sizes, x's strides, and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test)."""
-    s, d, pad, k, l_in, l_out = p["stride"], p["dilation"], p["pad_left"], p["k"], p["l_in"], p["l_out"]
+def interior(l_in: int, l_out: int, k: int, s: int, d: int, pad: int) -> tuple[int, int]:
+    """The outputs [o_lo, o_hi) along one axis whose taps o*s - pad + j*d (j < k) all fall inside [0, l_in)."""
     o_lo = min(l_out, -(-pad // s))
     o_hi = max(0, min(l_out, (l_in - 1 + pad - (k - 1) * d) // s + 1))
-    if o_hi <= o_lo:
-        o_lo = o_hi = 0
+    return (o_lo, o_hi) if o_hi > o_lo else (0, 0)
+
+
+def conv_interior(p: dict) -> dict:
+    """Group sizes, x's strides, and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test)."""
+    o_lo, o_hi = interior(p["l_in"], p["l_out"], p["k"], p["stride"], p["dilation"], p["pad_left"])
     last = bool(p.get("channels_last"))
     cin_g = p["c_in"] // p["groups"]
-    cs, ps = (1, p["c_in"]) if last else (l_in, 1)  # element strides of a channel and of a position in x
-    wc, wk = (1, cin_g) if last else (k, 1)  # strides of c and k in the C's weight order (see conv_weight)
+    cs, ps = (1, p["c_in"]) if last else (p["l_in"], 1)  # element strides of a channel and of a position in x
+    wc, wk = (1, cin_g) if last else (p["k"], 1)  # strides of c and k in the C's weight order (see conv_weight)
     return {"cin_g": cin_g, "cout_g": p["c_out"] // p["groups"], "o_lo": o_lo, "o_hi": o_hi, "cs": cs, "ps": ps,
             "gs": cin_g * cs, "wc": wc, "wk": wk, "layout": "[L, C] (channels last)" if last else "[C, L]"}
 

@@ -887,7 +887,7 @@ def _out_size(n: int, k: int, stride: int, dil: int, p0: int, p1: int) -> int:
 
 def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: int, k: tuple[int, int],
                     stride=(1, 1), dil=(1, 1), pads=(0, 0, 0, 0), groups=1, x_zp=0, y_zp=0, lo=None, hi=None,
-                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0)) -> Program:
+                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0), pow2_shift=None) -> Program:
     h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
     w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
     cin_g = c_in // groups
@@ -897,6 +897,8 @@ def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: in
     bound = _bound(weight, bias, bias_shift, x_dtype, x_zp)
     typical = np.sqrt(cin_g * k[0] * k[1]) * (QMAX[x_dtype] / 1.7) * np.abs(weight.reshape(c_out, -1)).mean(axis=1)
     mult, shift, acc_bits = _requant(rng, typical, bound, y_dtype)
+    if pow2_shift is not None:  # a pow2 plan: every multiplier 1, the C rescales with 32-bit shifts
+        mult, shift = np.ones(c_out, np.int32), np.array(pow2_shift, np.int32)
     dims = [c_in, *hw, c_out, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], groups, *hwc]
     p = dict(dims=np.array(dims, np.int32), groups=groups, weight=weight, bias=bias.astype(np.int32),
              bias_shift=bias_shift, mult=mult, shift=shift, acc_bits=acc_bits, acc_bound=bound, x_zp=x_zp, y_zp=y_zp,
@@ -937,6 +939,25 @@ def conv2d_hwc_in(rng):  # a Keras NHWC input read channels-last (the input tran
 def conv2d_hwc_out_depthwise(rng):  # written channels-last (the output transpose folded)
     return _conv2d_program(rng, "k_c2_hwco", c_in=3, hw=(4, 5), c_out=3, k=(2, 2), groups=3, pads=(0, 1, 1, 0),
                            hwc=(1, 1))
+
+
+def conv2d_tall_kernel(rng):  # kws's first layer: 10x4 over C = 1, stride 2, SAME pads; the taps loop over rows
+    return _conv2d_program(rng, "k_c2_tall", c_in=1, hw=(13, 6), c_out=4, k=(10, 4), stride=(2, 2),
+                           pads=(4, 1, 5, 2), x_zp=-3, y_zp=2)
+
+
+def conv2d_pointwise_flat(rng):  # 1x1 stride 1: a matrix multiply over an odd count of pixels, ReLU clamp
+    return _conv2d_program(rng, "k_c2_pwf", c_in=6, hw=(3, 5), c_out=6, k=(1, 1), x_zp=-128, y_zp=-128, lo=-128)
+
+
+def conv2d_depthwise_pow2(rng):  # power-of-two rescale, odd output width (pairs of pixels plus one)
+    return _conv2d_program(rng, "k_c2_dwp", c_in=3, hw=(6, 7), c_out=3, k=(3, 3), groups=3, pads=(1, 1, 1, 1),
+                           x_zp=-128, y_zp=-5, pow2_shift=[12, 13, 14])
+
+
+def conv2d_groups_odd(rng):  # three outputs per group (no channel pairs), channels-last output
+    return _conv2d_program(rng, "k_c2_go", c_in=4, hw=(5, 5), c_out=6, k=(2, 3), groups=2, pads=(1, 1, 0, 1),
+                           x_zp=7, hwc=(0, 1))
 
 
 def _pool2d_program(name: str, c: int, hw: tuple[int, int], k: tuple[int, int], *, stride=(1, 1), dil=(1, 1),
@@ -1009,7 +1030,9 @@ CASES: dict[str, dict[str, Case]] = {
                "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
-               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
+               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise),
+               "tall-kernel": Case(conv2d_tall_kernel), "pointwise-flat": Case(conv2d_pointwise_flat),
+               "depthwise-pow2": Case(conv2d_depthwise_pow2), "groups-odd": Case(conv2d_groups_odd)},
     "pool2d": {"avg-padded": Case(pool2d_avg_padded), "avg-count-pad": Case(pool2d_avg_count_pad),
                "avg-global": Case(pool2d_avg_global), "max": Case(pool2d_max), "int16": Case(pool2d_int16),
                "hwc": Case(pool2d_hwc)},

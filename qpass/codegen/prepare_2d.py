@@ -1,0 +1,87 @@
+"""Generation-time constants and shapes of the per-layer conv2d and pool2d C kernels (the C's view of a step).
+
+conv2d, with the input zero point folded into the bias as for conv1d (prepare.folded):
+
+    interior pixel (every tap inside x):  acc = acc0[m] + sum_{c,ky,kx} x[...] * w[m,c,ky,kx]
+    border pixel (some taps in the pad):  acc = accb[m] + sum_{valid taps} (x[...] - x_zp) * w[m,c,ky,kx]
+
+with acc0 = bias*2^k - x_zp * sum(w) and accb = bias*2^k (a pad tap adds nothing), the same integer as runtime_ref.
+The interior walks its taps as at most three nested loops (channel, kernel row, kernel column; the innermost ones
+whose product is at most UNROLL are written out with literal offsets), computing two output channels (when a group
+has an even count) times two neighbouring output pixels per pass: each x load serves two channels and each weight
+load two pixels. A 1x1 stride-1 conv without pads is a matrix multiply: its pixels are walked as one flat row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qpass.codegen.prepare import folded, interior
+from qpass.runtime_ref.kernels2d import CONV2D_DIMS, POOL2D_DIMS
+from qpass.runtime_ref.program import Program, Step
+
+UNROLL = 16  # taps written out per innermost pass
+
+
+def _dims(step: Step, names: tuple[str, ...]) -> dict[str, int]:
+    return dict(zip(names, (int(v) for v in step.params["dims"]), strict=True))
+
+
+def _layout(d: dict, c: int) -> dict:
+    """Element strides of a channel (cs) and of a pixel (ps) in x, and of y (ycs, yps)."""
+    hw_in, hw_out = d["h_in"] * d["w_in"], d["h_out"] * d["w_out"]
+    cs, ps = (1, c) if d["x_hwc"] else (hw_in, 1)
+    ycs, yps = (1, d["c_out"] if "c_out" in d else c) if d["y_hwc"] else (hw_out, 1)
+    return {"cs": cs, "ps": ps, "ycs": ycs, "yps": yps}
+
+
+def _flat(d: dict) -> dict:
+    """A 1x1, stride-1, unpadded window reads pixel p for output pixel p: view H x W as one row of H*W pixels."""
+    if (d["kh"], d["kw"], d["sh"], d["sw"], d["pt"], d["pl"]) == (1, 1, 1, 1, 0, 0) and d["h_in"] == d["h_out"]:
+        return {**d, "h_in": 1, "h_out": 1, "w_in": d["h_in"] * d["w_in"], "w_out": d["h_out"] * d["w_out"]}
+    return d
+
+
+def conv2d_layer(program: Program, step: Step) -> dict:
+    """Folded biases, the weight in walk order, interior ranges and the tap walk of one conv2d step."""
+    d = _flat(_dims(step, CONV2D_DIMS))
+    g = d["groups"]
+    cin_g, cout_g = d["c_in"] // g, d["c_out"] // g
+    lay = _layout(d, d["c_in"])
+    w = np.asarray(step.params["weight"]).reshape(d["c_out"], cin_g, d["kh"], d["kw"])
+    f = folded(program, step)
+    if d["x_hwc"]:  # walk ky, kx, then c (contiguous in x); the weight follows: [M, KH, KW, C]
+        w = w.transpose(0, 2, 3, 1)
+        axes = [(d["kh"], d["dh"] * d["w_in"] * lay["ps"], d["kw"] * cin_g), (d["kw"], d["dw"] * lay["ps"], cin_g),
+                (cin_g, 1, 1)]
+        wc, wky, wkx = 1, d["kw"] * cin_g, cin_g
+    else:  # walk c, ky, kx; weight [M, C, KH, KW] as given
+        axes = [(cin_g, lay["cs"], d["kh"] * d["kw"]), (d["kh"], d["dh"] * d["w_in"], d["kw"]), (d["kw"], d["dw"], 1)]
+        wc, wky, wkx = d["kh"] * d["kw"], d["kw"], 1
+    axes = [a for a in axes if a[0] > 1]
+    taps, loops = [(0, 0)], list(axes)
+    while loops and len(taps) * loops[-1][0] <= UNROLL:  # write out the innermost axes
+        n, xs, ws = loops.pop()
+        taps = [(i * xs + xo, i * ws + wo) for i in range(n) for xo, wo in taps]
+    oy = interior(d["h_in"], d["h_out"], d["kh"], d["sh"], d["dh"], d["pt"])
+    ox = interior(d["w_in"], d["w_out"], d["kw"], d["sw"], d["dw"], d["pl"])
+    border = oy != (0, d["h_out"]) or ox != (0, d["w_out"])
+    bias = np.asarray(step.params["bias"]).astype(np.int64) << np.asarray(step.params["bias_shift"]).astype(np.int64)
+    f = {**f, "weight": np.ascontiguousarray(w)}
+    if border:  # the border's start: bias*2^k, the pad taps add nothing
+        f["accb"] = bias.astype(f["acc0"].dtype)
+    return {"d": d, "f": f, **lay, "cin_g": cin_g, "cout_g": cout_g, "nm": 2 if cout_g % 2 == 0 else 1,
+            "k": cin_g * d["kh"] * d["kw"], "wc": wc, "wky": wky, "wkx": wkx, "gs": cin_g * lay["cs"],
+            "loops": [{"n": n, "xs": xs, "ws": ws} for n, xs, ws in loops], "taps": taps,
+            "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1], "border": border,
+            "all_interior": not border, "px": d["sw"] * lay["ps"],
+            "layout": f"{'[H, W, C]' if d['x_hwc'] else '[C, H, W]'} -> {'[H, W, C]' if d['y_hwc'] else '[C, H, W]'}"}
+
+
+def pool2d_layer(program: Program, step: Step) -> dict:
+    """Strides and interior ranges of one pool2d step."""
+    d = _dims(step, POOL2D_DIMS)
+    lay = _layout(d, d["c"])
+    oy = interior(d["h_in"], d["h_out"], d["kh"], d["sh"], d["dh"], d["pt"])
+    ox = interior(d["w_in"], d["w_out"], d["kw"], d["sw"], d["dw"], d["pl"])
+    return {"d": d, **lay, "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1]}
