@@ -549,6 +549,9 @@ def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Re
 GLUE = "(glue)"  # the run function's own instructions, between kernel calls
 
 
+C_KEYWORDS = {"if", "for", "while", "switch", "return", "sizeof"}  # `if (` is a statement, not a kernel call
+
+
 def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
     """Each line of the model's run functions that calls a kernel → that call's comment (`/* conv1d: name */`,
     the line above it) or, without one, the called function's name. Other lines: none (glue)."""
@@ -561,7 +564,8 @@ def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
             function = head.group(1)
             continue
         call = re.match(r"^\s+(\w+)\s*\(", text)
-        if function is None or not function.startswith(run_prefix) or not call or call.group(1).startswith(run_prefix):
+        if (function is None or not function.startswith(run_prefix) or not call or call.group(1).startswith(run_prefix)
+                or call.group(1) in C_KEYWORDS):
             continue
         comment = re.match(r"^\s*/\*\s*(.*?)\s*\*/\s*$", lines[number - 2]) if number > 1 else None
         labels[(function, number)] = comment.group(1) if comment else call.group(1)
