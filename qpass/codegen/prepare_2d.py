@@ -7,7 +7,8 @@ conv2d, with the input zero point folded into the bias as for conv1d (prepare.fo
 
 with acc0 = bias*2^k - x_zp * sum(w) and accb = bias*2^k (a pad tap adds nothing), the same integer as runtime_ref.
 The interior walks its taps as at most three nested loops (channel, kernel row, kernel column; the innermost ones
-whose product is at most UNROLL are written out with literal offsets), computing two output channels (when a group
+whose product is at most UNROLL are written out with literal offsets, splitting a long axis such as the 32 input
+channels of a 1x1 conv into 8 passes of 4), computing two output channels (when a group
 has an even count) times two neighbouring output pixels per pass: each x load serves two channels and each weight
 load two pixels. A 1x1 stride-1 conv without pads is a matrix multiply: its pixels are walked as one flat row.
 """
@@ -21,6 +22,7 @@ from qpass.runtime_ref.kernels2d import CONV2D_DIMS, POOL2D_DIMS
 from qpass.runtime_ref.program import Program, Step
 
 UNROLL = 16  # taps written out per innermost pass
+SPLIT = 4  # taps written out per pass of an axis too long to write out whole (code size)
 
 
 def _dims(step: Step, names: tuple[str, ...]) -> dict[str, int]:
@@ -60,9 +62,14 @@ def conv2d_layer(program: Program, step: Step) -> dict:
         wc, wky, wkx = d["kh"] * d["kw"], d["kw"], 1
     axes = [a for a in axes if a[0] > 1]
     taps, loops = [(0, 0)], list(axes)
-    while loops and len(taps) * loops[-1][0] <= UNROLL:  # write out the innermost axes
+    while loops:  # write out the innermost axes, the last one in part when it does not fit whole
         n, xs, ws = loops.pop()
-        taps = [(i * xs + xo, i * ws + wo) for i in range(n) for xo, wo in taps]
+        fits = [j for j in range(1, n + 1) if n % j == 0 and len(taps) * j <= UNROLL]
+        part = fits[-1] if fits[-1] == n else max((j for j in fits if len(taps) * j <= SPLIT), default=1)
+        taps = [(i * xs + xo, i * ws + wo) for i in range(part) for xo, wo in taps]
+        if part < n:
+            loops.append((n // part, xs * part, ws * part))
+            break
     oy = interior(d["h_in"], d["h_out"], d["kh"], d["sh"], d["dh"], d["pt"])
     ox = interior(d["w_in"], d["w_out"], d["kw"], d["sw"], d["dw"], d["pl"])
     border = oy != (0, d["h_out"]) or ox != (0, d["w_out"])
