@@ -3,7 +3,8 @@
 conv2d, with the input zero point folded into the bias as for conv1d (prepare.folded):
 
     interior pixel (every tap inside x):  acc = acc0[m] + sum_{c,ky,kx} x[...] * w[m,c,ky,kx]
-    border pixel (some taps in the pad):  acc = accb[m] + sum_{valid taps} (x[...] - x_zp) * w[m,c,ky,kx]
+    border pixel, taps written out:       acc = acc0[m] + sum_{c,ky,kx} (tap inside x ? x[...] : x_zp) * w[m,c,ky,kx]
+    border pixel, taps in loops:          acc = accb[m] + sum_{valid taps} (x[...] - x_zp) * w[m,c,ky,kx]
 
 with acc0 = bias*2^k - x_zp * sum(w) and accb = bias*2^k (a pad tap adds nothing), the same integer as runtime_ref.
 The interior walks its taps as at most three nested loops (channel, kernel row, kernel column; the innermost ones
@@ -52,23 +53,24 @@ def conv2d_layer(program: Program, step: Step) -> dict:
     lay = _layout(d, d["c_in"])
     w = np.asarray(step.params["weight"]).reshape(d["c_out"], cin_g, d["kh"], d["kw"])
     f = folded(program, step)
+    # axes, outer to inner: (count, x stride, w stride, kernel row step, kernel column step)
     if d["x_hwc"]:  # walk ky, kx, then c (contiguous in x); the weight follows: [M, KH, KW, C]
         w = w.transpose(0, 2, 3, 1)
-        axes = [(d["kh"], d["dh"] * d["w_in"] * lay["ps"], d["kw"] * cin_g), (d["kw"], d["dw"] * lay["ps"], cin_g),
-                (cin_g, 1, 1)]
+        axes = [(d["kh"], d["dh"] * d["w_in"] * lay["ps"], d["kw"] * cin_g, 1, 0),
+                (d["kw"], d["dw"] * lay["ps"], cin_g, 0, 1), (cin_g, 1, 1, 0, 0)]
         wc, wky, wkx = 1, d["kw"] * cin_g, cin_g
     else:  # walk c, ky, kx; weight [M, C, KH, KW] as given
-        axes = [(cin_g, lay["cs"], d["kh"] * d["kw"]), (d["kh"], d["dh"] * d["w_in"], d["kw"]), (d["kw"], d["dw"], 1)]
+        axes = [(cin_g, lay["cs"], d["kh"] * d["kw"], 0, 0), (d["kh"], d["dh"] * d["w_in"], d["kw"], 1, 0),
+                (d["kw"], d["dw"], 1, 0, 1)]
         wc, wky, wkx = d["kh"] * d["kw"], d["kw"], 1
-    axes = [a for a in axes if a[0] > 1]
-    taps, loops = [(0, 0)], list(axes)
+    taps, loops = [(0, 0, 0, 0)], [a for a in axes if a[0] > 1]
     while loops:  # write out the innermost axes, the last one in part when it does not fit whole
-        n, xs, ws = loops.pop()
+        n, xs, ws, dy, dx = loops.pop()
         fits = [j for j in range(1, n + 1) if n % j == 0 and len(taps) * j <= UNROLL]
         part = fits[-1] if fits[-1] == n else max((j for j in fits if len(taps) * j <= SPLIT), default=1)
-        taps = [(i * xs + xo, i * ws + wo) for i in range(part) for xo, wo in taps]
+        taps = [(i * xs + t[0], i * ws + t[1], i * dy + t[2], i * dx + t[3]) for i in range(part) for t in taps]
         if part < n:
-            loops.append((n // part, xs * part, ws * part))
+            loops.append((n // part, xs * part, ws * part, 0, 0))
             break
     dsp = (program.tensors[step.inputs[0]].dtype == "int8" and w.dtype == np.int8 and f["acc"] == "int32_t")
     oy = interior(d["h_in"], d["h_out"], d["kh"], d["sh"], d["dh"], d["pt"])
@@ -76,12 +78,13 @@ def conv2d_layer(program: Program, step: Step) -> dict:
     border = oy != (0, d["h_out"]) or ox != (0, d["w_out"])
     bias = np.asarray(step.params["bias"]).astype(np.int64) << np.asarray(step.params["bias_shift"]).astype(np.int64)
     f = {**f, "weight": np.ascontiguousarray(w)}
-    if border:  # the border's start: bias*2^k, the pad taps add nothing
+    if border and loops:  # the looped border's start: bias*2^k, the pad taps add nothing
         f["accb"] = bias.astype(f["acc0"].dtype)
     return {"d": d, "f": f, **lay, "cin_g": cin_g, "cout_g": cout_g, "nm": 2 if cout_g % 2 == 0 else 1,
             "k": cin_g * d["kh"] * d["kw"], "wc": wc, "wky": wky, "wkx": wkx, "gs": cin_g * lay["cs"],
-            "loops": [{"n": n, "xs": xs, "ws": ws} for n, xs, ws in loops], "taps": _quads(taps) if dsp else
-            [{"x": xo, "w": wo, "quad": False} for xo, wo in taps],
+            "loops": [{"n": n, "xs": xs, "ws": ws} for n, xs, ws, _, _ in loops],
+            "taps": _quads([t[:2] for t in taps]) if dsp else [{"x": t[0], "w": t[1], "quad": False} for t in taps],
+            "taps1": [{"x": xo, "w": wo, "ky": ky, "kx": kx} for xo, wo, ky, kx in taps],
             "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1], "border": border,
             "all_interior": not border, "px": d["sw"] * lay["ps"],
             "layout": f"{'[H, W, C]' if d['x_hwc'] else '[C, H, W]'} -> {'[H, W, C]' if d['y_hwc'] else '[C, H, W]'}"}
