@@ -31,11 +31,16 @@ def _bench():
     return module
 
 
+# kernel rows of 4 consecutive taps (quad), and a 1x1 conv over [C, H, W]: 4 channels x 2 pixels (cquad)
+CASES = {"tall-kernel": cases.conv2d_tall_kernel, "pointwise-flat": cases.conv2d_pointwise_flat}
+
+
 @pytest.mark.parametrize("core", ["cortex-m4", "cortex-m3"])
-def test_conv2d_dsp_path_equals_runtime_ref(core: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv2d_dsp_path_equals_runtime_ref(case: str, core: str, tmp_path: Path) -> None:
     bench = _bench()
     rng = np.random.default_rng(13)
-    program = cases.conv2d_tall_kernel(rng)  # kernel rows of 4 consecutive taps: one SMLAD pair each
+    program = CASES[case](rng)
     c_file, h_file = write(render(program), tmp_path, program.name)
     assert "#ifdef QP_DSP" in c_file.read_text()
     tin, tout = program.tensors[program.input], program.tensors[program.output]
