@@ -83,7 +83,7 @@ def conv2d_layer(program: Program, step: Step) -> dict:
     return {"d": d, "f": f, **lay, "cin_g": cin_g, "cout_g": cout_g, "nm": 2 if cout_g % 2 == 0 else 1,
             "k": cin_g * d["kh"] * d["kw"], "wc": wc, "wky": wky, "wkx": wkx, "gs": cin_g * lay["cs"],
             "loops": [{"n": n, "xs": xs, "ws": ws} for n, xs, ws, _, _ in loops],
-            "taps": _quads([t[:2] for t in taps]) if dsp else [{"x": t[0], "w": t[1], "quad": False, "cquad": False} for t in taps],
+            "taps": _quads([t[:2] for t in taps], dsp),
             "taps1": [{"x": xo, "w": wo, "ky": ky, "kx": kx} for xo, wo, ky, kx in taps],
             "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1], "border": border,
             "all_interior": not border, "px": d["sw"] * lay["ps"],
@@ -99,7 +99,7 @@ def pool2d_layer(program: Program, step: Step) -> dict:
     return {"d": d, **lay, "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1]}
 
 
-def _quads(taps: list[tuple[int, int]]) -> list[dict]:
+def _quads(taps: list[tuple[int, int]], dsp: bool) -> list[dict]:
     """Taps, with each run of four whose weight offsets are consecutive and whose x offsets step evenly marked as a
     group for the Cortex-M4 (the portable C does the four taps):
 
@@ -110,7 +110,7 @@ def _quads(taps: list[tuple[int, int]]) -> list[dict]:
     """
     out, i = [], 0
     while i < len(taps):
-        run = taps[i:i + 4]
+        run = taps[i:i + 4] if dsp else []
         step = run[1][0] - run[0][0] if len(run) == 4 else 0
         if step and all(run[j] == (run[0][0] + j * step, run[0][1] + j) for j in range(4)):
             out.append({"x": run[0][0], "w": run[0][1], "quad": step == 1, "cquad": step != 1, "xs": step})
