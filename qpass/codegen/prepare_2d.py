@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from qpass.codegen.prepare import folded, interior
+from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.kernels2d import CONV2D_DIMS, POOL2D_DIMS
 from qpass.runtime_ref.program import Program, Step
 
@@ -91,12 +92,18 @@ def conv2d_layer(program: Program, step: Step) -> dict:
 
 
 def pool2d_layer(program: Program, step: Step) -> dict:
-    """Strides and interior ranges of one pool2d step."""
+    """Strides of one pool2d step, and whether its rescale fits 32-bit arithmetic (`narrow`): for every window
+    count n, |acc| * mult[n] + 2^(shift[n]-1) < 2^31 with |acc| <= n * span (mean) or span (max)."""
     d = _dims(step, POOL2D_DIMS)
-    lay = _layout(d, d["c"])
-    oy = interior(d["h_in"], d["h_out"], d["kh"], d["sh"], d["dh"], d["pt"])
-    ox = interior(d["w_in"], d["w_out"], d["kw"], d["sw"], d["dw"], d["pl"])
-    return {"d": d, **lay, "oy_lo": oy[0], "oy_hi": oy[1], "ox_lo": ox[0], "ox_hi": ox[1]}
+    x = program.tensors[step.inputs[0]]
+    span = max(QMAX[x.dtype] - int(step.params["x_zp"]), int(step.params["x_zp"]) - QMIN[x.dtype])
+    fixed = bool(d["is_max"] or d["count_pad"])
+    mult, shift = (np.asarray(step.params[k]).astype(np.int64) for k in ("mult", "shift"))
+    counts = np.full(mult.size, d["kh"] * d["kw"]) if d["count_pad"] else np.arange(1, mult.size + 1)
+    bound = span if d["is_max"] else counts * span
+    narrow = bool(np.all(shift <= 30) and np.all(bound * mult + (np.int64(1) << (shift - 1)) < 2**31))
+    return {"d": d, **_layout(d, d["c"]), "fixed": fixed, "narrow": narrow,
+            "layout": f"{'[H, W, C]' if d['x_hwc'] else '[C, H, W]'} -> {'[H, W, C]' if d['y_hwc'] else '[C, H, W]'}"}
 
 
 def _quads(taps: list[tuple[int, int]], dsp: bool) -> list[dict]:

@@ -23,6 +23,7 @@ import pytest
 from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import WARN_FLAGS, compile_and_run
 from qpass.codegen.emit import CTYPE, render, write
+from qpass.codegen.lower import pool_multipliers
 from qpass.runtime_ref import Program, QTensor, Step, run
 from qpass.runtime_ref.intmath import (
     MAX_SHIFT,
@@ -962,12 +963,15 @@ def conv2d_groups_odd(rng):  # three outputs per group (no channel pairs), chann
 
 def _pool2d_program(name: str, c: int, hw: tuple[int, int], k: tuple[int, int], *, stride=(1, 1), dil=(1, 1),
                     pads=(0, 0, 0, 0), is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7,
-                    dtype="int8", hwc=(0, 0)) -> Program:
+                    dtype="int8", hwc=(0, 0), narrow=False) -> Program:
     h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
     w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
     taps = k[0] * k[1]
     counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
     mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    if narrow:  # as lower._pool_2d: multipliers narrowed so the C rescales in 32 bits
+        span = max(QMAX[dtype] - x_zp, x_zp - QMIN[dtype])
+        mq = list(zip(*pool_multipliers(x_scale / y_scale, counts, span if is_max else taps * span), strict=True))
     dims = [c, *hw, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], is_max, count_pad, *hwc]
     params = dict(dims=np.array(dims, np.int32), mult=np.array([m for m, _ in mq], np.int32),
                   shift=np.array([sh for _, sh in mq], np.int32), x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
@@ -986,6 +990,10 @@ def pool2d_avg_count_pad(rng):
 
 def pool2d_avg_global(rng):  # kws's AveragePooling2D: one full window, one multiplier
     return _pool2d_program("k_p2_gap", 4, (6, 3), (6, 3), count_pad=1, y_scale=0.01)
+
+
+def pool2d_avg_narrow(rng):  # padded windows of 1..9 taps, each with a narrowed multiplier: 32-bit rescale
+    return _pool2d_program("k_p2_nar", 3, (7, 6), (3, 3), stride=(2, 1), pads=(1, 1, 1, 1), x_zp=-128, narrow=True)
 
 
 def pool2d_max(rng):
@@ -1034,6 +1042,7 @@ CASES: dict[str, dict[str, Case]] = {
                "tall-kernel": Case(conv2d_tall_kernel), "pointwise-flat": Case(conv2d_pointwise_flat),
                "depthwise-pow2": Case(conv2d_depthwise_pow2), "groups-odd": Case(conv2d_groups_odd)},
     "pool2d": {"avg-padded": Case(pool2d_avg_padded), "avg-count-pad": Case(pool2d_avg_count_pad),
+               "avg-narrow": Case(pool2d_avg_narrow),
                "avg-global": Case(pool2d_avg_global), "max": Case(pool2d_max), "int16": Case(pool2d_int16),
                "hwc": Case(pool2d_hwc)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
