@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_memory
-from qpass.codegen.prepare import conv_interior, conv_weight, folded, lstm_gates
+from qpass.codegen.prepare import add_form, conv_interior, conv_weight, folded, lstm_gates
 from qpass.codegen.prepare_2d import conv2d_layer, pool2d_layer
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
@@ -41,6 +41,7 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
                                      **conv_interior(step.params)},
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
     "conv2d": conv2d_layer,
+    "add": add_form,
     "pool2d": pool2d_layer,
     "maxpool1d": lambda program, step: conv_interior(step.params),
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(

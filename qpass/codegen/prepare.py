@@ -120,3 +120,24 @@ def lstm_gates(program: Program, step: Step) -> dict:
             out.update(pow2=True, hi=False, form="powers of two: 32-bit shifts", fx=fx.astype(np.int32),
                        fh=fh.astype(np.int32), sh=s2.astype(np.int32))
     return out
+
+
+def add_form(program: Program, step: Step) -> dict:
+    """The add's rescale in 32 bits when its multipliers are powers of two (a pow2 plan) and the bound allows.
+
+    With |M_a| = 2^p, |M_b| = 2^q (or 0) and m = min of those exponents (m < s), the rescale is exactly
+    ((a - a_zp)·F_a + (b - b_zp)·F_b + 2^(s-m-1)) >> (s-m) with F = M / 2^m: 32-bit when
+    span_a·|F_a| + span_b·|F_b| + 2^(s-m-1) < 2^31. Else the 64-bit products (`narrow` False).
+    """
+    p = step.params
+    spans = [max(QMAX[program.tensors[t].dtype] - zp, zp - QMIN[program.tensors[t].dtype])
+             for t, zp in zip(step.inputs[:2], (p["a_zp"], p["b_zp"]), strict=True)]
+    mults = [int(p["a_mult"]), int(p["b_mult"])]
+    logs = [_pow2(np.array([abs(v)])) for v in mults if v]
+    if any(e is None for e in logs):
+        return {"narrow": False}
+    m = min((int(e[0]) for e in logs), default=0)
+    s2 = int(p["shift"]) - m
+    fa, fb = (v // (1 << m) for v in mults)
+    ok = 1 <= s2 <= 30 and spans[0] * abs(fa) + spans[1] * abs(fb) + (1 << (s2 - 1)) < INT32_LIMIT
+    return {"narrow": bool(ok), "fa": fa, "fb": fb, "s2": s2}

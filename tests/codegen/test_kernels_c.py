@@ -341,6 +341,14 @@ def add_broadcast_one(rng):
                     constants={"t1": np.array([-128], dtype=np.int8)}, output="t2")
 
 
+def add_pow2(rng):
+    """A pow2 plan's residual add: multipliers 2^29 and -2^27 on shift 30; the C rescales in 32 bits."""
+    shape, n = (20,), 20
+    p = {**_add_params(rng, n=n, b_n=n, a_zp=-128, b_zp=5, y_zp=-3), "a_mult": 2**29, "b_mult": -(2**27), "shift": 30}
+    tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
+    return _program("k_add_pow2", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
+
+
 def add_from_arena(rng):
     """b is an intermediate (a lut of the input) in the arena, so a and b both vary per sample."""
     shape, n = (20,), 20
@@ -1019,7 +1027,7 @@ CASES: dict[str, dict[str, Case]] = {
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
-            "per-channel": Case(add_per_channel),
+            "per-channel": Case(add_per_channel), "pow2": Case(add_pow2),
             "b-in-arena": Case(add_from_arena), "same-input": Case(add_same_input),
             "extremes-fused-clamp": Case(add_extremes, 3), "shift-1": Case(add_shift_one),
             "requantize": Case(add_requantize), "int16": Case(add_int16)},
