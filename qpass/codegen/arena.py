@@ -2,8 +2,9 @@
 
 Lifetimes are measured in half steps: step i reads its inputs at 2i and writes its outputs at 2i+1.
 A tensor lives from its write to its last read; an input of an element-wise kernel that may run in
-place (each output element depends only on the same input element, same width) dies at the read
-2i, so its bytes may be given to the output; any other input stays alive through 2i+1. Tensors are
+place (each output element depends only on the same input element, and is no wider: an int8 -> int16 table
+would overwrite input bytes it has not read yet) dies at the read 2i, so its bytes may be given to the
+output; any other input stays alive through 2i+1. Tensors are
 placed at the lowest offset that overlaps no tensor alive at the same time (first fit), in a few
 orders (largest first, earliest first, longest-lived first, ...); the smallest arena wins. Views
 share their root's bytes; the program output lives in the caller's buffer.
@@ -69,7 +70,8 @@ def plan_arena(program: Program, with_input: bool = False) -> ArenaPlan:
         external.discard(in_root)
         life[in_root] = [-1, -1]
     for idx, step in enumerate(program.steps):
-        in_place = step.kernel in IN_PLACE
+        out_bytes = BYTES[program.tensors[step.outputs[0]].dtype]
+        in_place = step.kernel in IN_PLACE and all(BYTES[program.tensors[t].dtype] >= out_bytes for t in step.inputs)
         for tid in step.inputs:
             root = program.root(tid)
             if root in life:

@@ -74,3 +74,13 @@ def test_input_gets_an_arena_slot_only_where_bytes_are_free() -> None:
     big = _chain([200, 64, 64, 64, 8])
     plan = plan_memory(big)
     assert plan.input_offset is None and "t0" not in plan.offsets and plan.size == 128
+
+
+def test_a_widening_table_does_not_run_in_place() -> None:
+    # an int8 -> int16 lut writes 2 bytes per element: given its input's bytes, it would clobber unread inputs
+    t = {"t0": QTensor("t0", (64,), "int8", 1.0, 0), "t1": QTensor("t1", (64,), "int8", 1.0, 0),
+         "t2": QTensor("t2", (64,), "int16", 1.0, 0), "t3": QTensor("t3", (8,), "int16", 1.0, 0)}
+    steps = [Step("clamp", ["t0"], ["t1"], {}), Step("lut", ["t1"], ["t2"], {}), Step("add", ["t2"], ["t3"], {})]
+    plan = plan_arena(Program("p", t, steps, "t0", "t3"))
+    assert check_plan(plan) == [] and plan.lifetimes["t1"][1] == 3  # t1 lives through the lut's write
+    assert plan.size == 64 + 128
