@@ -94,12 +94,13 @@ def confusion_plot(ref: np.ndarray, got: np.ndarray, title: str) -> tuple[str, l
 
 
 def memory_plot(program) -> tuple[str | None, list[dict]]:
-    """Tensor lifetimes (half steps) against arena offsets, as the arena planner placed them."""
-    from qpass.codegen.arena import plan_arena
+    """Tensor lifetimes (half steps) against arena offsets, as the arena planner placed them for the C (the input
+    included when it lives in the arena: alive from before step 0)."""
+    from qpass.codegen.arena import plan_memory
 
-    plan = plan_arena(program)
+    plan = plan_memory(program)
     items = [{"tensor": t, "source": program.tensors[t].source, "offset": plan.offsets[t], "bytes": plan.sizes[t],
-              "first_step": plan.lifetimes[t][0] // 2, "last_step": plan.lifetimes[t][1] // 2}
+              "first_step": max(0, plan.lifetimes[t][0] // 2), "last_step": plan.lifetimes[t][1] // 2}
              for t in sorted(plan.offsets, key=lambda t: (plan.offsets[t], plan.lifetimes[t]))]
     if not items:
         return None, items

@@ -64,7 +64,8 @@ def test_keras_2d_layers_int8_bit_exact_without_transposes(nhwc_model: Path) -> 
     c = report["comparisons"]["c_vs_float"]
     assert c["max_abs_error"] < 0.01, c  # trained on random labels: near-uniform softmax, argmax ties are moot
     text = (nhwc_model / "out" / "nhwc.c").read_text()
-    assert "transpose" not in text and re.search(r"qp_conv2d_\w+\(input", text)  # the first conv reads HWC input
+    assert "transpose" not in text and re.search(r"qp_l0_conv2d\(", text)
+    assert re.search(r"layer 0, conv2d .*\n.* stored \[H, W, C\] ->", text)  # the first conv reads the HWC input
 
 
 def test_keras_2d_layers_float_c_matches_onnxruntime(nhwc_model: Path, tmp_path: Path) -> None:

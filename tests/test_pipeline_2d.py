@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 import pytest
 
@@ -32,10 +34,11 @@ SLOW = pytest.mark.slow  # the default run keeps one int16 run and both examples
                                         pytest.param(("kws", "int8", "onnx"), marks=SLOW), ("resnet8", "int8", "h5"),
                                         pytest.param(("resnet8", "int16", "h5"), marks=SLOW)],
                 ids=lambda p: "-".join(p))
-def run_2d(request, tmp_path_factory) -> tuple[str, str, dict]:
+def run_2d(request, tmp_path_factory) -> tuple[str, str, dict, Path]:
     name, acts, route = request.param
     if (acts, route) == ("int8", "h5"):
-        return name, acts, request.getfixturevalue("example_run")(name)[0]  # shared with test_arena
+        report, out = request.getfixturevalue("example_run")(name)  # shared with test_arena
+        return name, acts, report, out
     work = tmp_path_factory.mktemp(f"{name}_{acts}_{route}")
     shutil.copytree(ROOT / "examples" / name, work / name)
     yaml = work / name / "pipeline.yaml"
@@ -46,11 +49,11 @@ def run_2d(request, tmp_path_factory) -> tuple[str, str, dict]:
         (work / name / "model.onnx").write_bytes(proto.SerializeToString())
         text = text.replace(f"path: {h5}", "path: model.onnx")
     yaml.write_text(re.sub(r"activations: int8", f"activations: {acts}", text))
-    return name, acts, run_pipeline(load_pipeline(yaml))
+    return name, acts, run_pipeline(load_pipeline(yaml)), work / name / "out"
 
 
 def test_2d_example_c_is_bit_exact_and_agrees_with_float(run_2d) -> None:
-    name, acts, report = run_2d
+    name, acts, report, _ = run_2d
     assert report["precision"]["activations"] == acts
     assert report["c_equals_runtime_ref"] and report["c_mismatched_samples"] == 0
     c = report["comparisons"]["c_vs_float"]
@@ -61,7 +64,7 @@ def test_2d_example_c_is_bit_exact_and_agrees_with_float(run_2d) -> None:
 
 
 def test_2d_example_runs_the_2d_kernels_without_transposes(run_2d) -> None:
-    name, _, report = run_2d
+    name, _, report, _ = run_2d
     _, convs, pool = EXAMPLES[name]
     kernels = report["kernels"]
     assert kernels.count("conv2d") == convs and pool in kernels, kernels
@@ -70,7 +73,53 @@ def test_2d_example_runs_the_2d_kernels_without_transposes(run_2d) -> None:
 
 
 def test_2d_example_arena_is_at_the_live_tensor_bound(run_2d) -> None:
-    _, _, report = run_2d
+    _, _, report, _ = run_2d
     mem = report["memory"]
     assert mem["arena_lower_bound"] <= mem["arena_bytes"] <= 1.05 * mem["arena_lower_bound"], mem
     assert mem["arena_bytes"] < mem["arena_naive"]
+
+
+API_HARNESS = """\
+#include <stdio.h>
+#include <string.h>
+#include "{name}.h"
+/* Each stdin sample through the three entries: run(own buffer), run({name}_input()), run_with_arena(slot). */
+int main(void)
+{{
+    static {t} in[{NAME}_INPUT_SIZE];
+    static {t} out[3][{NAME}_OUTPUT_SIZE];
+    static int32_t arena[({NAME}_ARENA_BYTES + 3) / 4];
+    {t} *const slot = ({t} *)(void *)((unsigned char *)arena + {NAME}_INPUT_OFFSET);
+    while (fread(in, sizeof in, 1, stdin) == 1) {{
+        {name}_run(in, out[0]);
+        memcpy({name}_input(), in, sizeof in);
+        {name}_run({name}_input(), out[1]);
+        memcpy(slot, in, sizeof in);
+        {name}_run_with_arena(slot, out[2], arena);
+        if (fwrite(out, sizeof out, 1, stdout) != 1) return 1;
+    }}
+    return 0;
+}}
+"""
+
+
+def test_2d_example_input_lives_in_the_arena(run_2d, tmp_path) -> None:
+    """The input fits into arena bytes free at the first conv: the header gives its slot, the arena stays at the
+    live-tensor bound, and writing the input there (NAME_input(), or arena + NAME_INPUT_OFFSET) gives the same
+    outputs as NAME_run with the caller's own buffer (which the run copies into the slot)."""
+    name, acts, report, out = run_2d
+    h = (out / f"{name}.h").read_text()
+    assert re.search(rf"#define {name.upper()}_INPUT_OFFSET \d+\n", h), "no input slot in the arena"
+    assert report["memory"]["arena_bytes"] == report["memory"]["arena_lower_bound"]
+    t = "int8" if acts == "int8" else "int16"
+    (tmp_path / "main.c").write_text(API_HARNESS.format(name=name, NAME=name.upper(), t=f"{t}_t"))
+    exe = tmp_path / "api"
+    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", "-I", str(out), "-o",
+                    str(exe), str(out / f"{name}.c"), str(tmp_path / "main.c")], check=True)
+    size = int(re.search(rf"#define {name.upper()}_INPUT_SIZE (\d+)", h).group(1))
+    info = np.iinfo(t)
+    x = np.random.default_rng(0).integers(info.min, info.max + 1, size=(16, size), dtype=t)
+    run = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True, check=True)
+    y = np.frombuffer(run.stdout, dtype=t).reshape(16, 3, -1)
+    assert np.array_equal(y[:, 0], y[:, 1]) and np.array_equal(y[:, 0], y[:, 2])
+    assert len({row.tobytes() for row in y[:, 0]}) > 1  # the outputs depend on the input

@@ -143,10 +143,15 @@ int *__errno(void)
 """
 
 HARNESS = """\
-/* qpass bench harness: the buffers the emulator writes the input to and reads the output from. */
+/* qpass bench harness: the buffers the emulator writes the input to and reads the output from. A model whose
+ * input has an arena slot ({API}_INPUT_OFFSET) gets its input written there ({api}_input()): no input buffer. */
 #include "{api}.h"
 
+#ifdef {API}_INPUT_OFFSET
+#define qb_input {api}_input()
+#else
 {in_t} qb_input[{API}_INPUT_SIZE];
+#endif
 {out_t} qb_output[{API}_OUTPUT_SIZE];
 void qb_infer(void);
 
@@ -296,11 +301,16 @@ def prepare(pipeline_yaml: Path, work: Path, precisions: tuple[str, ...] | list[
 
 
 def _arena_macro(h_file: Path, api: str) -> int:
-    key = f"#define {api.upper()}_ARENA_BYTES "
+    return _header_int(h_file, f"{api.upper()}_ARENA_BYTES") or 0
+
+
+def _header_int(h_file: Path, macro: str) -> int | None:
+    """The integer a header #defines as `macro`, None when it defines none."""
+    key = f"#define {macro} "
     for line in h_file.read_text().splitlines():
         if line.startswith(key):
             return int(line[len(key):].split()[0])
-    return 0
+    return None
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -485,7 +495,9 @@ def emulate(b: Build, v: Variant, cpu: str) -> tuple[BlockCounter, int, np.ndarr
     ebss, estack = b.symbols["_ebss"], b.symbols["_estack"]
     uc.mem_write(ebss, PAINT * ((estack - ebss) // 4))
     x = np.ascontiguousarray(v.x).tobytes()
-    uc.mem_write(b.symbols["qb_input"], x)
+    offset = _header_int(v.h_file, f"{v.api.upper()}_INPUT_OFFSET")
+    x_addr = b.symbols["qb_input"] if offset is None else b.symbols["qp_arena"] + offset
+    uc.mem_write(x_addr, x)
 
     counter = BlockCounter(uc, b.site_of)
     calls: Counter = Counter()
@@ -497,7 +509,7 @@ def emulate(b: Build, v: Variant, cpu: str) -> tuple[BlockCounter, int, np.ndarr
         uc.hook_add(UC_HOOK_CODE, on_entry, begin=addr, end=addr)
     uc.reg_write(arm.UC_ARM_REG_SP, estack)
     uc.reg_write(arm.UC_ARM_REG_LR, STOP | 1)
-    uc.reg_write(arm.UC_ARM_REG_R0, b.symbols["qb_input"])
+    uc.reg_write(arm.UC_ARM_REG_R0, x_addr)
     uc.reg_write(arm.UC_ARM_REG_R1, b.symbols["qb_output"])
     try:
         uc.emu_start(b.symbols[f"{v.api}_run"] | 1, STOP)
@@ -537,6 +549,9 @@ def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Re
 GLUE = "(glue)"  # the run function's own instructions, between kernel calls
 
 
+C_KEYWORDS = {"if", "for", "while", "switch", "return", "sizeof"}  # `if (` is a statement, not a kernel call
+
+
 def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
     """Each line of the model's run functions that calls a kernel → that call's comment (`/* conv1d: name */`,
     the line above it) or, without one, the called function's name. Other lines: none (glue)."""
@@ -549,7 +564,8 @@ def site_labels(c_file: Path, run_prefix: str) -> dict[Site, str]:
             function = head.group(1)
             continue
         call = re.match(r"^\s+(\w+)\s*\(", text)
-        if function is None or not function.startswith(run_prefix) or not call or call.group(1).startswith(run_prefix):
+        if (function is None or not function.startswith(run_prefix) or not call or call.group(1).startswith(run_prefix)
+                or call.group(1) in C_KEYWORDS):
             continue
         comment = re.match(r"^\s*/\*\s*(.*?)\s*\*/\s*$", lines[number - 2]) if number > 1 else None
         labels[(function, number)] = comment.group(1) if comment else call.group(1)

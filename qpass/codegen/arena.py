@@ -2,11 +2,17 @@
 
 Lifetimes are measured in half steps: step i reads its inputs at 2i and writes its outputs at 2i+1.
 A tensor lives from its write to its last read; an input of an element-wise kernel that may run in
-place (each output element depends only on the same input element, same width) dies at the read
-2i, so its bytes may be given to the output; any other input stays alive through 2i+1. Tensors are
+place (each output element depends only on the same input element, and is no wider: an int8 -> int16 table
+would overwrite input bytes it has not read yet) dies at the read 2i, so its bytes may be given to the
+output; any other input stays alive through 2i+1. Tensors are
 placed at the lowest offset that overlaps no tensor alive at the same time (first fit), in a few
 orders (largest first, earliest first, longest-lived first, ...); the smallest arena wins. Views
-share their root's bytes; the program input and output live in the caller's buffers.
+share their root's bytes; the program output lives in the caller's buffer.
+
+The program input lives in the caller's buffer too, unless it fits into bytes the arena has free while the
+input is alive (`plan_memory`): then it gets an arena slot (alive from before the first step to its last
+read), the arena does not grow, and a caller that writes the input straight into that slot (NAME_input())
+needs no input buffer of its own: the bytes a separate input buffer would take are saved.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class ArenaPlan:
     size: int
     lifetimes: dict[str, tuple[int, int]]
     sizes: dict[str, int]
+    input_offset: int | None = None  # the program input's byte offset when it lives in the arena
 
     @property
     def naive(self) -> int:
@@ -44,11 +51,27 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan_arena(program: Program) -> ArenaPlan:
-    external = {program.root(program.input), program.root(program.output)} | set(program.constants)
+def plan_memory(program: Program) -> ArenaPlan:
+    """The arena the C uses: with the program input inside it when that costs no arena byte, else without."""
+    plan = plan_arena(program)
+    in_root = program.root(program.input)
+    if in_root == program.root(program.output) or in_root in program.constants:
+        return plan
+    with_input = plan_arena(program, with_input=True)
+    return with_input if with_input.size <= plan.size else plan
+
+
+def plan_arena(program: Program, with_input: bool = False) -> ArenaPlan:
+    """First-fit plan of every intermediate tensor; with_input: the program input too, alive from moment -1."""
+    in_root = program.root(program.input)
+    external = {in_root, program.root(program.output)} | set(program.constants)
     life: dict[str, list[int]] = {}
+    if with_input:
+        external.discard(in_root)
+        life[in_root] = [-1, -1]
     for idx, step in enumerate(program.steps):
-        in_place = step.kernel in IN_PLACE
+        out_bytes = BYTES[program.tensors[step.outputs[0]].dtype]
+        in_place = step.kernel in IN_PLACE and all(BYTES[program.tensors[t].dtype] >= out_bytes for t in step.inputs)
         for tid in step.inputs:
             root = program.root(tid)
             if root in life:
@@ -71,7 +94,7 @@ def plan_arena(program: Program) -> ArenaPlan:
             best = offsets
     offsets = best or {}
     size = _extent(offsets, sizes)
-    return ArenaPlan(offsets, size, lifetimes, sizes)
+    return ArenaPlan(offsets, size, lifetimes, sizes, offsets.get(in_root) if with_input else None)
 
 
 def _first_fit(order: list[str], lifetimes: dict[str, tuple[int, int]], sizes: dict[str, int]) -> dict[str, int]:

@@ -20,8 +20,9 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
-from qpass.codegen.arena import BYTES, plan_arena
-from qpass.codegen.prepare import conv_interior, conv_weight, folded, gru_gates, lstm_gates
+from qpass.codegen.arena import BYTES, plan_memory
+from qpass.codegen.prepare import add_form, conv_interior, conv_weight, folded, gru_gates, lstm_gates
+from qpass.codegen.prepare_2d import conv2d_layer, pool2d_layer
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -32,7 +33,7 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
     "sh": "uint8", "act_i": None, "act_o": None, "act_f": None, "act_g": None,
-    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32",
+    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32", "accb": None,
 }
 SCALAR_TYPES = (int, np.integer)
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
@@ -41,6 +42,9 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
                                      **conv_interior(step.params)},
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
     "gru": lambda program, step: {"g": gru_gates(program, step)},
+    "conv2d": conv2d_layer,
+    "add": add_form,
+    "pool2d": pool2d_layer,
     "maxpool1d": lambda program, step: conv_interior(step.params),
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},
@@ -107,7 +111,7 @@ def _dims(t) -> str:
 def render(program: Program, source: str = "model", stack: tuple[int, str] | None = None) -> GeneratedC:
     """C and header text for a program; `stack` = (worst-case bytes, how it was measured) for the header."""
     env = _env()
-    arena = plan_arena(program)
+    arena = plan_memory(program)
     constants: list[dict] = []
 
     def add_const(values: np.ndarray, dtype: str, cname: str) -> str:
@@ -124,7 +128,8 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
     def expr(tid: str) -> str:
         t = program.tensors[tid]
         root, offset = program.view(tid)
-        base = buf.get(root) or ("input" if root == in_root else "output" if root == out_root else None)
+        outside = root == in_root and arena.input_offset is None  # else the input has its arena slot
+        base = buf.get(root) or ("input" if outside else "output" if root == out_root else None)
         if base is not None:
             return f"({base} + {offset})" if offset else base
         return f"QP_BUF({CTYPE[t.dtype]}, {arena.offsets[root] + offset * BYTES[t.dtype]})"
@@ -171,6 +176,7 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "input_scale": _literal(tin.scale), "output_scale": _literal(tout.scale),
         "in_min": QMIN[tin.dtype], "in_max": QMAX[tin.dtype],
         "stack_bytes": stack[0] if stack else 0, "stack_source": comment(stack[1]) if stack else "",
+        "input_offset": arena.input_offset,
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
         "kernel_defs": list(defs.values()),
         "need_requantize": any("qp_requantize(" in d for d in defs.values()),

@@ -955,6 +955,23 @@ def _conv_2d(lw: Lowering, node: ir.Node) -> None:
             **_requant_params(node, x, y, w, w_scale, _bias(lw, node, c_out)), weight=np.ascontiguousarray(w))
 
 
+NARROW_BITS = 15  # the fewest multiplier bits a pooling rescale takes to stay in 32-bit arithmetic
+
+
+def pool_multipliers(ratio: float, counts, acc_bound: int) -> tuple[list[int], list[int]]:
+    """M_n·2^-s_n ≈ ratio / n for each window count n. When |acc| <= acc_bound leaves at least NARROW_BITS for M
+    with |acc|·M + 2^(s-1) < 2^31, M gets only those bits (relative error <= 2^-15): the C's rescale is then one
+    32-bit multiply (no 64-bit multiply call on a Cortex-M0); else the usual 31-bit multiplier."""
+    bits = 30 - int(acc_bound).bit_length()
+    pairs = []
+    for n in counts:
+        m, sh = quantize_multiplier(ratio / n, bits) if bits >= NARROW_BITS and ratio / n < 2 ** (bits - 2) else (0, 0)
+        if m == 0 or acc_bound * m + (1 << (sh - 1)) >= 2**31 or sh > 30:
+            m, sh = quantize_multiplier(ratio / n)
+        pairs.append((m, sh))
+    return [m for m, _ in pairs], [sh for _, sh in pairs]
+
+
 def _check_pool_2d(node: ir.Node) -> str | None:
     k = _kernel_2d(node)
     if k is None or _one_axis(node, k):
@@ -984,7 +1001,7 @@ def _pool_2d(lw: Lowering, node: ir.Node) -> None:
             and (win["w_out"] - 1) * win["stride"][1] + (k[1] - 1) * win["dilation"][1] < win["w_in"])
     count_pad = int(node.attributes.get_int("count_include_pad", 0) or full)
     counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
-    mults, shifts = zip(*(quantize_multiplier(x.scale / (y.scale * n)) for n in counts), strict=True)
+    mults, shifts = pool_multipliers(x.scale / y.scale, counts, span if is_max else taps * span)
     dims = [x.shape[1], win["h_in"], win["w_in"], win["h_out"], win["w_out"], *k, *win["stride"], *win["dilation"],
             pt, pl, is_max, count_pad, 0, 0]
     lw.step("pool2d", [x], y, node, dims=np.array(dims, dtype=np.int32), mult=np.array(mults, dtype=np.int32),

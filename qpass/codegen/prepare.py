@@ -50,17 +50,20 @@ def high_word(shift: np.ndarray, product_bound: int) -> bool:
     return bool(np.all(shift >= 33) and np.all(shift <= 62) and product_bound < 2**62)
 
 
-def conv_interior(p: dict) -> dict:
-    """Group sizes, x's strides, and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test)."""
-    s, d, pad, k, l_in, l_out = p["stride"], p["dilation"], p["pad_left"], p["k"], p["l_in"], p["l_out"]
+def interior(l_in: int, l_out: int, k: int, s: int, d: int, pad: int) -> tuple[int, int]:
+    """The outputs [o_lo, o_hi) along one axis whose taps o*s - pad + j*d (j < k) all fall inside [0, l_in)."""
     o_lo = min(l_out, -(-pad // s))
     o_hi = max(0, min(l_out, (l_in - 1 + pad - (k - 1) * d) // s + 1))
-    if o_hi <= o_lo:
-        o_lo = o_hi = 0
+    return (o_lo, o_hi) if o_hi > o_lo else (0, 0)
+
+
+def conv_interior(p: dict) -> dict:
+    """Group sizes, x's strides, and the outputs [o_lo, o_hi) whose taps all fall inside x (no bounds test)."""
+    o_lo, o_hi = interior(p["l_in"], p["l_out"], p["k"], p["stride"], p["dilation"], p["pad_left"])
     last = bool(p.get("channels_last"))
     cin_g = p["c_in"] // p["groups"]
-    cs, ps = (1, p["c_in"]) if last else (l_in, 1)  # element strides of a channel and of a position in x
-    wc, wk = (1, cin_g) if last else (k, 1)  # strides of c and k in the C's weight order (see conv_weight)
+    cs, ps = (1, p["c_in"]) if last else (p["l_in"], 1)  # element strides of a channel and of a position in x
+    wc, wk = (1, cin_g) if last else (p["k"], 1)  # strides of c and k in the C's weight order (see conv_weight)
     return {"cin_g": cin_g, "cout_g": p["c_out"] // p["groups"], "o_lo": o_lo, "o_hi": o_hi, "cs": cs, "ps": ps,
             "gs": cin_g * cs, "wc": wc, "wk": wk, "layout": "[L, C] (channels last)" if last else "[C, L]"}
 
@@ -245,3 +248,24 @@ def gru_gates(program: Program, step: Step) -> dict:
                acc="int64_t" if wide else "int32_t", hterm="int32_t" if hterm.max() < INT32_LIMIT else "int64_t",
                h_hi=high_word(np.array([p["h_shift"]]), int(upd)), **gate_form(p, bound_x, bound_h, wide))
     return out
+
+
+def add_form(program: Program, step: Step) -> dict:
+    """The add's rescale in 32 bits when its multipliers are powers of two (a pow2 plan) and the bound allows.
+
+    With |M_a| = 2^p, |M_b| = 2^q (or 0) and m = min of those exponents (m < s), the rescale is exactly
+    ((a - a_zp)·F_a + (b - b_zp)·F_b + 2^(s-m-1)) >> (s-m) with F = M / 2^m: 32-bit when
+    span_a·|F_a| + span_b·|F_b| + 2^(s-m-1) < 2^31. Else the 64-bit products (`narrow` False).
+    """
+    p = step.params
+    spans = [max(QMAX[program.tensors[t].dtype] - zp, zp - QMIN[program.tensors[t].dtype])
+             for t, zp in zip(step.inputs[:2], (p["a_zp"], p["b_zp"]), strict=True)]
+    mults = [int(p["a_mult"]), int(p["b_mult"])]
+    logs = [_pow2(np.array([abs(v)])) for v in mults if v]
+    if any(e is None for e in logs):
+        return {"narrow": False}
+    m = min((int(e[0]) for e in logs), default=0)
+    s2 = int(p["shift"]) - m
+    fa, fb = (v // (1 << m) for v in mults)
+    ok = 1 <= s2 <= 30 and spans[0] * abs(fa) + spans[1] * abs(fb) + (1 << (s2 - 1)) < INT32_LIMIT
+    return {"narrow": bool(ok), "fa": fa, "fb": fb, "s2": s2}

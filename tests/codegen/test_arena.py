@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 import pytest
 
-from qpass.codegen.arena import check_plan, plan_arena
+from qpass.codegen.arena import check_plan, plan_arena, plan_memory
 from qpass.codegen.lower import lower
 from qpass.runtime_ref.program import Program, QTensor, Step
 
@@ -45,3 +45,32 @@ def test_in_place_kernels_reuse_their_input_bytes() -> None:
              Step("clamp", ["t3"], ["t4"], {})]
     plan = plan_arena(Program("p", t, steps, "t0", "t4"))
     assert plan.size == 64 and plan.naive == 3 * 64
+
+
+def _chain(sizes: list[int]) -> Program:
+    """t0 → linear-like steps through tensors of the given sizes (t0 is the program input)."""
+    t = {f"t{i}": QTensor(f"t{i}", (n,), "int8", 1.0, 0) for i, n in enumerate(sizes)}
+    steps = [Step("add", [f"t{i}"], [f"t{i + 1}"], {}) for i in range(len(sizes) - 1)]
+    return Program("p", t, steps, "t0", f"t{len(sizes) - 1}")
+
+
+def test_input_gets_an_arena_slot_only_where_bytes_are_free() -> None:
+    # t0 (16 B) is read by step 0 only; the peak (t1 + t2 = 128 B, step 1) leaves room for it at step 0
+    fits = _chain([16, 64, 64, 64, 8])
+    plan = plan_memory(fits)
+    assert plan.input_offset is not None and plan.size == plan_arena(fits).size == 128
+    assert "t0" in plan.offsets and check_plan(plan) == [] and plan.lower_bound == 128
+    # a 200 B input is alive with t1 (64 B): 264 B > 128 B, so it stays in the caller's buffer
+    big = _chain([200, 64, 64, 64, 8])
+    plan = plan_memory(big)
+    assert plan.input_offset is None and "t0" not in plan.offsets and plan.size == 128
+
+
+def test_a_widening_table_does_not_run_in_place() -> None:
+    # an int8 -> int16 lut writes 2 bytes per element: given its input's bytes, it would clobber unread inputs
+    t = {"t0": QTensor("t0", (64,), "int8", 1.0, 0), "t1": QTensor("t1", (64,), "int8", 1.0, 0),
+         "t2": QTensor("t2", (64,), "int16", 1.0, 0), "t3": QTensor("t3", (8,), "int16", 1.0, 0)}
+    steps = [Step("clamp", ["t0"], ["t1"], {}), Step("lut", ["t1"], ["t2"], {}), Step("add", ["t2"], ["t3"], {})]
+    plan = plan_arena(Program("p", t, steps, "t0", "t3"))
+    assert check_plan(plan) == [] and plan.lifetimes["t1"][1] == 3  # t1 lives through the lut's write
+    assert plan.size == 64 + 128

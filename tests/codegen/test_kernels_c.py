@@ -23,6 +23,7 @@ import pytest
 from qpass.codegen.arena import plan_arena
 from qpass.codegen.build import WARN_FLAGS, compile_and_run
 from qpass.codegen.emit import CTYPE, render, write
+from qpass.codegen.lower import pool_multipliers
 from qpass.runtime_ref import Program, QTensor, Step, run
 from qpass.runtime_ref.intmath import (
     MAX_SHIFT,
@@ -338,6 +339,14 @@ def add_broadcast_one(rng):
     tensors = [_t("t0", shape), _t("t1", (1,)), _t("t2", shape)]
     return _program("k_add_bcast", tensors, [Step("add", ["t0", "t1"], ["t2"], p)],
                     constants={"t1": np.array([-128], dtype=np.int8)}, output="t2")
+
+
+def add_pow2(rng):
+    """A pow2 plan's residual add: multipliers 2^29 and -2^27 on shift 30; the C rescales in 32 bits."""
+    shape, n = (20,), 20
+    p = {**_add_params(rng, n=n, b_n=n, a_zp=-128, b_zp=5, y_zp=-3), "a_mult": 2**29, "b_mult": -(2**27), "shift": 30}
+    tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
+    return _program("k_add_pow2", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
 
 
 def add_from_arena(rng):
@@ -908,7 +917,7 @@ def _out_size(n: int, k: int, stride: int, dil: int, p0: int, p1: int) -> int:
 
 def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: int, k: tuple[int, int],
                     stride=(1, 1), dil=(1, 1), pads=(0, 0, 0, 0), groups=1, x_zp=0, y_zp=0, lo=None, hi=None,
-                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0)) -> Program:
+                    x_dtype="int8", w_dtype="int8", y_dtype="int8", hwc=(0, 0), pow2_shift=None) -> Program:
     h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
     w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
     cin_g = c_in // groups
@@ -918,6 +927,8 @@ def _conv2d_program(rng, name: str, *, c_in: int, hw: tuple[int, int], c_out: in
     bound = _bound(weight, bias, bias_shift, x_dtype, x_zp)
     typical = np.sqrt(cin_g * k[0] * k[1]) * (QMAX[x_dtype] / 1.7) * np.abs(weight.reshape(c_out, -1)).mean(axis=1)
     mult, shift, acc_bits = _requant(rng, typical, bound, y_dtype)
+    if pow2_shift is not None:  # a pow2 plan: every multiplier 1, the C rescales with 32-bit shifts
+        mult, shift = np.ones(c_out, np.int32), np.array(pow2_shift, np.int32)
     dims = [c_in, *hw, c_out, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], groups, *hwc]
     p = dict(dims=np.array(dims, np.int32), groups=groups, weight=weight, bias=bias.astype(np.int32),
              bias_shift=bias_shift, mult=mult, shift=shift, acc_bits=acc_bits, acc_bound=bound, x_zp=x_zp, y_zp=y_zp,
@@ -960,14 +971,36 @@ def conv2d_hwc_out_depthwise(rng):  # written channels-last (the output transpos
                            hwc=(1, 1))
 
 
+def conv2d_tall_kernel(rng):  # kws's first layer: 10x4 over C = 1, stride 2, SAME pads; the taps loop over rows
+    return _conv2d_program(rng, "k_c2_tall", c_in=1, hw=(13, 6), c_out=4, k=(10, 4), stride=(2, 2),
+                           pads=(4, 1, 5, 2), x_zp=-3, y_zp=2)
+
+
+def conv2d_pointwise_flat(rng):  # 1x1 stride 1: a matrix multiply over an odd count of pixels, ReLU clamp
+    return _conv2d_program(rng, "k_c2_pwf", c_in=6, hw=(3, 5), c_out=6, k=(1, 1), x_zp=-128, y_zp=-128, lo=-128)
+
+
+def conv2d_depthwise_pow2(rng):  # power-of-two rescale, odd output width (pairs of pixels plus one)
+    return _conv2d_program(rng, "k_c2_dwp", c_in=3, hw=(6, 7), c_out=3, k=(3, 3), groups=3, pads=(1, 1, 1, 1),
+                           x_zp=-128, y_zp=-5, pow2_shift=[12, 13, 14])
+
+
+def conv2d_groups_odd(rng):  # three outputs per group (no channel pairs), channels-last output
+    return _conv2d_program(rng, "k_c2_go", c_in=4, hw=(5, 5), c_out=6, k=(2, 3), groups=2, pads=(1, 1, 0, 1),
+                           x_zp=7, hwc=(0, 1))
+
+
 def _pool2d_program(name: str, c: int, hw: tuple[int, int], k: tuple[int, int], *, stride=(1, 1), dil=(1, 1),
                     pads=(0, 0, 0, 0), is_max=0, count_pad=0, x_scale=0.05, y_scale=0.04, x_zp=3, y_zp=-7,
-                    dtype="int8", hwc=(0, 0)) -> Program:
+                    dtype="int8", hwc=(0, 0), narrow=False) -> Program:
     h_out = _out_size(hw[0], k[0], stride[0], dil[0], pads[0], pads[2])
     w_out = _out_size(hw[1], k[1], stride[1], dil[1], pads[1], pads[3])
     taps = k[0] * k[1]
     counts = [1] if is_max else [taps] if count_pad else range(1, taps + 1)
     mq = [quantize_multiplier(x_scale / (y_scale * n)) for n in counts]
+    if narrow:  # as lower._pool_2d: multipliers narrowed so the C rescales in 32 bits
+        span = max(QMAX[dtype] - x_zp, x_zp - QMIN[dtype])
+        mq = list(zip(*pool_multipliers(x_scale / y_scale, counts, span if is_max else taps * span), strict=True))
     dims = [c, *hw, h_out, w_out, *k, *stride, *dil, pads[0], pads[1], is_max, count_pad, *hwc]
     params = dict(dims=np.array(dims, np.int32), mult=np.array([m for m, _ in mq], np.int32),
                   shift=np.array([sh for _, sh in mq], np.int32), x_zp=x_zp, y_zp=y_zp, lo=QMIN[dtype], hi=QMAX[dtype])
@@ -986,6 +1019,10 @@ def pool2d_avg_count_pad(rng):
 
 def pool2d_avg_global(rng):  # kws's AveragePooling2D: one full window, one multiplier
     return _pool2d_program("k_p2_gap", 4, (6, 3), (6, 3), count_pad=1, y_scale=0.01)
+
+
+def pool2d_avg_narrow(rng):  # padded windows of 1..9 taps, each with a narrowed multiplier: 32-bit rescale
+    return _pool2d_program("k_p2_nar", 3, (7, 6), (3, 3), stride=(2, 1), pads=(1, 1, 1, 1), x_zp=-128, narrow=True)
 
 
 def pool2d_max(rng):
@@ -1061,7 +1098,7 @@ CASES: dict[str, dict[str, Case]] = {
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
-            "per-channel": Case(add_per_channel),
+            "per-channel": Case(add_per_channel), "pow2": Case(add_pow2),
             "b-in-arena": Case(add_from_arena), "same-input": Case(add_same_input),
             "extremes-fused-clamp": Case(add_extremes, 3), "shift-1": Case(add_shift_one),
             "requantize": Case(add_requantize), "int16": Case(add_int16)},
@@ -1080,8 +1117,11 @@ CASES: dict[str, dict[str, Case]] = {
                "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
-               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
+               "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise),
+               "tall-kernel": Case(conv2d_tall_kernel), "pointwise-flat": Case(conv2d_pointwise_flat),
+               "depthwise-pow2": Case(conv2d_depthwise_pow2), "groups-odd": Case(conv2d_groups_odd)},
     "pool2d": {"avg-padded": Case(pool2d_avg_padded), "avg-count-pad": Case(pool2d_avg_count_pad),
+               "avg-narrow": Case(pool2d_avg_narrow),
                "avg-global": Case(pool2d_avg_global), "max": Case(pool2d_max), "int16": Case(pool2d_int16),
                "hwc": Case(pool2d_hwc)},
     "maxpool1d": {"pairs": Case(maxpool1d_pairs), "padded-dilated": Case(maxpool1d_padded_dilated),
