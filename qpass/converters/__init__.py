@@ -97,4 +97,9 @@ def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.Mode
         for dim in out.type.tensor_type.shape.dim:
             if not dim.HasField("dim_value"):
                 dim.Clear()
+    # intermediate shapes the exporter wrote with the symbolic batch (torch's dynamo exporter writes them all)
+    # would keep Shape(x) chains from folding: drop them, shape inference recomputes them with the batch pinned
+    info = proto.graph.value_info
+    for v in [v for v in info if any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)]:
+        info.remove(v)
     return proto
