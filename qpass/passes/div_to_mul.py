@@ -30,7 +30,7 @@ class DivToMulPass(QPass):
             c = const_value(node.inputs[1])
             if c is None or not np.issubdtype(c.dtype, np.floating) or not np.all(c != 0):
                 continue
-            name = node.name or "div"
+            name = node.name or node.outputs[0].name or "div"
             inverse = new_initializer(graph, f"{name}_reciprocal", (np.ones((), c.dtype) / c).astype(c.dtype))
             mul = self.mark(ir.node("Mul", [node.inputs[0], inverse], name=f"{name}_mul"))
             out = node.outputs[0]

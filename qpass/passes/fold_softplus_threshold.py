@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value
+from qpass.passes._util import bypass, const_value
 
 MIN_THRESHOLD = 14.0  # e^-14 < 1e-6
 
@@ -43,11 +43,13 @@ class FoldSoftplusThresholdPass(QPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node in list(model.graph):
-            if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or node.outputs[0].is_graph_output():
+            if node.op_type != "Where" or node.domain not in ("", "ai.onnx"):
                 continue
             soft = _folds(node)
             if soft is not None:
-                ir.convenience.replace_all_uses_with(node.outputs[0], soft)
-                model.graph.remove(node, safe=True)
-                modified = True
+                before, cond = len(model.graph), node.inputs[0].producer()
+                bypass(node, soft)
+                if not cond.outputs[0].uses() and not cond.outputs[0].is_graph_output():
+                    model.graph.remove(cond, safe=True)
+                modified |= len(model.graph) != before
         return ir.passes.PassResult(model, modified)

@@ -156,7 +156,7 @@ class SimplifyLayoutPass(QPass):
         parts = [(offsets.index(a), offsets.index(b) if b is not None else None) for a, b in picked[1]]
         if any(b is None and offsets[a + 1] - offsets[a] != 1 or b is not None and b <= a for a, b in parts):
             return False  # a Gather of an input wider than 1, or an empty piece
-        name = node.name or "select"
+        name = node.name or node.outputs[0].name or "select"
         for out, (first, end) in zip(node.outputs, parts, strict=True):
             if end == first + 1:
                 ir.convenience.replace_all_uses_with(out, concat.inputs[first])
@@ -205,7 +205,7 @@ class SimplifyLayoutPass(QPass):
         # build the replacement only now: a node made and dropped would stay a consumer of x
         ops: list[ir.Node] = []
         cur = x
-        name = (head.name or "layout").replace("/", "_")
+        name = (head.name or chain[-1].outputs[0].name or "layout").replace("/", "_")  # node names must be unique
         if perm is not None:
             t = self.mark(ir.node("Transpose", [cur], attributes={"perm": list(perm)}, name=f"{name}_transpose"))
             t.outputs[0].shape, t.outputs[0].type = ir.Shape(mid_shape), x.type
