@@ -10,9 +10,10 @@ Gather with constant indices that keeps every element (a permutation, as PyTorch
 indices come out in order it is a Reshape (or nothing, when the shape is unchanged); otherwise the permutation
 of the input that produces them is searched, giving Transpose (+ Reshape when the shape still differs).
 
-First, a Slice (step 1, constant bounds, on one axis), a Split or a constant scalar-index Gather that takes exactly
-whole inputs of a Concat on the same axis reads those inputs (PyTorch's `h_n[-2:]` and `unbind` of the states
-of a stacked or bidirectional LSTM/GRU):
+First, a Slice that keeps its whole axis goes (`h_n[-1:]` of a one-layer RNN), and a Slice (step 1, constant
+bounds, on one axis), a Split or a constant scalar-index Gather that takes exactly whole inputs of a Concat on
+the same axis reads those inputs (PyTorch's `h_n[-2:]` and `unbind` of the states of a stacked or bidirectional
+LSTM/GRU):
 
     c = Concat(a: [1,B,H], b: [1,B,H], axis=0)  →   y = b          z = Squeeze(a, [0])
     y = Slice(c, [1], [2], [0])                     (Concat removed when nothing else reads it)
@@ -27,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, new_initializer, single_consumer
+from qpass.passes._util import bypass, const_value, new_initializer, single_consumer
 
 LAYOUT_OPS = {"Unsqueeze", "Squeeze", "Transpose", "Reshape", "Flatten", "Identity"}
 MAX_PERM_RANK = 6
@@ -111,6 +112,16 @@ def _select_ranges(node: ir.Node, rank: int, total: int) -> tuple[int, list[tupl
     return axis, [(start, end)]
 
 
+def _whole_axis(node: ir.Node) -> bool:
+    """A one-axis step-1 Slice that keeps all of its axis (PyTorch's h_n[-1:] of a one-layer RNN)."""
+    shape = _static(node.inputs[0])
+    for axis, size in enumerate(shape or ()):
+        got = _select_ranges(node, len(shape), size)
+        if got is not None and got[0] == axis:
+            return got[1] == [(0, size)]
+    return False
+
+
 def _find_perm(src_shape: tuple[int, ...], result: np.ndarray) -> tuple[int, ...] | None:
     base = np.arange(int(np.prod(src_shape))).reshape(src_shape)
     flat = result.reshape(-1)
@@ -145,8 +156,13 @@ class SimplifyLayoutPass(QPass):
 
     def _select_concat(self, graph: ir.Graph, node: ir.Node) -> bool:
         """A Slice/Split/Gather that takes whole inputs of a Concat on its axis reads them (module docstring)."""
+        if any(v.is_graph_output() for v in node.outputs):
+            return False
+        if node.op_type == "Slice" and _whole_axis(node):
+            bypass(node, node.inputs[0])
+            return True
         found = _concat_parts(node)
-        if found is None or any(v.is_graph_output() for v in node.outputs):
+        if found is None:
             return False
         concat, axis, offsets = found
         picked = _select_ranges(node, len(_static(concat.inputs[0])), offsets[-1])

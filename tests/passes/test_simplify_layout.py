@@ -39,6 +39,18 @@ def test_slice_split_and_gather_of_concat_read_its_inputs(parse_onnx, check_pass
     assert res.after["Slice"] == res.after["Split"] == res.after["Gather"] == 0, res.after
 
 
+def test_a_slice_of_the_whole_axis_goes(parse_onnx, check_pass, rng):
+    # h_n[-1:] of a one-layer RNN: Y_h is [1, B, H], the Slice keeps all of it
+    model = parse_onnx(OPSET + """
+        g (float[1,1,4] x) => (float[1,4] y) {
+            a = Relu(x)
+            s = Slice(a, minus1, big, zero)
+            y = Squeeze(s, zero)
+        }""", minus1=np.array([-1], np.int64), big=np.array([2**62], np.int64), zero=np.array([0], np.int64))
+    res = check_pass("simplify-layout", model, rng.normal(size=(1, 1, 4)).astype(np.float32), modified=True)
+    assert res.after["Slice"] == 0
+
+
 def test_a_slice_across_inputs_or_part_of_one_stays(parse_onnx, check_pass, rng):
     model = parse_onnx(OPSET + """
         g (float[1,4] x) => (float[1,3] y, float[2,4] z) {
