@@ -14,7 +14,11 @@ constants or its own chains, keeps BatchNormalization, and reads steps through S
 Data (real recordings, not random): the 1-D models take examples/har's BasicMotions windows [N, 100, 6]
 (4 classes); `conv2d` takes examples/resnet8's digits [N, 16, 16, 1] (10 classes) and permutes to NCHW itself.
 Each is trained briefly (full-batch Adam, one thread) so that the outputs are not trivial, then put in eval()
-mode (BatchNorm keeps the running statistics of the training data). expected.npz holds torch's outputs on the
+mode (BatchNorm keeps the running statistics of the training data). Trained on 40 windows, a model has test
+cases its two best classes nearly tie on; any 8-bit quantization flips those (onnxruntime's QDQ simulation of
+the plan flips the same ones), and the tests assert 99 % argmax agreement over 40 cases. So each model is
+trained from seeds 0..N-1 (--seeds) and the one whose least gap between the two largest test outputs is
+largest is exported; the script prints that gap. expected.npz holds torch's outputs on the
 first 8 test cases (key = model name), so the test can check both exports without torch.
 
     conv_lstm        Conv1d(k5, pad 2) → BatchNorm1d → ReLU → MaxPool1d(2) → Dropout → LSTM → out[:, -1] → Linear
@@ -55,7 +59,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "torch"
 HAR, RESNET8 = ROOT / "examples" / "har", ROOT / "examples" / "resnet8"
 CHANNELS, CLASSES = 6, 4
-SEED = 0
 EXPECTED_SAMPLES = 8
 EXPORTERS = ("classic", "dynamo")
 
@@ -255,27 +258,40 @@ def _export(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str, d
     onnx.save(proto, str(path))
 
 
-def export(name: str, epochs: int, exporters: tuple[str, ...]) -> np.ndarray:
+def _margin(prob: np.ndarray) -> float:
+    """The least gap between the two largest outputs over the test cases."""
+    top = np.sort(prob, axis=-1)
+    return float(np.min(top[:, -1] - top[:, -2]))
+
+
+def export(name: str, epochs: int, exporters: tuple[str, ...], seeds: int) -> np.ndarray:
     factory, data, dynamic, fold = MODELS[name]
-    torch.manual_seed(SEED)
-    model = factory()
     x_tr, y_tr, x_te = _data(data)
-    _train(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs)
-    with torch.no_grad():
-        prob = model(torch.from_numpy(x_te)).numpy()
+    best = None
+    for seed in range(seeds):  # keep the seed whose least test margin is largest (see the module docstring)
+        torch.manual_seed(seed)
+        model = factory()
+        _train(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs)
+        with torch.no_grad():
+            prob = model(torch.from_numpy(x_te)).numpy()
+        if best is None or _margin(prob) > best[0]:
+            best = (_margin(prob), seed, model, prob)
+    margin, seed, model, prob = best
     for exporter in exporters:
         path = OUT / f"{name}.{exporter}.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the classic exporter's deprecation and batch_first notes
             _export(model, torch.from_numpy(x_te[:1]), path, exporter, dynamic, fold)
         print(f"{path.relative_to(ROOT)}: {path.stat().st_size} bytes")
-    print(f"{name}: test predictions {np.bincount(prob.argmax(-1), minlength=prob.shape[-1])}")
+    print(f"{name}: seed {seed}, least test margin {margin:.3f}, test predictions "
+          f"{np.bincount(prob.argmax(-1), minlength=prob.shape[-1])}")
     return prob[:EXPECTED_SAMPLES]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--seeds", type=int, default=4, help="train with seeds 0..N-1, keep the largest least margin")
     ap.add_argument("--only", nargs="+", choices=sorted(MODELS), help="export these; keep the others' files")
     ap.add_argument("--exporters", nargs="+", choices=EXPORTERS, default=list(EXPORTERS))
     args = ap.parse_args()
@@ -285,7 +301,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     old = OUT / "expected.npz"
     expected = dict(np.load(old)) if args.only and old.exists() else {}
-    expected |= {name: export(name, args.epochs, tuple(args.exporters)) for name in (args.only or MODELS)}
+    expected |= {name: export(name, args.epochs, tuple(args.exporters), args.seeds) for name in (args.only or MODELS)}
     np.savez(OUT / "expected.npz", **expected)
 
 
