@@ -10,10 +10,10 @@ Gather with constant indices that keeps every element (a permutation, as PyTorch
 indices come out in order it is a Reshape (or nothing, when the shape is unchanged); otherwise the permutation
 of the input that produces them is searched, giving Transpose (+ Reshape when the shape still differs).
 
-First, a Slice that keeps its whole axis goes (`h_n[-1:]` of a one-layer RNN), and a Slice (step 1, constant
-bounds, on one axis), a Split or a constant scalar-index Gather that takes exactly whole inputs of a Concat on
-the same axis reads those inputs (PyTorch's `h_n[-2:]` and `unbind` of the states of a stacked or bidirectional
-LSTM/GRU):
+First, a Slice or a one-piece Split that keeps its whole axis goes (`h_n[-1:]` of a one-layer RNN, `list()` of
+it), and a Slice (step 1, constant bounds, on one axis), a Split or a constant scalar-index Gather that takes
+exactly whole inputs of a Concat on the same axis reads those inputs (PyTorch's `h_n[-2:]` and `unbind` of the
+states of a stacked or bidirectional LSTM/GRU):
 
     c = Concat(a: [1,B,H], b: [1,B,H], axis=0)  →   y = b          z = Squeeze(a, [0])
     y = Slice(c, [1], [2], [0])                     (Concat removed when nothing else reads it)
@@ -113,7 +113,8 @@ def _select_ranges(node: ir.Node, rank: int, total: int) -> tuple[int, list[tupl
 
 
 def _whole_axis(node: ir.Node) -> bool:
-    """A one-axis step-1 Slice that keeps all of its axis (PyTorch's h_n[-1:] of a one-layer RNN)."""
+    """A one-axis step-1 Slice, or a Split in one piece, that keeps all of its axis (PyTorch's h_n[-1:] of a
+    one-layer RNN, and `list()` of it)."""
     shape = _static(node.inputs[0])
     for axis, size in enumerate(shape or ()):
         got = _select_ranges(node, len(shape), size)
@@ -158,7 +159,7 @@ class SimplifyLayoutPass(QPass):
         """A Slice/Split/Gather that takes whole inputs of a Concat on its axis reads them (module docstring)."""
         if any(v.is_graph_output() for v in node.outputs):
             return False
-        if node.op_type == "Slice" and _whole_axis(node):
+        if node.op_type in ("Slice", "Split") and len(node.outputs) == 1 and _whole_axis(node):
             bypass(node, node.inputs[0])
             return True
         found = _concat_parts(node)
