@@ -37,8 +37,8 @@ class DivToMulPass(QPass):
             mul.outputs[0].shape, mul.outputs[0].type = out.shape, out.type
             graph.insert_before(node, mul)
             ir.convenience.replace_all_uses_with(out, mul.outputs[0], replace_graph_outputs=True)
-            if out.is_graph_output() or out.name:
-                mul.outputs[0].name, out.name = out.name, None
+            name, out.name = out.name, None  # the Mul's output takes the Div's name (a graph output keeps it)
+            mul.outputs[0].name = name
             graph.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)

@@ -32,3 +32,12 @@ def test_a_zero_divisor_stays(parse_onnx, check_pass, rng):
             y = Div(x, c)
         }""", c=np.array([2, 0], np.float32))
     check_pass("div-to-mul", model, rng.normal(size=(1, 2)).astype(np.float32), modified=False)
+
+
+def test_a_graph_output_keeps_its_name(parse_onnx, check_pass, rng):
+    model = parse_onnx(OPSET + """
+        g (float[1,2] x) => (float[1,2] y) {
+            y = Div(x, c)
+        }""", c=np.array(4, np.float32))
+    check_pass("div-to-mul", model, rng.normal(size=(1, 2)).astype(np.float32), modified=True)
+    assert model.graph.outputs[0].name == "y" and model.graph.outputs[0].producer().op_type == "Mul"
