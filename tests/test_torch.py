@@ -60,9 +60,10 @@ MODELS = {
     "gru_stacked": Model(kernels={"gru": 2}),
     "gru_bidirectional": Model(kernels={"gru": 2, "concat": 1}, exported={"classic": {"Split"}, "dynamo": {"Slice"}}),
     "gru_lstm": Model(kernels={"gru": 1, "lstm": 1}),
-    "conv1d": Model(kernels={"conv1d": 4, "maxpool1d": 1, "pool": 3, "concat": 1},
-                    exported={"classic": {"Pad", "Conv", "AveragePool", "GlobalAveragePool", "MaxPool"},
-                              "dynamo": {"Conv", "AveragePool", "ReduceMean", "MaxPool"}}),  # Pad, BN folded
+    "conv1d": Model(kernels={"conv1d": 4, "maxpool1d": 1, "pool": 4, "concat": 1},
+                    exported={"classic": {"Pad", "Conv", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                                          "ReduceMean", "MaxPool"},
+                              "dynamo": {"Conv", "AveragePool", "ReduceMean", "ReduceMax", "MaxPool"}}),  # BN, Pad fold
     "activations": Model(kernels={"lut": 9, "clamp": 2, "linear": 12},
                          exported={"classic": {"Erf", "Div", "Elu", "LeakyRelu", "HardSwish", "HardSigmoid",
                                                "Softplus", "Clip", "Relu", "Sigmoid", "Tanh"},

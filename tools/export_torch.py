@@ -31,8 +31,9 @@ first 8 test cases (key = model name), so the test can check both exports withou
     gru_bidirectional  MaxPool1d(2) → GRU(bidirectional) → h_n (both directions)
     gru_lstm         MaxPool1d(2) → GRU → LSTM → h_n
     conv1d           Conv1d padding='same' → causal Conv1d via F.pad (dilation 2, no bias) → depthwise Conv1d
-                     (groups=C, stride 2) → BatchNorm1d → pointwise Conv1d → MaxPool1d / AvgPool1d → mean over
-                     time and AdaptiveAvgPool1d(1) → Linear; LeakyReLU, ReLU6, Hardswish, ELU on the way
+                     (groups=C, stride 2) → BatchNorm1d → pointwise Conv1d → MaxPool1d then mean over time,
+                     AvgPool1d then AdaptiveAvgPool1d(1), AdaptiveMaxPool1d(1) → Linear; LeakyReLU, ReLU6,
+                     Hardswish, ELU on the way
     activations      per-step Linear layers, each followed by one of ReLU, Hardtanh, LeakyReLU, ELU, GELU,
                      Hardswish, Hardsigmoid, Sigmoid, Tanh, Softplus, SiLU → AdaptiveAvgPool1d(1) → Linear
     conv2d           Conv2d → BatchNorm2d → ReLU → residual block (Conv2d + Add) → depthwise Conv2d (stride 2)
@@ -141,14 +142,15 @@ class Conv1dNet(nn.Module):
         self.maxpool = nn.MaxPool1d(2)
         self.avgpool = nn.AvgPool1d(2)
         self.gap = nn.AdaptiveAvgPool1d(1)
-        self.fc = nn.Linear(32, CLASSES)
+        self.fc = nn.Linear(48, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, T, C]
         h = F.leaky_relu(self.same(x.transpose(1, 2)), 0.1)
         h = F.elu(self.causal(F.pad(h, (4, 0))))  # causal: (k - 1) * dilation zeros on the left
         h = F.relu6(self.bn(self.dw(h)))
         h = F.hardswish(self.pw(h))
-        feats = torch.cat([self.maxpool(h).mean(dim=-1), self.gap(self.avgpool(h)).flatten(1)], dim=1)
+        feats = torch.cat([self.maxpool(h).mean(dim=-1), self.gap(self.avgpool(h)).flatten(1),
+                           F.adaptive_max_pool1d(h, 1).flatten(1)], dim=1)
         return torch.softmax(self.fc(feats), dim=-1)
 
 
