@@ -67,7 +67,14 @@ def _gather(node: ir.Node, a: np.ndarray) -> np.ndarray | None:
     return out if out.size == a.size and np.array_equal(np.sort(out, axis=None), np.sort(a, axis=None)) else None
 
 
+def _recurrent(node: ir.Node) -> bool:
+    """A node of an unrolled LSTM/GRU (tagged with its role): kept in its tagged form for the lowering."""
+    return any(key.endswith(".role") for key in node.metadata_props)
+
+
 def _is_layout(node: ir.Node) -> bool:
+    if _recurrent(node):
+        return False
     return node.op_type in LAYOUT_OPS or (node.op_type == "Gather" and const_value(node.inputs[1]) is not None)
 
 
@@ -144,11 +151,11 @@ class SimplifyLayoutPass(QPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.op_type in ("Slice", "Split", "Gather") and node.graph is not None:
+            if node.op_type in ("Slice", "Split", "Gather") and node.graph is not None and not _recurrent(node):
                 modified |= self._select_concat(graph, node)
         for node in list(graph):
-            if node.graph is None or not _is_layout(node) or "qpass.lstm" in node.metadata_props:
-                continue  # an unrolled LSTM keeps its tagged form for the lowering
+            if node.graph is None or not _is_layout(node):
+                continue
             prev = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
             if prev is not None and _is_layout(prev) and single_consumer(prev.outputs[0]) is node:
                 continue  # not the head of its chain
