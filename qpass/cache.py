@@ -5,11 +5,11 @@ depend on changed, as a build system would.
     OUT/.qpass-cache/float/{key, model.onnx, records.json}             the graph after the passes
 
 A key is the SHA-256 of everything the entry depends on: the model file's content (every file of a
-SavedModel folder), the versions of qpass, tf2onnx, TensorFlow, Keras, onnx and onnx-ir, the source of
-qpass's converters (and passes, for the float entry), the model options (batch_size, opset, safe_mode)
-and, for the float entry, the pass list with its options and the content of any user pass file. An entry
-is used only when its stored key equals the key computed now; `key` is written last, so a half-written
-entry never matches.
+SavedModel folder, the external-data files an .onnx names), the versions of qpass, tf2onnx, TensorFlow,
+Keras, onnx and onnx-ir, the source of qpass's converters (and passes, for the float entry), the model
+options (batch_size, opset, safe_mode) and, for the float entry, the pass list with its options and the
+content of any user pass file. An entry is used only when its stored key equals the key computed now; `key`
+is written last, so a half-written entry never matches.
 
 The cache lives inside the output folder (qpass writes only there). Each run reads the previous output's
 cache and copies the entries it uses into its staging folder; entries it does not use are dropped with
@@ -31,6 +31,7 @@ import onnx_ir as ir
 
 from qpass import __version__
 from qpass.config import Pipeline
+from qpass.converters import onnx_data_files
 from qpass.passes.runner import PassRecord
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def _source_hash(*folders: str) -> str:
 
 def converted_key(pipe: Pipeline) -> str:
     h = hashlib.sha256()
-    _hash_path(h, pipe.resolve(pipe.model.path))
+    model = pipe.resolve(pipe.model.path)
+    _hash_path(h, model)
+    if model.suffix.lower() == ".onnx" and model.is_file():
+        for data in onnx_data_files(model):  # weights kept beside the graph (MODEL.onnx.data)
+            _hash_path(h, data)
     meta = {"versions": _versions(), "source": _source_hash("converters"),
             "options": pipe.model.model_dump(exclude={"path"})}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())

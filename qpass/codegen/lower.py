@@ -124,13 +124,14 @@ SUPPORT.append(Support(
     precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(
     ("GRU",), keras="GRU (reset_after=True or False; return_sequences, go_backwards), Bidirectional(GRU)",
-    torch="nn.GRU (its ONNX GRU export; not tested yet)",
+    torch="nn.GRU (num_layers, bidirectional, batch_first; out[:, -1] or h_n; classic and dynamo exports)",
     constraints="after the keras-gru and unroll-gru passes: batch 1, default activations, no clip or "
     "initial state; ONNX GRU with either linear_before_reset; bidirectional as two kernels; one loop over T in C",
     precisions="int8, int16; weights int8, int16"))
 SUPPORT.append(Support(
     ("LSTM",), keras="LSTM (return_sequences, go_backwards), Bidirectional(LSTM, merge_mode='concat')",
-    torch="nn.LSTM (one layer, one direction)", constraints="after the keras-lstm and unroll-lstm passes: "
+    torch="nn.LSTM (num_layers, bidirectional, batch_first; out[:, -1] or h_n; classic and dynamo exports)",
+    constraints="after the keras-lstm and unroll-lstm passes: "
     "batch 1, default activations, no peepholes, clip or initial state; one loop over T in C",
     precisions="int8, int16 (cell state int16); weights int8, int16"))
 

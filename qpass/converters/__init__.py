@@ -1,7 +1,7 @@
 """Converters: any supported model file → a float `onnx_ir.Model` with static shapes.
 
 Keras `.h5` / `.keras`, SavedModel directories and `.tflite` files go through tf2onnx; `.onnx` is loaded
-as is.
+as is, with the weights it keeps in external-data files next to it (`MODEL.onnx.data`).
 The batch dimension is fixed (1 by default) and shapes are inferred, so later stages see static shapes.
 """
 
@@ -28,10 +28,9 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
 
         proto = _fix_batch(convert_tflite(path, opset=opset), batch_size, path)
     elif path.suffix.lower() == ".onnx":
-        try:
-            proto = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
-            raise ConvertError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+        proto = _read_onnx(path)
+        if _external_files(proto, path):
+            onnx.load_external_data_for_model(proto, str(path.parent))
         _standard_ops(proto, path)
         proto = _fix_batch(proto, batch_size, path)
     else:
@@ -46,6 +45,49 @@ def load_model(path: Path, *, batch_size: int = 1, safe_mode: bool = True, opset
 
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    """The .onnx file's graph, without the weights it keeps in external files."""
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
+        raise ConvertError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every initializer and Constant tensor of the graph and of its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def _external_files(proto: onnx.ModelProto, path: Path) -> list[Path]:
+    """The files next to `path` that hold the model's external-data tensors (torch's dynamo exporter writes
+    MODEL.onnx.data); refuse a missing one, or a location outside the model's folder."""
+    folder = path.resolve().parent
+    files: dict[Path, None] = {}
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        file = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not file.is_relative_to(folder):
+            raise ConvertError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file "
+                               "in the model's folder; re-save the model with its weights inside")
+        if not file.is_file():
+            raise ConvertError(f"{path}: tensor {tensor.name!r} keeps its data in {file}, which does not exist; "
+                               f"put {location} next to the .onnx file (or export with external_data=False)")
+        files[file] = None
+    return list(files)
+
+
+def onnx_data_files(path: Path) -> list[Path]:
+    """The external-data files an .onnx model reads (for the build cache's key)."""
+    return _external_files(_read_onnx(path), path)
 
 
 def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -97,4 +139,9 @@ def _fix_batch(proto: onnx.ModelProto, batch_size: int, path: Path) -> onnx.Mode
         for dim in out.type.tensor_type.shape.dim:
             if not dim.HasField("dim_value"):
                 dim.Clear()
+    # intermediate shapes the exporter wrote with the symbolic batch (torch's dynamo exporter writes them all)
+    # would keep Shape(x) chains from folding: drop them, shape inference recomputes them with the batch pinned
+    info = proto.graph.value_info
+    for v in [v for v in info if any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)]:
+        info.remove(v)
     return proto

@@ -129,10 +129,12 @@ def resolve_pass(name: str, base_dir: Path | None = None) -> type[QPass]:
 
 # Built-in passes register on import: the explicit list, no directory scan.
 from qpass.passes import (  # noqa: E402,F401
+    div_to_mul,
     fold_batchnorm,
     fold_constants,
     fold_pad,
     fold_reverse_sequence,
+    fold_softplus_threshold,
     fold_time_distributed,
     fuse_gelu,
     keras_gru,

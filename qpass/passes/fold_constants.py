@@ -3,8 +3,8 @@
     s = Shape(x: float[1,64])        c = Constant(value=[1,64])
     r = Reshape(y, Concat(s, ...))   →   r = Reshape(y, c')      (c' an initializer)
 
-Also folds `Shape` of a tensor whose shape is fully static, and a Cast to the type a tensor already
-has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
+Also folds `Shape` of a tensor whose shape is fully static (with opset 15's start/end), and a Cast to the type a
+tensor already has. Nodes are evaluated with onnx's reference implementation, one at a time, in graph order, so a
 chain of constant nodes folds in a single round. A node that produces a graph output is left as it is.
 A DequantizeLinear of a constant (int8 weights stored behind a dequantize, as TFLite "dynamic range" models
 and weight-only quantized ONNX files have them) folds into a float constant when the graph has no
@@ -92,9 +92,10 @@ class FoldConstantsPass(QPass):
     def _fold(self, node: ir.Node) -> list[np.ndarray] | None:
         if node.op_type == "Shape" and node.inputs[0] is not None:
             shape = _static_shape(node.inputs[0])
-            if shape is None or node.attributes:
+            if shape is None:
                 return None
-            return [np.array(shape, dtype=np.int64)]
+            start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(shape))
+            return [np.array(shape[slice(start, end)], dtype=np.int64)]  # opset 15's start/end: Python's slice
         values = [const_value(v) if v is not None else None for v in node.inputs]
         if any(v is None and inp is not None for v, inp in zip(values, node.inputs, strict=True)) or not node.inputs:
             return None

@@ -93,6 +93,20 @@ def test_shape_gather_concat_reshape_on_static_shape(parse_onnx, check_pass, rng
     assert reshape.outputs[0].name == "y"
 
 
+def test_shape_with_start_and_end(parse_onnx, check_pass, rng):
+    # PyTorch's dynamo exporter reads one dimension as Shape<start, end>(x) (opset 15)
+    model = parse_onnx(f"""{OPSET}
+        g (float[2,4,8] x) => (float[8,8] y) {{
+            s = Shape <start = 0, end = 2> (x)
+            n = ReduceProd <keepdims = 1> (s)
+            target = Concat <axis = 0> (n, last)
+            y = Reshape(x, target)
+        }}""", last=np.array([-1], np.int64))
+    res = check_pass("fold-constants", model, rng.normal(size=(2, 4, 8)).astype(np.float32), modified=True)
+    assert res.after == Counter({"Reshape": 1})
+    assert next(iter(model.graph)).inputs[1].const_value.numpy().tolist() == [8, -1]
+
+
 def test_shape_of_a_symbolic_tensor_is_not_folded(parse_onnx, check_pass, rng):
     model = parse_onnx(f"""{OPSET}
         g (float[N,8] x) => (float[M] y) {{

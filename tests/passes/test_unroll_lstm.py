@@ -553,8 +553,8 @@ def test_a_step_of_one_directions_half_reads_that_h():
 
 
 def test_torch_export_unrolls_to_the_last_steps_h(check_pass):
-    # tools/export_torch_models.py's LSTM with torch.zeros h0/c0 and a dynamic batch, as qpass loads it
-    path = Path(__file__).resolve().parents[1] / "data" / "torch" / "lstm_zero_state.onnx"
+    # tools/export_torch.py's LSTM with torch.zeros h0/c0 and a dynamic batch, as qpass loads it
+    path = Path(__file__).resolve().parents[1] / "data" / "torch" / "lstm_zero_state.classic.onnx"
     model = load_model(path)
     assert FoldConstantsPass()(model).modified  # the Shape → ConstantOfShape chain of h0/c0 is now zeros
     x = np.load(Path(__file__).resolve().parents[2] / "examples" / "har" / "test.npz")["x"][:1]
