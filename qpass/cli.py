@@ -329,6 +329,8 @@ calibration:             # representative inputs shaped (N, {shape}): .npy, .npz
 passes:                  # float graph rewrites, in order (`qpass passes` lists them); each is a
   - strip-dropout        # no-op on a graph it does not apply to
   - fold-constants
+  - div-to-mul           # a Div by a constant (PyTorch's GELU) as a Mul
+  - fold-softplus-threshold  # PyTorch's Softplus threshold (Where/Greater) folded away
   - squeeze-conv2d
   - simplify-layout
   - fold-pad             # a zero Pad (Keras causal padding) into the Conv after it
