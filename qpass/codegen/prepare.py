@@ -1,4 +1,4 @@
-"""Generation-time constants for the per-layer C kernels (linear, conv1d): the C's view of a step.
+"""Generation-time constants for the per-layer C kernels (linear, conv1d, pool, lstm): the C's view of a step.
 
 runtime_ref computes `bias·2^k + Σ (x − x_zp)·w`; the C computes the same integer as
 
@@ -48,6 +48,50 @@ def high_word(shift: np.ndarray, product_bound: int) -> bool:
     """
     shift = np.asarray(shift)
     return bool(np.all(shift >= 33) and np.all(shift <= 62) and product_bound < 2**62)
+
+
+SPLIT = 16  # pool_rescale's "split" form: M = (M >> 16)·2^16 + (M & 0xffff), two 32-bit products
+
+
+def pool_rescale(program: Program, step: Step) -> dict:
+    """The pool's rescale (acc·M + 2^(s−1)) >> s in the cheapest exact form its proven bound allows.
+
+    Every (M, s) may be rewritten as (M·2^j, s + j): the same integer for any acc. With |acc| ≤ B
+    (the window's sum, or one value for max):
+
+        32-bit   each M made odd (a power of two becomes M = 1: a bare shift) and B·M + 2^(s−1) < 2^31
+        split    every s ≥ 17 (raised if needed), B < 2^15: acc·M = acc·(M >> 16)·2^16 + acc·(M & 0xffff), so
+                 the result is (acc·(M >> 16) + ((acc·(M & 0xffff)) >> 16) + 2^(s−17)) >> (s − 16), exact
+                 (the dropped low 16 bits are below 2^16 and cannot carry into a multiple of 2^(s−16))
+        64-bit   qp_requantize, otherwise
+
+    Neither 32-bit form multiplies in 64 bits: no __aeabi_lmul call on a Cortex-M0.
+    """
+    p = step.params
+    x = program.tensors[step.inputs[0]]
+    span = max(QMAX[x.dtype] - int(p["x_zp"]), int(p["x_zp"]) - QMIN[x.dtype])
+    bound = span * (1 if p["is_max"] else int(p["dims"][4]))
+    mult, shift = np.asarray(p["mult"]).astype(np.int64), np.asarray(p["shift"]).astype(np.int64)
+    odd = np.array([(int(m) & -int(m)).bit_length() - 1 for m in mult], dtype=np.int64)
+    odd = np.minimum(odd, shift - 1)  # keep s >= 1
+    m32, s32 = mult >> odd, shift - odd
+    if np.all(s32 <= 31) and int((bound * m32 + (np.int64(1) << (s32 - 1))).max()) < INT32_LIMIT:
+        return {"f": {"mult": m32, "shift": s32}, "form": "32-bit", **pool_window(p)}
+    up = np.maximum(0, SPLIT + 1 - shift)
+    ms, ss = mult << up, shift + up
+    hi = ms >> SPLIT  # bound < 2^15 keeps acc·(M & 0xffff) below 2^31 too
+    if (bound < 1 << (31 - SPLIT) and np.all(ms < INT32_LIMIT) and np.all(ss - SPLIT - 1 <= 30)
+            and int((bound * hi + bound + (np.int64(1) << (ss - SPLIT - 1))).max()) < INT32_LIMIT):
+        return {"f": {"mult": ms, "shift": ss}, "form": "split", **pool_window(p)}
+    return {"f": {}, "form": "64-bit", **pool_window(p)}
+
+
+def pool_window(p: dict) -> dict:
+    """The pool's sizes by name (x as [outer, l_in, inner]) and whether every window lies inside x (no tests)."""
+    names = ("outer", "l_in", "inner", "l_out", "k", "stride", "dilation", "pad")
+    d = dict(zip(names, (int(v) for v in p["dims"][:8]), strict=True))
+    last = (d["l_out"] - 1) * d["stride"] - d["pad"] + (d["k"] - 1) * d["dilation"]
+    return {"d": d, "full": d["pad"] <= 0 and last < d["l_in"]}
 
 
 def conv_interior(p: dict) -> dict:

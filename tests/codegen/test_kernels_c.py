@@ -674,6 +674,15 @@ def pool_int16(rng):
                          x_zp=0, y_zp=0, dtype="int16")
 
 
+def pool_pow2(rng):  # s_x / (s_y * 4) = 2^-3: M = 1, a bare 32-bit shift
+    return _pool_program("k_avg_pow2", (3, 12, 2), 3, 4, stride=4, count_pad=1, x_scale=0.05, y_scale=0.1,
+                         x_zp=-20)
+
+
+def pool_long_window(rng):  # 300 int8 taps: the sum passes 2^15, too wide for the split rescale: 64-bit
+    return _pool_program("k_gap_long", (2, 300, 1), 1, 300, y_scale=0.003, x_zp=0, count_pad=1)
+
+
 def _transpose_program(name: str, shape: tuple[int, ...], perm: list[int], dtype="int8") -> Program:
     rank = len(shape)
     in_strides = [math.prod(shape[i + 1:]) for i in range(rank)]
@@ -1018,7 +1027,7 @@ CASES: dict[str, dict[str, Case]] = {
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
     "pool": {"avg-window": Case(pool_avg_window), "avg-count-pad": Case(pool_avg_count_pad),
              "global-mean-inner": Case(pool_global_mean_channels_last), "max-rescaled": Case(pool_max_rescaled),
-             "int16": Case(pool_int16)},
+             "int16": Case(pool_int16), "pow2": Case(pool_pow2), "long-window": Case(pool_long_window)},
     "transpose": {"2d": Case(transpose_2d), "conv-layout": Case(transpose_conv_layout),
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
@@ -1125,6 +1134,18 @@ def test_per_layer_kernels_see_their_shapes():
     assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]", m) for m in macs), macs
     code = re.sub(r"/\*.*?\*/", "", c, flags=re.S)
     assert "dims[" not in code and "x_zp" not in code
+
+
+@pytest.mark.parametrize(("build", "form"), [(pool_pow2, "32-bit"), (pool_avg_window, "split"),
+                                             (pool_max_rescaled, "split"), (pool_long_window, "64-bit"),
+                                             (pool_int16, "64-bit")])
+def test_pool_rescale_form(build, form):
+    """The pool rescales in 32 bits (no 64-bit multiply: no __aeabi_lmul on a Cortex-M0) whenever its bound allows;
+    the C above proves each form equal to runtime_ref."""
+    c = render(build(np.random.default_rng(10)), source="test").c
+    kernel = c[c.index("/* layer 0, pool"):c.index("/* layer 1, linear")]
+    assert f"Rescale: {form}" in kernel
+    assert ("qp_requantize(" in kernel) == (form == "64-bit")
 
 
 @pytest.mark.parametrize("cc", ["gcc", pytest.param("clang", marks=pytest.mark.skipif(

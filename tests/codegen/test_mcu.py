@@ -62,6 +62,17 @@ def digits_precisions(bench, tmp_path_factory):
     return {v.precision: v for v in variants}, work
 
 
+DS_TCN_PRECISIONS = ["a8w8", "a16w8", "a8w8-pow2"]
+
+
+@pytest.fixture(scope="module")
+def ds_tcn(bench, tmp_path_factory):
+    """examples/ds_tcn (Conv1D, depthwise Conv1D, global average pooling, Dense): {precision: Variant}, work folder."""
+    work = tmp_path_factory.mktemp("ds_tcn")
+    _, variants = bench.prepare(ROOT / "examples" / "ds_tcn" / "pipeline.yaml", work, DS_TCN_PRECISIONS)
+    return {v.precision: v for v in variants}, work
+
+
 def _symbols(path: Path) -> set[str]:
     out = subprocess.run(["arm-none-eabi-nm", str(path)], capture_output=True, text=True, check=True).stdout
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
@@ -150,6 +161,18 @@ def test_pow2_requant_makes_no_64_bit_multiply_call_on_cortex_m0(bench, digits, 
     assert a8w8.lib_calls.get("__aeabi_lmul", 0) > 0
     assert pow2.lib_calls.get("__aeabi_lmul", 0) == 0, pow2.lib_calls
     assert pow2.instructions < a8w8.instructions
+
+
+@needs_arm
+@needs_unicorn
+def test_pow2_average_pooling_makes_no_64_bit_multiply_call_on_cortex_m0(bench, ds_tcn) -> None:
+    """ds_tcn's global average pooling (a mean over 100 steps: s_x / (s_y * 100) is no power of two) rescales in
+    32-bit multiplies; before, it made one __aeabi_lmul call per channel (16)."""
+    variants, work = ds_tcn
+    r = bench.bench_variant("ds_tcn", variants["a8w8-pow2"], "m0", "O2", work / "mcu")
+    assert r.ok, r.check
+    assert "pool" in {bench.kernel_kind(k) for k in r.kernels}
+    assert r.lib_calls.get("__aeabi_lmul", 0) == 0, r.lib_calls
 
 
 def _result(bench, precision: str, core: str = "m3", opt: str = "O2", instructions: int = 1000, ram: int = 1000,
