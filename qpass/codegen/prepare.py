@@ -115,6 +115,48 @@ def conv_weight(p: dict) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 1)) if p.get("channels_last") else w
 
 
+def dsp_words(w: np.ndarray, seg: int, x_dtype: str) -> np.ndarray:
+    """Weights [N, L] (each row: L // seg segments, each read from contiguous x) as the int32 words SMLAD takes.
+
+    Per segment, int8 x (4 bytes loaded, split by qp_sx02 / qp_sx13 into (x0, x2) and (x1, x3)): each group of
+    4 weights as the words (w0 | w2 << 16), (w1 | w3 << 16); int16 x (a loaded word is (x0, x1)): each pair as
+    (w0 | w1 << 16). The seg % 4 (seg % 2) weights left at the segment's end: one word each, plain.
+    """
+    g = 4 if x_dtype == "int8" else 2
+    n, length = w.shape
+    w = np.asarray(w).astype(np.int64).reshape(n, length // seg, seg)
+    body = w[:, :, : seg // g * g].reshape(n, length // seg, seg // g, g)
+    lo, hi = (body[..., [0, 1]], body[..., [2, 3]]) if g == 4 else (body[..., [0]], body[..., [1]])
+    words = ((lo & 0xFFFF) | (hi << 16)).reshape(n, length // seg, -1)
+    words = np.concatenate([words, w[:, :, seg // g * g:]], axis=2).reshape(n, -1)
+    return ((words + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def dsp_plan(w: np.ndarray, seg: int, seg_stride: int, x_dtype: str, acc: str) -> dict:
+    """The DSP path of a dot product over rows of w in segments of `seg` contiguous x values, `seg_stride` x values
+    apart: {"dsp": sizes for the template, "f": {"weight_dsp": words}}, or {"dsp": None} when SMLAD cannot
+    serve it (a 64-bit accumulator, or no segment as long as one SIMD group)."""
+    g = 4 if x_dtype == "int8" else 2
+    if acc != "int32_t" or seg < g or x_dtype not in ("int8", "int16"):
+        return {"dsp": None}
+    words = dsp_words(w.reshape(w.shape[0], -1), seg, x_dtype)
+    nseg = w.size // w.shape[0] // seg
+    return {"dsp": {"g": g, "seg": seg, "nseg": nseg, "stride": seg_stride, "sw": words.shape[1] // nseg,
+                    "row": words.shape[1]}, "f": {"weight_dsp": words}}
+
+
+def conv_dsp(p: dict, x_dtype: str, acc: str) -> dict:
+    """conv1d's DSP plan for the interior: contiguous x runs are a channel's taps ([C, L], dilation 1), a tap's
+    channels ([L, C]), or the whole window ([L, C], one group, dilation 1)."""
+    w = conv_weight(p)
+    cin_g, k = p["c_in"] // p["groups"], p["k"]
+    if not p.get("channels_last"):
+        return dsp_plan(w, k, p["l_in"], x_dtype, acc) if p["dilation"] == 1 else {"dsp": None}
+    if p["groups"] == 1 and p["dilation"] == 1:
+        return dsp_plan(w, k * cin_g, 0, x_dtype, acc)
+    return dsp_plan(w, cin_g, p["dilation"] * p["c_in"], x_dtype, acc)
+
+
 def _pow2(v: np.ndarray) -> np.ndarray | None:
     """log2 of every value when all are powers of two (>= 1), else None."""
     v = np.asarray(v).astype(np.int64)

@@ -582,6 +582,21 @@ def conv1d_int16(rng):
                          w_dtype="int16", y_dtype="int16")
 
 
+def conv1d_window_last(rng):  # channels last, one group, dilation 1: the window is one run of 5 * 6 = 30 values
+    return _conv_program(rng, "k_conv_win", c_in=6, l_in=20, c_out=6, k=5, pad_left=2, pad_right=2, x_zp=-9,
+                         y_zp=2, channels_last=True)
+
+
+def conv1d_taps_last(rng):  # channels last, 2 groups of 5 channels, dilation 2: runs of 5 per tap
+    return _conv_program(rng, "k_conv_tap", c_in=10, l_in=16, c_out=4, k=3, groups=2, dilation=2, pad_left=2,
+                         pad_right=2, x_zp=4, y_zp=-1, channels_last=True)
+
+
+def conv1d_x16(rng):  # int16 x, int8 w: runs of 5 taps per channel, pairs of 16-bit values
+    return _conv_program(rng, "k_conv_x16", c_in=3, l_in=14, c_out=5, k=5, stride=2, pad_left=1, pad_right=1,
+                         x_dtype="int16", y_dtype="int16")
+
+
 def _maxpool_program(name: str, c: int, l_in: int, k: int, zp: int = 0, dtype="int8", **dims) -> Program:
     p = _conv_params(c, l_in, c, k, **dims)
     tensors = [_t("t0", (1, c, l_in), zp=zp, dtype=dtype), _t("t1", (1, c, p["l_out"]), zp=zp, dtype=dtype)]
@@ -1015,7 +1030,9 @@ CASES: dict[str, dict[str, Case]] = {
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
-               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
+               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2),
+               "window-last": Case(conv1d_window_last), "taps-last": Case(conv1d_taps_last),
+               "x16": Case(conv1d_x16)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
                "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise)},
@@ -1130,8 +1147,8 @@ def test_per_layer_kernels_see_their_shapes():
     assert {name for name, _ in heads} == {"qp_l0_conv1d", "qp_l1_linear"}
     assert all(args.count(",") == 1 for _, args in heads)  # (x, y): nothing else arrives at run time
     assert c.count("static QP_NOINLINE void") == len(heads)
-    macs = re.findall(r"acc\d \+= (.*);", c)
-    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]", m) for m in macs), macs
+    macs = re.findall(r"acc\d \+= (.*);", c)  # the portable loops, and the DSP path's tail (x, weight word)
+    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]|\(int32_t\)xs\[\d+\] \* d\d\[\d+\]", m) for m in macs), macs
     code = re.sub(r"/\*.*?\*/", "", c, flags=re.S)
     assert "dims[" not in code and "x_zp" not in code
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,78 @@ def test_pow2_average_pooling_makes_no_64_bit_multiply_call_on_cortex_m0(bench, 
     assert r.ok, r.check
     assert "pool" in {bench.kernel_kind(k) for k in r.kernels}
     assert r.lib_calls.get("__aeabi_lmul", 0) == 0, r.lib_calls
+
+
+@needs_arm
+@needs_unicorn
+@pytest.mark.parametrize("precision", ["a8w8", "a16w8"])
+def test_dsp_path_on_cortex_m4_equals_runtime_ref(bench, ds_tcn, precision: str) -> None:
+    """ds_tcn's conv1d, depthwise conv1d and dense layers on a Cortex-M4: the SMLAD build (m4) and the portable C on
+    the same core (m4-nodsp) both give runtime_ref's integers, and SMLAD runs fewer instructions."""
+    variants, work = ds_tcn
+    v = variants[precision]
+    assert v.c_file.read_text().count("#ifdef QP_DSP") >= 3  # the DSP preamble's users: conv1d and linear layers
+    dsp = bench.bench_variant("ds_tcn", v, "m4", "O2", work / "mcu")
+    portable = bench.bench_variant("ds_tcn", v, "m4-nodsp", "O2", work / "mcu")
+    assert dsp.ok, dsp.check
+    assert portable.ok, portable.check
+    # only layer 0 (channels last, a window of 18 contiguous values) and the dense layer take SMLAD: the [C, L]
+    # pointwise convs (no contiguous run) and the k = 3 depthwise ones (runs shorter than 4 int8) stay portable
+    assert dsp.instructions < portable.instructions, (dsp.instructions, portable.instructions)
+    assert "Cortex-M4: DSP path vs portable C" in bench.dsp_table([dsp, portable], [precision])
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+def test_dsp_path_compiles_without_warnings_on_clang(bench, ds_tcn, tmp_path: Path) -> None:
+    """clang for a Cortex-M4 (thumbv7em: __ARM_FEATURE_DSP, <arm_acle.h>) under the README's warning flags."""
+    v = ds_tcn[0]["a8w8"]
+    proc = subprocess.run(["clang", "--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-mthumb", "-ffreestanding",
+                           *bench.WARN_FLAGS, "-O2", "-dM", "-E", str(v.c_file)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and "#define QP_DSP 1" in proc.stdout, proc.stderr
+    proc = subprocess.run(["clang", "--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-mthumb", "-ffreestanding",
+                           *bench.WARN_FLAGS, "-O2", "-c", str(v.c_file), "-o", str(tmp_path / "m.o")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+DSP_CASES = {  # test_kernels_c's cases whose layer has a DSP path (SMLAD on a Cortex-M4)
+    "linear": ["random", "rows", "x16", "w16", "pow2"],
+    "conv1d": ["depthwise", "window-last", "taps-last", "x16"],
+}
+
+
+@needs_arm
+@needs_unicorn
+@pytest.mark.parametrize(("kernel", "case"), [(k, c) for k, cases in DSP_CASES.items() for c in cases])
+def test_dsp_kernels_on_cortex_m4_equal_runtime_ref(bench, tmp_path: Path, kernel: str, case: str) -> None:
+    """Each linear / conv1d case with a DSP path (odd lengths, runs not a multiple of 4, int16 activations, int16
+    weights, one and several runs), built for a Cortex-M4 (SMLAD, SXTB16) and emulated: runtime_ref's integers."""
+    import test_kernels_c as kc
+
+    from qpass.codegen.emit import CTYPE, render, write
+    from qpass.runtime_ref import run
+
+    rng = np.random.default_rng(zlib.crc32(f"{kernel}/{case}".encode()))
+    program = kc.CASES[kernel][case].build(rng)
+    tin, tout = program.tensors[program.input], program.tensors[program.output]
+    xs = kc._samples(rng, tin.size, tin.dtype, n=64)[np.r_[0:20, 30, 50, 62, 63]]  # extremes, small, random
+    gen = render(program)
+    assert "QP_DSP" in gen.c[gen.c.index("/* layer 0"):gen.c.index("/* layer 1")], "the layer has no DSP path"
+    c_file, h_file = write(gen, tmp_path, program.name)
+    v = bench.Variant("int", "a8w8", program.name, c_file, h_file, CTYPE[tin.dtype], CTYPE[tout.dtype], xs[0],
+                      np.zeros(tout.size, tout.dtype), 0)
+    b = bench.build(v, "cortex-m4", "O2", tmp_path / "m4")
+    disassembly = subprocess.run(["arm-none-eabi-objdump", "-d", str(b.elf)], capture_output=True, text=True,
+                                 check=True).stdout
+    assert re.search(r"\tsmlad\t", disassembly) and (tin.dtype == "int16" or re.search(r"\tsxtb16\t", disassembly))
+    outputs = []
+    for x in xs:
+        v.x, v.expected = x, np.asarray(run(program, x)).reshape(-1).astype(tout.dtype)
+        _, _, out, _ = bench.emulate(b, v, "cortex-m4")
+        outputs.append(out)
+    want = np.stack([np.asarray(run(program, x)).reshape(-1) for x in xs])
+    np.testing.assert_array_equal(np.stack(outputs), want)
 
 
 def _result(bench, precision: str, core: str = "m3", opt: str = "O2", instructions: int = 1000, ram: int = 1000,
