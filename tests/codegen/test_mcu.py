@@ -300,7 +300,8 @@ def test_issue_11_targets(bench) -> None:
                                                                                      flash=before + 1),
         r("har_lstm", "m3", "O2", "a8w8", 6000), r("har_lstm", "m3", "O2", "float", 60_000),
         r("har_lstm", "m3", "Os", "a8w8", 9000),
-        r("har", "m0", "O2", "a8w8-pow2", 7000, calls={"__aeabi_lmul": 3}), r("har", "m0", "O2", "a8w8", 9000)])
+        r("har", "m0", "O2", "a8w8-pow2", 7000, calls={"__aeabi_lmul": 3}), r("har", "m0", "O2", "a8w8", 9000),
+        r("har", "m4", "O2", "a8w8", 3400), r("har", "m4-nodsp", "O2", "a8w8", 4200)])
     text = "\n".join(lines)
     assert "Cortex-M3 -O2 a8w8: <= 5 instructions per MAC: NOT MET" in lines
     assert "    har: 4,500 instructions / 1,000 MACs = 4.50: met" in lines
@@ -313,6 +314,11 @@ def test_issue_11_targets(bench) -> None:
     assert "    har -O2: 3 calls: not met" in lines
     assert f"har m3 -Os: {before + 1:,} bytes vs {before:,} before issue 11 = +0.0%: met" in text
     assert "Cortex-M0 a8w8 instructions per MAC: har -O2: 9.00" in lines
+    assert "Cortex-M4 -O2 a8w8 with the DSP path: <= 3.5 instructions per MAC: met" in lines
+    assert "    har: 3,400 instructions / 1,000 MACs = 3.40 (portable C on the same core: 4.20): met" in lines
+    assert bench.target_checks([r("har", "m4", "O2", "a8w8", 3600)])[5:7] == [
+        "Cortex-M4 -O2 a8w8 with the DSP path: <= 3.5 instructions per MAC: NOT MET",
+        "    har: 3,600 instructions / 1,000 MACs = 3.60: not met"]
 
 
 def test_step_macs_and_site_labels(bench, tmp_path: Path) -> None:
