@@ -587,6 +587,11 @@ def conv1d_window_last(rng):  # channels last, one group, dilation 1: the window
                          y_zp=2, channels_last=True)
 
 
+def conv1d_valid_last(rng):  # no padding: every output interior, so the DSP build needs no int8 weights at all
+    return _conv_program(rng, "k_conv_valid", c_in=5, l_in=15, c_out=3, k=3, stride=2, x_zp=-2, y_zp=1,
+                         channels_last=True)
+
+
 def conv1d_taps_last(rng):  # channels last, 2 groups of 5 channels, dilation 2: runs of 5 per tap
     return _conv_program(rng, "k_conv_tap", c_in=10, l_in=16, c_out=4, k=3, groups=2, dilation=2, pad_left=2,
                          pad_right=2, x_zp=4, y_zp=-1, channels_last=True)
@@ -1032,6 +1037,7 @@ CASES: dict[str, dict[str, Case]] = {
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
                "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2),
                "window-last": Case(conv1d_window_last), "taps-last": Case(conv1d_taps_last),
+               "valid-last": Case(conv1d_valid_last),
                "x16": Case(conv1d_x16)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),

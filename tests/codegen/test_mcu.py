@@ -211,7 +211,7 @@ def test_dsp_path_compiles_without_warnings_on_clang(bench, ds_tcn, tmp_path: Pa
 
 DSP_CASES = {  # test_kernels_c's cases whose layer has a DSP path (SMLAD on a Cortex-M4)
     "linear": ["random", "rows", "x16", "w16", "pow2"],
-    "conv1d": ["depthwise", "window-last", "taps-last", "x16"],
+    "conv1d": ["depthwise", "window-last", "taps-last", "valid-last", "x16"],
 }
 
 
