@@ -22,7 +22,16 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_arena
-from qpass.codegen.prepare import conv_dsp, conv_interior, conv_weight, dsp_plan, folded, lstm_gates, pool_rescale
+from qpass.codegen.prepare import (
+    add_rescale,
+    conv_dsp,
+    conv_interior,
+    conv_weight,
+    dsp_plan,
+    folded,
+    lstm_gates,
+    pool_rescale,
+)
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
 
@@ -66,6 +75,7 @@ PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for 
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
     "maxpool1d": lambda program, step: conv_interior(step.params),
     "pool": pool_rescale,
+    "add": add_rescale,
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},
 }

@@ -1,4 +1,4 @@
-"""Generation-time constants for the per-layer C kernels (linear, conv1d, pool, lstm): the C's view of a step.
+"""Generation-time constants for the per-layer C kernels (linear, conv1d, pool, add, lstm): the C's view of a step.
 
 runtime_ref computes `bias·2^k + Σ (x − x_zp)·w`; the C computes the same integer as
 
@@ -84,6 +84,21 @@ def pool_rescale(program: Program, step: Step) -> dict:
             and int((bound * hi + bound + (np.int64(1) << (ss - SPLIT - 1))).max()) < INT32_LIMIT):
         return {"f": {"mult": ms, "shift": ss}, "form": "split", **pool_window(p)}
     return {"f": {}, "form": "64-bit", **pool_window(p)}
+
+
+def add_rescale(program: Program, step: Step) -> dict:
+    """The add's multipliers and shift with their common power of two taken out (the same integers), and its
+    accumulator: int32 when span_a·|M_a| + span_b·|M_b| + 2^(s−1) < 2^31, as a power-of-two (pow2) add always
+    is after the reduction, so no 64-bit multiply (no __aeabi_lmul on a Cortex-M0); int64 otherwise."""
+    p = step.params
+    ma, mb, sh = int(p["a_mult"]), int(p["b_mult"]), int(p["shift"])
+    zeros = [(abs(m) & -abs(m)).bit_length() - 1 for m in (ma, mb) if m]
+    j = min([*zeros, sh - 1])
+    ma, mb, sh = ma >> j, mb >> j, sh - j
+    a, b = (program.tensors[t] for t in step.inputs[:2])
+    span = [max(QMAX[t.dtype] - zp, zp - QMIN[t.dtype]) for t, zp in ((a, p["a_zp"]), (b, p["b_zp"]))]
+    narrow = sh <= 31 and span[0] * abs(ma) + span[1] * abs(mb) + (1 << (sh - 1)) < INT32_LIMIT
+    return {"ma": ma, "mb": mb, "sh": sh, "acc": "int32_t" if narrow else "int64_t"}
 
 
 def pool_window(p: dict) -> dict:

@@ -348,6 +348,13 @@ def add_from_arena(rng):
     return _program("k_add_arena", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
 
 
+def add_pow2(rng):  # power-of-two scales (a8w8-pow2): M = 2^30, 2^29 on shift 31 reduce to 2, 1 on shift 2
+    shape, n = (16,), 16
+    p = _add_params(rng, n=n, b_n=n, a_zp=-5, b_zp=12, y_zp=-1, ratios=[0.5, 0.25])
+    tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
+    return _program("k_add_pow2", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
+
+
 def add_same_input(rng):
     shape, n = (16,), 16
     p = _add_params(rng, n=n, b_n=n, a_zp=1, b_zp=-1, y_zp=0, ratios=[0.3, 0.9])
@@ -1019,7 +1026,7 @@ CASES: dict[str, dict[str, Case]] = {
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
-            "per-channel": Case(add_per_channel),
+            "per-channel": Case(add_per_channel), "pow2": Case(add_pow2),
             "b-in-arena": Case(add_from_arena), "same-input": Case(add_same_input),
             "extremes-fused-clamp": Case(add_extremes, 3), "shift-1": Case(add_shift_one),
             "requantize": Case(add_requantize), "int16": Case(add_int16)},
@@ -1169,6 +1176,16 @@ def test_pool_rescale_form(build, form):
     kernel = c[c.index("/* layer 0, pool"):c.index("/* layer 1, linear")]
     assert f"Rescale: {form}" in kernel
     assert ("qp_requantize(" in kernel) == (form == "64-bit")
+
+
+@pytest.mark.parametrize(("build", "acc"), [(add_pow2, "int32_t"), (add_shift_one, "int32_t"),
+                                            (add_const_full, "int64_t")])
+def test_add_accumulator_width(build, acc):
+    """A power-of-two add sums in 32 bits once the multipliers' common power of two is taken out (no 64-bit
+    multiply: no __aeabi_lmul on a Cortex-M0); 31-bit multipliers need 64 bits."""
+    c = render(build(np.random.default_rng(11)), source="test").c
+    kernel = re.search(r"/\* layer \d+, add .*?\n}\n", c, flags=re.S).group(0)
+    assert f"const {acc} acc" in kernel and ("int64_t" in kernel) == (acc == "int64_t")
 
 
 @pytest.mark.parametrize("cc", ["gcc", pytest.param("clang", marks=pytest.mark.skipif(

@@ -209,6 +209,38 @@ def test_dsp_path_compiles_without_warnings_on_clang(bench, ds_tcn, tmp_path: Pa
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
+def _lmul_sections(bench, c_file: Path, obj: Path) -> set[str]:
+    """Functions (one section each; gcc may suffix .constprop) of the Cortex-M0 object that call __aeabi_lmul."""
+    subprocess.run([ARM_CC, *M0, "-O2", "-ffunction-sections", *bench.WARN_FLAGS, "-ffreestanding", "-c", str(c_file),
+                    "-o", str(obj)], check=True)
+    rel = subprocess.run(["arm-none-eabi-objdump", "-r", str(obj)], capture_output=True, text=True, check=True).stdout
+    found, section = set(), ""
+    for line in rel.splitlines():
+        head = re.match(r"RELOCATION RECORDS FOR \[\.text\.([\w]+)", line)
+        section = head.group(1) if head else section
+        if line.endswith("__aeabi_lmul"):
+            found.add(section)
+    return found
+
+
+@needs_arm
+@pytest.mark.parametrize(("kernel", "case", "lmul"), [("add", "pow2", False), ("add", "shift-1", False),
+                                                     ("add", "const-full", True), ("pool", "pow2", False),
+                                                     ("pool", "avg-window", False), ("pool", "long-window", True)])
+def test_add_and_pool_kernels_call_lmul_on_cortex_m0_only_when_64_bit(bench, tmp_path: Path, kernel: str, case: str,
+                                                                      lmul: bool) -> None:
+    """Power-of-two adds and the pool's 32-bit rescales (pow2, or the split product of a window sum below 2^15)
+    make no __aeabi_lmul call; 31-bit add multipliers and a 300-tap window still need a 64-bit product."""
+    import test_kernels_c as kc
+
+    from qpass.codegen.emit import render, write
+
+    program = kc.CASES[kernel][case].build(np.random.default_rng(0))
+    c_file, _ = write(render(program), tmp_path, program.name)
+    index = next(i for i, s in enumerate(program.steps) if s.kernel == kernel)
+    assert (f"qp_l{index}_{kernel}" in _lmul_sections(bench, c_file, tmp_path / "m.o")) == lmul
+
+
 DSP_CASES = {  # test_kernels_c's cases whose layer has a DSP path (SMLAD on a Cortex-M4)
     "linear": ["random", "rows", "x16", "w16", "pow2"],
     "conv1d": ["depthwise", "window-last", "taps-last", "valid-last", "x16"],
