@@ -1,7 +1,7 @@
 """Cortex-M benchmark: the integer C at several precisions against the float C of the same graph, on
 Cortex-M0/M3/M4, emulated.
 
-    python tools/bench_mcu.py [--examples autoencoder digits har har_lstm] [--cores m0 m3 m4] [--opts O2 Os]
+    python tools/bench_mcu.py [--examples autoencoder digits har har_lstm] [--cores m0 m3 m4 m4-nodsp] [--opts O2 Os]
                               [--precisions a8w8 a16w8 a16w16 a8w8-pow2] [--json out.json] [--keep DIR]
 
 (default: every example, core, optimization level and precision). For every examples/*/pipeline.yaml and
@@ -16,9 +16,11 @@ that precision (a pipeline that fails is skipped with one line saying why):
 (per_channel as the YAML says; its precision overrides dropped, so a label means what it says). Take each
 run's integer C (NAME.c) and, once per example, the float C of the float graph after the passes
 (qpass.codegen.float_c, NAME_float.c), and build each with arm-none-eabi-gcc for each core and
-optimization level: -mthumb -mfloat-abi=soft, freestanding (-ffreestanding -nostdlib, then libgcc, and
-newlib's libm for expf/tanhf in the float build), a small startup (vector table, .data copy, .bss zeroing)
-and a linker script with .text/.rodata in flash at 0x0 and .data/.bss/stack in RAM at 0x20000000.
+optimization level (m4: -mcpu=cortex-m4, which defines __ARM_FEATURE_DSP, so the C takes its SMLAD path;
+m4-nodsp: the same with -U__ARM_FEATURE_DSP, the portable C on the same core): -mthumb -mfloat-abi=soft,
+freestanding (-ffreestanding -nostdlib, then libgcc, and newlib's libm for expf/tanhf in the float build), a small
+startup (vector table, .data copy, .bss zeroing) and a linker script with .text/.rodata in flash at 0x0 and
+.data/.bss/stack in RAM at 0x20000000.
 
 Each ELF runs ONE inference in the unicorn emulator: its segments are loaded, the stack painted, the input
 (the first comparison sample, quantized for the integer build) written to the harness's input buffer; then
@@ -38,9 +40,9 @@ output must equal qpass.runtime_ref bit for bit, the float output onnxruntime's 
 Reported: instructions per inference and per MAC; flash = every byte the image keeps in flash (vector table, .text,
 .rodata, .ARM.exidx, the .data initializers); RAM = .data + .bss (the arena, the harness's input and output
 buffers, libm's errno) + the measured stack peak; the float/int ratio of each per precision; the
-__aeabi_lmul calls per inference on Cortex-M0; the per-kernel breakdown of every Cortex-M3 -O2 build (instructions
-per kernel call, and per kernel kind with MACs and instructions per MAC); then the targets (issue 11's among
-them), each met / not met with the numbers.
+__aeabi_lmul calls per inference on Cortex-M0; Cortex-M4's DSP build against its portable build; the per-kernel
+breakdown of every Cortex-M3 and Cortex-M4 -O2 build (instructions per kernel call, and per kernel kind with MACs
+and instructions per MAC); then the targets (issue 11's among them), each met / not met with the numbers.
 Needs arm-none-eabi-gcc, newlib (libnewlib-arm-none-eabi) and `pip install -e '.[bench]'` (unicorn).
 """
 
@@ -67,7 +69,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CC = "arm-none-eabi-gcc"
-CORES = {"m0": "cortex-m0", "m3": "cortex-m3", "m4": "cortex-m4"}
+CORES = {"m0": "cortex-m0", "m3": "cortex-m3", "m4": "cortex-m4", "m4-nodsp": "cortex-m4"}
+# m4-nodsp: the same Cortex-M4 with __ARM_FEATURE_DSP undefined, so the generated C takes its portable path
+CORE_FLAGS = {"m4-nodsp": ["-U__ARM_FEATURE_DSP"]}
 OPTS = ("O2", "Os")
 WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
 FLASH, FLASH_SIZE = 0x00000000, 1 << 20
@@ -321,19 +325,19 @@ def _run(cmd: list[str], what: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def arch_flags(cpu: str, opt: str) -> list[str]:
-    return [f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=soft", f"-{opt}", "-ffreestanding", "-ffunction-sections",
-            "-fdata-sections"]
+def arch_flags(cpu: str, opt: str, core: str = "") -> list[str]:
+    return [f"-mcpu={cpu}", *CORE_FLAGS.get(core, []), "-mthumb", "-mfloat-abi=soft", f"-{opt}", "-ffreestanding",
+            "-ffunction-sections", "-fdata-sections"]
 
 
-def build(v: Variant, cpu: str, opt: str, work: Path) -> Build:
+def build(v: Variant, cpu: str, opt: str, work: Path, core: str = "") -> Build:
     """Compile the model (zero warnings), the harness and the startup; link a freestanding image."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "link.ld").write_text(LINKER_SCRIPT)
     (work / "startup.c").write_text(STARTUP)
     (work / "harness.c").write_text(HARNESS.format(api=v.api, API=v.api.upper(), in_t=v.in_t, out_t=v.out_t))
     shutil.copy(v.h_file, work / v.h_file.name)
-    flags = arch_flags(cpu, opt)
+    flags = arch_flags(cpu, opt, core)
     objs = []
     for src, strict in ((v.c_file, True), (work / "harness.c", True), (work / "startup.c", False)):
         obj = work / (src.stem + ".o")
@@ -534,7 +538,7 @@ def check(v: Variant, out: np.ndarray) -> tuple[bool, str]:
 
 def bench_variant(model: str, v: Variant, core: str, opt: str, work: Path) -> Result:
     cpu = CORES[core]
-    b = build(v, cpu, opt, work / f"{v.precision}-{core}-{opt}")
+    b = build(v, cpu, opt, work / f"{v.precision}-{core}-{opt}", core)
     counter, stack, out, calls = emulate(b, v, cpu)
     ok, what = check(v, out)
     kernels: Counter = Counter()
@@ -649,6 +653,27 @@ def lmul_table(results: list[Result], precisions: list[str]) -> str:
     return "\n".join(lines)
 
 
+def dsp_table(results: list[Result], precisions: list[str]) -> str:
+    """Cortex-M4: the DSP build (SMLAD) against the portable C on the same core (m4-nodsp), per precision."""
+    rows = _index(results)
+    pairs = list(dict.fromkeys((r.model, r.opt) for r in results if r.core == "m4"))
+    if not any(rows.get((m, "m4-nodsp", o, p)) for m, o in pairs for p in precisions):
+        return ""
+    lines = ["Cortex-M4: DSP path vs portable C (instructions per MAC; portable / DSP in parentheses):", "",
+             "| model | opt | " + " | ".join(precisions) + " |", "|---|---|" + "---:|" * len(precisions)]
+    for model, opt in pairs:
+        cells = []
+        for p in precisions:
+            d, n = rows.get((model, "m4", opt, p)), rows.get((model, "m4-nodsp", opt, p))
+            if d is None or n is None or not d.macs:
+                cells.append("n/a")
+                continue
+            fail = "" if d.ok and n.ok else " FAIL"
+            cells.append(f"{d.per_mac:.2f} vs {n.per_mac:.2f} ({n.instructions / d.instructions:.2f}x){fail}")
+        lines.append(f"| {model} | -{opt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def breakdown(r: Result) -> str:
     """Where one build's instructions went: a row per kernel call (its C comment), then per kernel kind with
     its MACs and instructions per MAC. Library helpers (soft float, __aeabi_lmul) count for their caller."""
@@ -721,6 +746,13 @@ def target_checks(results: list[Result]) -> list[str]:
     verdict("Cortex-M3 -O2 a8w8: <= 5 instructions per MAC", per_mac)
     verdict("Cortex-M3 -O2: float / a8w8 instructions >= 15x", ratio)
     verdict("Cortex-M3 a8w8: -Os within 30% of -O2", os_o2)
+    m4 = []
+    i, n = rows.get(("har", "m4", "O2", "a8w8")), rows.get(("har", "m4-nodsp", "O2", "a8w8"))
+    if i and i.ok and i.macs:
+        portable = f" (portable C on the same core: {n.per_mac:.2f})" if n and n.ok else ""
+        m4.append((f"har: {i.instructions:,} instructions / {i.macs:,} MACs = {i.per_mac:.2f}{portable}",
+                   i.per_mac <= 3.5))
+    verdict("Cortex-M4 -O2 a8w8 with the DSP path: <= 3.5 instructions per MAC", m4)
     verdict("Cortex-M0: no __aeabi_lmul in any a8w8-pow2 build",
             [(f"{r.model} -{r.opt}: {r.lib_calls.get('__aeabi_lmul', 0):,} calls", not r.lib_calls.get("__aeabi_lmul"))
              for r in results if r.core == "m0" and r.precision == "a8w8-pow2" and r.ok])
@@ -800,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     print(tables(results, precisions))
     print()
     print(per_mac_table(results, precisions))
+    dsp = dsp_table(results, precisions)
+    if dsp:
+        print()
+        print(dsp)
     lmul = lmul_table(results, precisions)
     if lmul:
         print()
@@ -809,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in helper_lines(results):
         print(line)
     for r in results:
-        if r.core == "m3" and r.opt == "O2" and r.kernels:
+        if r.core in ("m3", "m4") and r.opt == "O2" and r.kernels:
             print()
             print(breakdown(r))
     print()

@@ -12,6 +12,7 @@ model file appear only in comments, after `comment()` has reduced them to a safe
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,17 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from qpass import __version__
 from qpass.codegen.arena import BYTES, plan_memory
-from qpass.codegen.prepare import add_form, conv_interior, conv_weight, folded, gru_gates, lstm_gates
+from qpass.codegen.prepare import (
+    add_rescale,
+    conv_dsp,
+    conv_interior,
+    conv_weight,
+    dsp_plan,
+    folded,
+    gru_gates,
+    lstm_gates,
+    pool_rescale,
+)
 from qpass.codegen.prepare_2d import conv2d_layer, pool2d_layer
 from qpass.runtime_ref.intmath import QMAX, QMIN
 from qpass.runtime_ref.program import Program
@@ -33,19 +44,44 @@ ARRAY_PARAMS = {  # kernel param → C element type (None: the array's own integ
     "dims": "int32", "strides": "int32", "weight_h": None, "gate_lut": None, "tanh_table": "int16",
     "mx": "int32", "mh": "int32", "acc0": None, "ax0": None, "ah0": None, "fx": "int32", "fh": "int32",
     "sh": "uint8", "act_i": None, "act_o": None, "act_f": None, "act_g": None,
-    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32", "accb": None,
+    "act_z": None, "act_r": None, "act_n": None, "hn0": None, "hn_f": "int32", "accb": None, "weight_dsp": "int32",
 }
 SCALAR_TYPES = (int, np.integer)
+
+
+def _linear(program: Program, step) -> dict:
+    """Folded biases and, for a Cortex-M4, the weights as SMLAD words (then the int8 weights serve other cores)."""
+    f = folded(program, step)
+    dsp = dsp_plan(np.asarray(step.params["weight"]), int(step.params["in_features"]),
+                   0, program.tensors[step.inputs[0]].dtype, f["acc"])
+    guards = {"weight": "portable", "weight_dsp": "dsp"} if dsp["dsp"] else {}
+    return {"f": {**f, **dsp.pop("f", {})}, **dsp, "guards": guards}
+
+
+def _conv1d(program: Program, step) -> dict:
+    """Folded biases, interior bounds, weights in the C's order and, for the interior on a Cortex-M4, as SMLAD
+    words (the int8 weights then serve the border alone, or other cores only when there is no border)."""
+    p, f = step.params, folded(program, step)
+    inner = conv_interior(p)
+    dsp = conv_dsp(p, program.tensors[step.inputs[0]].dtype, f["acc"])
+    if inner["o_hi"] <= inner["o_lo"]:
+        dsp = {"dsp": None}
+    border = inner["o_lo"] > 0 or inner["o_hi"] < p["l_out"]
+    guards = {"weight_dsp": "dsp", **({"weight": "portable"} if dsp["dsp"] and not border else {})}
+    return {"f": {**f, "weight": conv_weight(p), **dsp.pop("f", {})}, **dsp, **inner, "guards": guards,
+            "border": border}
+
+
 PREPARE = {  # per-layer kernels: extra generation-time constants and sizes for their template
-    "linear": lambda program, step: {"f": folded(program, step)},
-    "conv1d": lambda program, step: {"f": {**folded(program, step), "weight": conv_weight(step.params)},
-                                     **conv_interior(step.params)},
+    "linear": _linear,
+    "conv1d": _conv1d,
     "lstm": lambda program, step: {"g": lstm_gates(program, step)},
     "gru": lambda program, step: {"g": gru_gates(program, step)},
     "conv2d": conv2d_layer,
-    "add": add_form,
     "pool2d": pool2d_layer,
     "maxpool1d": lambda program, step: conv_interior(step.params),
+    "pool": pool_rescale,
+    "add": add_rescale,
     "transpose": lambda program, step: {"axes": [(int(d), int(st)) for d, st in zip(
         step.params["dims"], step.params["strides"], strict=True) if d > 1]},
 }
@@ -73,7 +109,9 @@ def ident(text: str, limit: int = 32) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].strip("_")
 
 
+@functools.cache
 def _env() -> Environment:
+    """One environment per process: jinja2 compiles each template once and keeps it (it reloads a changed file)."""
     return Environment(loader=PackageLoader("qpass.codegen", "templates"), undefined=StrictUndefined,
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
 
@@ -114,10 +152,12 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
     arena = plan_memory(program)
     constants: list[dict] = []
 
-    def add_const(values: np.ndarray, dtype: str, cname: str) -> str:
+    def add_const(values: np.ndarray, dtype: str, cname: str, guard: str | None = None) -> str:
+        """guard: "dsp" (only the Cortex-M4 DSP path reads it), "portable" (only the portable path) or None."""
         values = np.asarray(values).reshape(-1)
         constants.append({"cname": cname, "ctype": CTYPE[dtype], "count": max(1, values.size), "body": _body(values),
-                          "bytes": values.size * np.dtype(dtype).itemsize})
+                          "bytes": values.size * np.dtype(dtype).itemsize,
+                          "guard": guard})
         return cname
 
     buf: dict[str, str] = {}
@@ -149,7 +189,9 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         arrays = {k: v for k, v in step.params.items() if k in ARRAY_PARAMS and isinstance(v, np.ndarray)}
         for part in ("f", "g"):
             arrays.update({k: v for k, v in extra.get(part, {}).items() if k in ARRAY_PARAMS})
-        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{prefix}_{k}") for k, v in arrays.items()}
+        guards = extra.get("guards", {})
+        consts = {k: add_const(v, ARRAY_PARAMS[k] or str(v.dtype), f"{prefix}_{k}", guards.get(k))
+                  for k, v in arrays.items()}
         scalars = {k: int(v) for k, v in step.params.items() if isinstance(v, SCALAR_TYPES)}
         ctx = {"fn": fn, "inputs": [expr(i) for i in step.inputs], "output": expr(step.outputs[0]),
                "n": program.tensors[step.outputs[0]].size,
@@ -168,7 +210,8 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
                 f"scale {out.scale:.4g} zp {out.zero_point}; from {step.origin}")
         calls.append({"comment": comment(note, 160),
                       "code": str(module.call(ctx)).strip()})
-    const_bytes = sum(c["bytes"] for c in constants)
+    const_bytes = sum(c["bytes"] for c in constants if c["guard"] != "dsp")
+    const_bytes_dsp = sum(c["bytes"] for c in constants if c["guard"] != "portable")
     tin, tout = program.tensors[program.input], program.tensors[program.output]
     ctx = {
         "name": program.name, "NAME": program.name.upper(), "version": __version__, "source": comment(source),
@@ -178,7 +221,7 @@ def render(program: Program, source: str = "model", stack: tuple[int, str] | Non
         "stack_bytes": stack[0] if stack else 0, "stack_source": comment(stack[1]) if stack else "",
         "input_offset": arena.input_offset,
         "arena_bytes": arena.size, "arena_words": max(1, (arena.size + 3) // 4), "const_bytes": const_bytes,
-        "kernel_defs": list(defs.values()),
+        "const_bytes_dsp": const_bytes_dsp, "kernel_defs": list(defs.values()),
         "need_requantize": any("qp_requantize(" in d for d in defs.values()),
         "need_requantize_hi": any("qp_requantize_hi(" in d for d in defs.values()),
         "need_clamp": any("qp_clamp(" in d for d in defs.values()),

@@ -1,4 +1,5 @@
-"""Generation-time constants for the per-layer C kernels (linear, conv1d, lstm, gru): the C's view of a step.
+"""Generation-time constants for the per-layer C kernels (linear, conv1d, pool, add, lstm, gru): the C's view of a
+step.
 
 runtime_ref computes `bias·2^k + Σ (x − x_zp)·w`; the C computes the same integer as
 
@@ -50,6 +51,65 @@ def high_word(shift: np.ndarray, product_bound: int) -> bool:
     return bool(np.all(shift >= 33) and np.all(shift <= 62) and product_bound < 2**62)
 
 
+SPLIT = 16  # pool_rescale's "split" form: M = (M >> 16)·2^16 + (M & 0xffff), two 32-bit products
+
+
+def pool_rescale(program: Program, step: Step) -> dict:
+    """The pool's rescale (acc·M + 2^(s−1)) >> s in the cheapest exact form its proven bound allows.
+
+    Every (M, s) may be rewritten as (M·2^j, s + j): the same integer for any acc. With |acc| ≤ B
+    (the window's sum, or one value for max):
+
+        32-bit   each M made odd (a power of two becomes M = 1: a bare shift) and B·M + 2^(s−1) < 2^31
+        split    every s ≥ 17 (raised if needed), B < 2^15: acc·M = acc·(M >> 16)·2^16 + acc·(M & 0xffff), so
+                 the result is (acc·(M >> 16) + ((acc·(M & 0xffff)) >> 16) + 2^(s−17)) >> (s − 16), exact
+                 (the dropped low 16 bits are below 2^16 and cannot carry into a multiple of 2^(s−16))
+        64-bit   qp_requantize, otherwise
+
+    Neither 32-bit form multiplies in 64 bits: no __aeabi_lmul call on a Cortex-M0.
+    """
+    p = step.params
+    x = program.tensors[step.inputs[0]]
+    span = max(QMAX[x.dtype] - int(p["x_zp"]), int(p["x_zp"]) - QMIN[x.dtype])
+    bound = span * (1 if p["is_max"] else int(p["dims"][4]))
+    mult, shift = np.asarray(p["mult"]).astype(np.int64), np.asarray(p["shift"]).astype(np.int64)
+    odd = np.array([(int(m) & -int(m)).bit_length() - 1 for m in mult], dtype=np.int64)
+    odd = np.minimum(odd, shift - 1)  # keep s >= 1
+    m32, s32 = mult >> odd, shift - odd
+    if np.all(s32 <= 31) and int((bound * m32 + (np.int64(1) << (s32 - 1))).max()) < INT32_LIMIT:
+        return {"f": {"mult": m32, "shift": s32}, "form": "32-bit", **pool_window(p)}
+    up = np.maximum(0, SPLIT + 1 - shift)
+    ms, ss = mult << up, shift + up
+    hi = ms >> SPLIT  # bound < 2^15 keeps acc·(M & 0xffff) below 2^31 too
+    if (bound < 1 << (31 - SPLIT) and np.all(ms < INT32_LIMIT) and np.all(ss - SPLIT - 1 <= 30)
+            and int((bound * hi + bound + (np.int64(1) << (ss - SPLIT - 1))).max()) < INT32_LIMIT):
+        return {"f": {"mult": ms, "shift": ss}, "form": "split", **pool_window(p)}
+    return {"f": {}, "form": "64-bit", **pool_window(p)}
+
+
+def add_rescale(program: Program, step: Step) -> dict:
+    """The add's multipliers and shift with their common power of two taken out (the same integers), and its
+    accumulator: int32 when span_a·|M_a| + span_b·|M_b| + 2^(s−1) < 2^31, as a power-of-two (pow2) add always
+    is after the reduction, so no 64-bit multiply (no __aeabi_lmul on a Cortex-M0); int64 otherwise."""
+    p = step.params
+    ma, mb, sh = int(p["a_mult"]), int(p["b_mult"]), int(p["shift"])
+    zeros = [(abs(m) & -abs(m)).bit_length() - 1 for m in (ma, mb) if m]
+    j = min([*zeros, sh - 1])
+    ma, mb, sh = ma >> j, mb >> j, sh - j
+    a, b = (program.tensors[t] for t in step.inputs[:2])
+    span = [max(QMAX[t.dtype] - zp, zp - QMIN[t.dtype]) for t, zp in ((a, p["a_zp"]), (b, p["b_zp"]))]
+    narrow = sh <= 31 and span[0] * abs(ma) + span[1] * abs(mb) + (1 << (sh - 1)) < INT32_LIMIT
+    return {"ma": ma, "mb": mb, "sh": sh, "acc": "int32_t" if narrow else "int64_t"}
+
+
+def pool_window(p: dict) -> dict:
+    """The pool's sizes by name (x as [outer, l_in, inner]) and whether every window lies inside x (no tests)."""
+    names = ("outer", "l_in", "inner", "l_out", "k", "stride", "dilation", "pad")
+    d = dict(zip(names, (int(v) for v in p["dims"][:8]), strict=True))
+    last = (d["l_out"] - 1) * d["stride"] - d["pad"] + (d["k"] - 1) * d["dilation"]
+    return {"d": d, "full": d["pad"] <= 0 and last < d["l_in"]}
+
+
 def interior(l_in: int, l_out: int, k: int, s: int, d: int, pad: int) -> tuple[int, int]:
     """The outputs [o_lo, o_hi) along one axis whose taps o*s - pad + j*d (j < k) all fall inside [0, l_in)."""
     o_lo = min(l_out, -(-pad // s))
@@ -72,6 +132,48 @@ def conv_weight(p: dict) -> np.ndarray:
     """The conv weight in the order the C walks it: [M, C, K], or [M, K, C] when x is channels-last."""
     w = np.asarray(p["weight"])
     return np.ascontiguousarray(w.transpose(0, 2, 1)) if p.get("channels_last") else w
+
+
+def dsp_words(w: np.ndarray, seg: int, x_dtype: str) -> np.ndarray:
+    """Weights [N, L] (each row: L // seg segments, each read from contiguous x) as the int32 words SMLAD takes.
+
+    Per segment, int8 x (4 bytes loaded, split by qp_sx02 / qp_sx13 into (x0, x2) and (x1, x3)): each group of
+    4 weights as the words (w0 | w2 << 16), (w1 | w3 << 16); int16 x (a loaded word is (x0, x1)): each pair as
+    (w0 | w1 << 16). The seg % 4 (seg % 2) weights left at the segment's end: one word each, plain.
+    """
+    g = 4 if x_dtype == "int8" else 2
+    n, length = w.shape
+    w = np.asarray(w).astype(np.int64).reshape(n, length // seg, seg)
+    body = w[:, :, : seg // g * g].reshape(n, length // seg, seg // g, g)
+    lo, hi = (body[..., [0, 1]], body[..., [2, 3]]) if g == 4 else (body[..., [0]], body[..., [1]])
+    words = ((lo & 0xFFFF) | (hi << 16)).reshape(n, length // seg, -1)
+    words = np.concatenate([words, w[:, :, seg // g * g:]], axis=2).reshape(n, -1)
+    return ((words + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def dsp_plan(w: np.ndarray, seg: int, seg_stride: int, x_dtype: str, acc: str) -> dict:
+    """The DSP path of a dot product over rows of w in segments of `seg` contiguous x values, `seg_stride` x values
+    apart: {"dsp": sizes for the template, "f": {"weight_dsp": words}}, or {"dsp": None} when SMLAD cannot
+    serve it (a 64-bit accumulator, or no segment as long as one SIMD group)."""
+    g = 4 if x_dtype == "int8" else 2
+    if acc != "int32_t" or seg < g or x_dtype not in ("int8", "int16"):
+        return {"dsp": None}
+    words = dsp_words(w.reshape(w.shape[0], -1), seg, x_dtype)
+    nseg = w.size // w.shape[0] // seg
+    return {"dsp": {"g": g, "seg": seg, "nseg": nseg, "stride": seg_stride, "sw": words.shape[1] // nseg,
+                    "row": words.shape[1]}, "f": {"weight_dsp": words}}
+
+
+def conv_dsp(p: dict, x_dtype: str, acc: str) -> dict:
+    """conv1d's DSP plan for the interior: contiguous x runs are a channel's taps ([C, L], dilation 1), a tap's
+    channels ([L, C]), or the whole window ([L, C], one group, dilation 1)."""
+    w = conv_weight(p)
+    cin_g, k = p["c_in"] // p["groups"], p["k"]
+    if not p.get("channels_last"):
+        return dsp_plan(w, k, p["l_in"], x_dtype, acc) if p["dilation"] == 1 else {"dsp": None}
+    if p["groups"] == 1 and p["dilation"] == 1:
+        return dsp_plan(w, k * cin_g, 0, x_dtype, acc)
+    return dsp_plan(w, cin_g, p["dilation"] * p["c_in"], x_dtype, acc)
 
 
 def _pow2(v: np.ndarray) -> np.ndarray | None:
@@ -248,24 +350,3 @@ def gru_gates(program: Program, step: Step) -> dict:
                acc="int64_t" if wide else "int32_t", hterm="int32_t" if hterm.max() < INT32_LIMIT else "int64_t",
                h_hi=high_word(np.array([p["h_shift"]]), int(upd)), **gate_form(p, bound_x, bound_h, wide))
     return out
-
-
-def add_form(program: Program, step: Step) -> dict:
-    """The add's rescale in 32 bits when its multipliers are powers of two (a pow2 plan) and the bound allows.
-
-    With |M_a| = 2^p, |M_b| = 2^q (or 0) and m = min of those exponents (m < s), the rescale is exactly
-    ((a - a_zp)·F_a + (b - b_zp)·F_b + 2^(s-m-1)) >> (s-m) with F = M / 2^m: 32-bit when
-    span_a·|F_a| + span_b·|F_b| + 2^(s-m-1) < 2^31. Else the 64-bit products (`narrow` False).
-    """
-    p = step.params
-    spans = [max(QMAX[program.tensors[t].dtype] - zp, zp - QMIN[program.tensors[t].dtype])
-             for t, zp in zip(step.inputs[:2], (p["a_zp"], p["b_zp"]), strict=True)]
-    mults = [int(p["a_mult"]), int(p["b_mult"])]
-    logs = [_pow2(np.array([abs(v)])) for v in mults if v]
-    if any(e is None for e in logs):
-        return {"narrow": False}
-    m = min((int(e[0]) for e in logs), default=0)
-    s2 = int(p["shift"]) - m
-    fa, fb = (v // (1 << m) for v in mults)
-    ok = 1 <= s2 <= 30 and spans[0] * abs(fa) + spans[1] * abs(fb) + (1 << (s2 - 1)) < INT32_LIMIT
-    return {"narrow": bool(ok), "fa": fa, "fb": fb, "s2": s2}

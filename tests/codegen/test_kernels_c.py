@@ -341,12 +341,12 @@ def add_broadcast_one(rng):
                     constants={"t1": np.array([-128], dtype=np.int8)}, output="t2")
 
 
-def add_pow2(rng):
+def add_pow2_negative(rng):
     """A pow2 plan's residual add: multipliers 2^29 and -2^27 on shift 30; the C rescales in 32 bits."""
     shape, n = (20,), 20
     p = {**_add_params(rng, n=n, b_n=n, a_zp=-128, b_zp=5, y_zp=-3), "a_mult": 2**29, "b_mult": -(2**27), "shift": 30}
     tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
-    return _program("k_add_pow2", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
+    return _program("k_add_pow2_neg", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
 
 
 def add_from_arena(rng):
@@ -355,6 +355,13 @@ def add_from_arena(rng):
     p = _add_params(rng, n=n, b_n=n, a_zp=-7, b_zp=2, y_zp=-3)
     tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
     return _program("k_add_arena", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
+
+
+def add_pow2(rng):  # power-of-two scales (a8w8-pow2): M = 2^30, 2^29 on shift 31 reduce to 2, 1 on shift 2
+    shape, n = (16,), 16
+    p = _add_params(rng, n=n, b_n=n, a_zp=-5, b_zp=12, y_zp=-1, ratios=[0.5, 0.25])
+    tensors = [_t("t0", shape), _t("t1", shape), _t("t2", shape)]
+    return _program("k_add_pow2", tensors, [_lut_step(rng, "t0", "t1", n), Step("add", ["t0", "t1"], ["t2"], p)])
 
 
 def add_same_input(rng):
@@ -591,6 +598,26 @@ def conv1d_int16(rng):
                          w_dtype="int16", y_dtype="int16")
 
 
+def conv1d_window_last(rng):  # channels last, one group, dilation 1: the window is one run of 5 * 6 = 30 values
+    return _conv_program(rng, "k_conv_win", c_in=6, l_in=20, c_out=6, k=5, pad_left=2, pad_right=2, x_zp=-9,
+                         y_zp=2, channels_last=True)
+
+
+def conv1d_valid_last(rng):  # no padding: every output interior, so the DSP build needs no int8 weights at all
+    return _conv_program(rng, "k_conv_valid", c_in=5, l_in=15, c_out=3, k=3, stride=2, x_zp=-2, y_zp=1,
+                         channels_last=True)
+
+
+def conv1d_taps_last(rng):  # channels last, 2 groups of 5 channels, dilation 2: runs of 5 per tap
+    return _conv_program(rng, "k_conv_tap", c_in=10, l_in=16, c_out=4, k=3, groups=2, dilation=2, pad_left=2,
+                         pad_right=2, x_zp=4, y_zp=-1, channels_last=True)
+
+
+def conv1d_x16(rng):  # int16 x, int8 w: runs of 5 taps per channel, pairs of 16-bit values
+    return _conv_program(rng, "k_conv_x16", c_in=3, l_in=14, c_out=5, k=5, stride=2, pad_left=1, pad_right=1,
+                         x_dtype="int16", y_dtype="int16")
+
+
 def _maxpool_program(name: str, c: int, l_in: int, k: int, zp: int = 0, dtype="int8", **dims) -> Program:
     p = _conv_params(c, l_in, c, k, **dims)
     tensors = [_t("t0", (1, c, l_in), zp=zp, dtype=dtype), _t("t1", (1, c, p["l_out"]), zp=zp, dtype=dtype)]
@@ -681,6 +708,15 @@ def pool_max_rescaled(rng):
 def pool_int16(rng):
     return _pool_program("k_avg16", (3, 40, 2), 3, 16, stride=12, pad=2, x_scale=2.0**-10, y_scale=2.0**-12,
                          x_zp=0, y_zp=0, dtype="int16")
+
+
+def pool_pow2(rng):  # s_x / (s_y * 4) = 2^-3: M = 1, a bare 32-bit shift
+    return _pool_program("k_avg_pow2", (3, 12, 2), 3, 4, stride=4, count_pad=1, x_scale=0.05, y_scale=0.1,
+                         x_zp=-20)
+
+
+def pool_long_window(rng):  # 300 int8 taps: the sum passes 2^15, too wide for the split rescale: 64-bit
+    return _pool_program("k_gap_long", (2, 300, 1), 1, 300, y_scale=0.003, x_zp=0, count_pad=1)
 
 
 def _transpose_program(name: str, shape: tuple[int, ...], perm: list[int], dtype="int8") -> Program:
@@ -1098,7 +1134,7 @@ CASES: dict[str, dict[str, Case]] = {
                "int16": Case(concat_int16)},
     "mul": {"per-channel": Case(mul_per_channel), "channel-last": Case(mul_channel_last), "int16": Case(mul_int16)},
     "add": {"const-full": Case(add_const_full), "broadcast-b_n=1": Case(add_broadcast_one),
-            "per-channel": Case(add_per_channel), "pow2": Case(add_pow2),
+            "per-channel": Case(add_per_channel), "pow2": Case(add_pow2), "pow2-negative": Case(add_pow2_negative),
             "b-in-arena": Case(add_from_arena), "same-input": Case(add_same_input),
             "extremes-fused-clamp": Case(add_extremes, 3), "shift-1": Case(add_shift_one),
             "requantize": Case(add_requantize), "int16": Case(add_int16)},
@@ -1114,7 +1150,10 @@ CASES: dict[str, dict[str, Case]] = {
     "conv1d": {"same-pad": Case(conv1d_same_pad), "strided-dilated": Case(conv1d_strided_dilated),
                "groups": Case(conv1d_groups), "depthwise": Case(conv1d_depthwise),
                "extremes-fused-clamp": Case(conv1d_extremes_fused_clamp, 3), "int16": Case(conv1d_int16),
-               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2)},
+               "channels-last": Case(conv1d_channels_last), "pow2": Case(conv1d_pow2),
+               "window-last": Case(conv1d_window_last), "taps-last": Case(conv1d_taps_last),
+               "valid-last": Case(conv1d_valid_last),
+               "x16": Case(conv1d_x16)},
     "conv2d": {"same-pad": Case(conv2d_same_pad), "strided-dilated": Case(conv2d_strided_dilated),
                "depthwise": Case(conv2d_depthwise), "pointwise": Case(conv2d_pointwise), "int16": Case(conv2d_int16),
                "hwc-in": Case(conv2d_hwc_in), "hwc-in-out-depthwise": Case(conv2d_hwc_out_depthwise),
@@ -1129,7 +1168,7 @@ CASES: dict[str, dict[str, Case]] = {
     "mul2": {"swish": Case(mul2_swish), "per-channel-const": Case(mul2_per_channel), "int16": Case(mul2_int16)},
     "pool": {"avg-window": Case(pool_avg_window), "avg-count-pad": Case(pool_avg_count_pad),
              "global-mean-inner": Case(pool_global_mean_channels_last), "max-rescaled": Case(pool_max_rescaled),
-             "int16": Case(pool_int16)},
+             "int16": Case(pool_int16), "pow2": Case(pool_pow2), "long-window": Case(pool_long_window)},
     "transpose": {"2d": Case(transpose_2d), "conv-layout": Case(transpose_conv_layout),
                   "rank-6": Case(transpose_rank6), "int16": Case(transpose_int16)},
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
@@ -1237,10 +1276,32 @@ def test_per_layer_kernels_see_their_shapes():
     assert {name for name, _ in heads} == {"qp_l0_conv1d", "qp_l1_linear"}
     assert all(args.count(",") == 1 for _, args in heads)  # (x, y): nothing else arrives at run time
     assert c.count("static QP_NOINLINE void") == len(heads)
-    macs = re.findall(r"acc\d \+= (.*);", c)
-    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]", m) for m in macs), macs
+    macs = re.findall(r"acc\d \+= (.*);", c)  # the portable loops, and the DSP path's tail (x, weight word)
+    assert macs and all(re.fullmatch(r"xk \* w\d\[[^]]*\]|\(int32_t\)xs\[\d+\] \* d\d\[\d+\]", m) for m in macs), macs
     code = re.sub(r"/\*.*?\*/", "", c, flags=re.S)
     assert "dims[" not in code and "x_zp" not in code
+
+
+@pytest.mark.parametrize(("build", "form"), [(pool_pow2, "32-bit"), (pool_avg_window, "split"),
+                                             (pool_max_rescaled, "split"), (pool_long_window, "64-bit"),
+                                             (pool_int16, "64-bit")])
+def test_pool_rescale_form(build, form):
+    """The pool rescales in 32 bits (no 64-bit multiply: no __aeabi_lmul on a Cortex-M0) whenever its bound allows;
+    the C above proves each form equal to runtime_ref."""
+    c = render(build(np.random.default_rng(10)), source="test").c
+    kernel = c[c.index("/* layer 0, pool"):c.index("/* layer 1, linear")]
+    assert f"Rescale: {form}" in kernel
+    assert ("qp_requantize(" in kernel) == (form == "64-bit")
+
+
+@pytest.mark.parametrize(("build", "acc"), [(add_pow2, "int32_t"), (add_pow2_negative, "int32_t"),
+                                            (add_shift_one, "int32_t"), (add_const_full, "int64_t")])
+def test_add_accumulator_width(build, acc):
+    """A power-of-two add sums in 32 bits once the multipliers' common power of two is taken out (no 64-bit
+    multiply: no __aeabi_lmul on a Cortex-M0); 31-bit multipliers need 64 bits."""
+    c = render(build(np.random.default_rng(11)), source="test").c
+    kernel = re.search(r"/\* layer \d+, add .*?\n}\n", c, flags=re.S).group(0)
+    assert f"const {acc} acc" in kernel and ("int64_t" in kernel) == (acc == "int64_t")
 
 
 @pytest.mark.parametrize("cc", ["gcc", pytest.param("clang", marks=pytest.mark.skipif(

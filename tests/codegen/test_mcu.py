@@ -10,6 +10,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,17 @@ def digits_precisions(bench, tmp_path_factory):
     """The digits example at the other benchmarked precisions: {precision: Variant} and the work folder."""
     work = tmp_path_factory.mktemp("digits-precisions")
     _, variants = bench.prepare(ROOT / "examples" / "digits" / "pipeline.yaml", work, OTHER_PRECISIONS)
+    return {v.precision: v for v in variants}, work
+
+
+DS_TCN_PRECISIONS = ["a8w8", "a16w8", "a8w8-pow2"]
+
+
+@pytest.fixture(scope="module")
+def ds_tcn(bench, tmp_path_factory):
+    """examples/ds_tcn (Conv1D, depthwise Conv1D, global average pooling, Dense): {precision: Variant}, work folder."""
+    work = tmp_path_factory.mktemp("ds_tcn")
+    _, variants = bench.prepare(ROOT / "examples" / "ds_tcn" / "pipeline.yaml", work, DS_TCN_PRECISIONS)
     return {v.precision: v for v in variants}, work
 
 
@@ -145,6 +157,122 @@ def test_pow2_requant_makes_no_64_bit_multiply_call_on_cortex_m0(bench, digits, 
     assert pow2.instructions < a8w8.instructions
 
 
+@needs_arm
+@needs_unicorn
+def test_pow2_average_pooling_makes_no_64_bit_multiply_call_on_cortex_m0(bench, ds_tcn) -> None:
+    """ds_tcn's global average pooling (a mean over 100 steps: s_x / (s_y * 100) is no power of two) rescales in
+    32-bit multiplies; before, it made one __aeabi_lmul call per channel (16)."""
+    variants, work = ds_tcn
+    r = bench.bench_variant("ds_tcn", variants["a8w8-pow2"], "m0", "O2", work / "mcu")
+    assert r.ok, r.check
+    assert "pool" in {bench.kernel_kind(k) for k in r.kernels}
+    assert r.lib_calls.get("__aeabi_lmul", 0) == 0, r.lib_calls
+
+
+@needs_arm
+@needs_unicorn
+@pytest.mark.parametrize("precision", ["a8w8", "a16w8"])
+def test_dsp_path_on_cortex_m4_equals_runtime_ref(bench, ds_tcn, precision: str) -> None:
+    """ds_tcn's conv1d, depthwise conv1d and dense layers on a Cortex-M4: the SMLAD build (m4) and the portable C on
+    the same core (m4-nodsp) both give runtime_ref's integers, and SMLAD runs fewer instructions."""
+    variants, work = ds_tcn
+    v = variants[precision]
+    assert v.c_file.read_text().count("#ifdef QP_DSP") >= 3  # the DSP preamble's users: conv1d and linear layers
+    dsp = bench.bench_variant("ds_tcn", v, "m4", "O2", work / "mcu")
+    portable = bench.bench_variant("ds_tcn", v, "m4-nodsp", "O2", work / "mcu")
+    assert dsp.ok, dsp.check
+    assert portable.ok, portable.check
+    # only layer 0 (channels last, a window of 18 contiguous values) and the dense layer take SMLAD: the [C, L]
+    # pointwise convs (no contiguous run) and the k = 3 depthwise ones (runs shorter than 4 int8) stay portable
+    assert dsp.instructions < portable.instructions, (dsp.instructions, portable.instructions)
+    assert "Cortex-M4: DSP path vs portable C" in bench.dsp_table([dsp, portable], [precision])
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+def test_dsp_path_compiles_without_warnings_on_clang(bench, ds_tcn, tmp_path: Path) -> None:
+    """clang for a Cortex-M4 (thumbv7em: __ARM_FEATURE_DSP, <arm_acle.h>) under the README's warning flags."""
+    v = ds_tcn[0]["a8w8"]
+    proc = subprocess.run(["clang", "--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-mthumb", "-ffreestanding",
+                           *bench.WARN_FLAGS, "-O2", "-dM", "-E", str(v.c_file)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and "#define QP_DSP 1" in proc.stdout, proc.stderr
+    proc = subprocess.run(["clang", "--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-mthumb", "-ffreestanding",
+                           *bench.WARN_FLAGS, "-O2", "-c", str(v.c_file), "-o", str(tmp_path / "m.o")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def _lmul_sections(bench, c_file: Path, obj: Path) -> set[str]:
+    """Functions (one section each; gcc may suffix .constprop) of the Cortex-M0 object that call __aeabi_lmul."""
+    subprocess.run([ARM_CC, *M0, "-O2", "-ffunction-sections", *bench.WARN_FLAGS, "-ffreestanding", "-c", str(c_file),
+                    "-o", str(obj)], check=True)
+    rel = subprocess.run(["arm-none-eabi-objdump", "-r", str(obj)], capture_output=True, text=True, check=True).stdout
+    found, section = set(), ""
+    for line in rel.splitlines():
+        head = re.match(r"RELOCATION RECORDS FOR \[\.text\.([\w]+)", line)
+        section = head.group(1) if head else section
+        if line.endswith("__aeabi_lmul"):
+            found.add(section)
+    return found
+
+
+@needs_arm
+@pytest.mark.parametrize(("kernel", "case", "lmul"), [("add", "pow2", False), ("add", "shift-1", False),
+                                                     ("add", "const-full", True), ("pool", "pow2", False),
+                                                     ("pool", "avg-window", False), ("pool", "long-window", True)])
+def test_add_and_pool_kernels_call_lmul_on_cortex_m0_only_when_64_bit(bench, tmp_path: Path, kernel: str, case: str,
+                                                                      lmul: bool) -> None:
+    """Power-of-two adds and the pool's 32-bit rescales (pow2, or the split product of a window sum below 2^15)
+    make no __aeabi_lmul call; 31-bit add multipliers and a 300-tap window still need a 64-bit product."""
+    import test_kernels_c as kc
+
+    from qpass.codegen.emit import render, write
+
+    program = kc.CASES[kernel][case].build(np.random.default_rng(0))
+    c_file, _ = write(render(program), tmp_path, program.name)
+    index = next(i for i, s in enumerate(program.steps) if s.kernel == kernel)
+    assert (f"qp_l{index}_{kernel}" in _lmul_sections(bench, c_file, tmp_path / "m.o")) == lmul
+
+
+DSP_CASES = {  # test_kernels_c's cases whose layer has a DSP path (SMLAD on a Cortex-M4)
+    "linear": ["random", "rows", "x16", "w16", "pow2"],
+    "conv1d": ["depthwise", "window-last", "taps-last", "valid-last", "x16"],
+}
+
+
+@needs_arm
+@needs_unicorn
+@pytest.mark.parametrize(("kernel", "case"), [(k, c) for k, cases in DSP_CASES.items() for c in cases])
+def test_dsp_kernels_on_cortex_m4_equal_runtime_ref(bench, tmp_path: Path, kernel: str, case: str) -> None:
+    """Each linear / conv1d case with a DSP path (odd lengths, runs not a multiple of 4, int16 activations, int16
+    weights, one and several runs), built for a Cortex-M4 (SMLAD, SXTB16) and emulated: runtime_ref's integers."""
+    import test_kernels_c as kc
+
+    from qpass.codegen.emit import CTYPE, render, write
+    from qpass.runtime_ref import run
+
+    rng = np.random.default_rng(zlib.crc32(f"{kernel}/{case}".encode()))
+    program = kc.CASES[kernel][case].build(rng)
+    tin, tout = program.tensors[program.input], program.tensors[program.output]
+    xs = kc._samples(rng, tin.size, tin.dtype, n=64)[np.r_[0:20, 30, 50, 62, 63]]  # extremes, small, random
+    gen = render(program)
+    assert "QP_DSP" in gen.c[gen.c.index("/* layer 0"):gen.c.index("/* layer 1")], "the layer has no DSP path"
+    c_file, h_file = write(gen, tmp_path, program.name)
+    v = bench.Variant("int", "a8w8", program.name, c_file, h_file, CTYPE[tin.dtype], CTYPE[tout.dtype], xs[0],
+                      np.zeros(tout.size, tout.dtype), 0)
+    b = bench.build(v, "cortex-m4", "O2", tmp_path / "m4")
+    disassembly = subprocess.run(["arm-none-eabi-objdump", "-d", str(b.elf)], capture_output=True, text=True,
+                                 check=True).stdout
+    assert re.search(r"\tsmlad\t", disassembly) and (tin.dtype == "int16" or re.search(r"\tsxtb16\t", disassembly))
+    outputs = []
+    for x in xs:
+        v.x, v.expected = x, np.asarray(run(program, x)).reshape(-1).astype(tout.dtype)
+        _, _, out, _ = bench.emulate(b, v, "cortex-m4")
+        outputs.append(out)
+    want = np.stack([np.asarray(run(program, x)).reshape(-1) for x in xs])
+    np.testing.assert_array_equal(np.stack(outputs), want)
+
+
 def _result(bench, precision: str, core: str = "m3", opt: str = "O2", instructions: int = 1000, ram: int = 1000,
             ok: bool = True):
     kind = "float" if precision == "float" else "int"
@@ -197,7 +325,8 @@ def test_issue_11_targets(bench) -> None:
                                                                                      flash=before + 1),
         r("har_lstm", "m3", "O2", "a8w8", 6000), r("har_lstm", "m3", "O2", "float", 60_000),
         r("har_lstm", "m3", "Os", "a8w8", 9000),
-        r("har", "m0", "O2", "a8w8-pow2", 7000, calls={"__aeabi_lmul": 3}), r("har", "m0", "O2", "a8w8", 9000)])
+        r("har", "m0", "O2", "a8w8-pow2", 7000, calls={"__aeabi_lmul": 3}), r("har", "m0", "O2", "a8w8", 9000),
+        r("har", "m4", "O2", "a8w8", 3400), r("har", "m4-nodsp", "O2", "a8w8", 4200)])
     text = "\n".join(lines)
     assert "Cortex-M3 -O2 a8w8: <= 5 instructions per MAC: NOT MET" in lines
     assert "    har: 4,500 instructions / 1,000 MACs = 4.50: met" in lines
@@ -210,6 +339,11 @@ def test_issue_11_targets(bench) -> None:
     assert "    har -O2: 3 calls: not met" in lines
     assert f"har m3 -Os: {before + 1:,} bytes vs {before:,} before issue 11 = +0.0%: met" in text
     assert "Cortex-M0 a8w8 instructions per MAC: har -O2: 9.00" in lines
+    assert "Cortex-M4 -O2 a8w8 with the DSP path: <= 3.5 instructions per MAC: met" in lines
+    assert "    har: 3,400 instructions / 1,000 MACs = 3.40 (portable C on the same core: 4.20): met" in lines
+    assert bench.target_checks([r("har", "m4", "O2", "a8w8", 3600)])[5:7] == [
+        "Cortex-M4 -O2 a8w8 with the DSP path: <= 3.5 instructions per MAC: NOT MET",
+        "    har: 3,600 instructions / 1,000 MACs = 3.60: not met"]
 
 
 def test_step_macs_and_site_labels(bench, tmp_path: Path) -> None:

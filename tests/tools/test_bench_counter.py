@@ -106,3 +106,58 @@ def test_block_counter_attributes_instructions_to_sites(bench, code: bytes) -> N
     by_site = counter.by_site()
     # 0x0 starts the program (site 1); the instructions from 0x20 on (cmp, it, moveq, bx) go to site 2
     assert by_site == {("prog", 1): EXECUTED - 4, ("prog", 2): 4}
+
+
+# The Cortex-M4 DSP instructions the generated C's SMLAD path uses, on values worked out by hand: x = bytes
+# (1, 127, -1, -128); SXTB16 takes bytes 0 and 2 -> halves (1, -1), with ROR #8 bytes 1 and 3 -> (127, -128);
+# w = halves (-32768, 32767); SMLAD adds both 16x16 products to the accumulator.
+DSP_PROGRAM = """\
+    .syntax unified
+    .cpu cortex-m4
+    .thumb
+    .global start
+start:
+    movw r0, #0x7f01
+    movt r0, #0x80ff
+    sxtb16 r1, r0
+    sxtb16 r2, r0, ror #8
+    movw r3, #0x8000
+    movt r3, #0x7fff
+    movs r4, #100
+    smlad r5, r1, r3, r4
+    smlad r6, r2, r3, r5
+    bx lr
+"""
+DSP_EXPECTED = {"r1": (1, -1), "r2": (127, -128), "r5": 100 + 1 * -32768 + -1 * 32767,
+                "r6": 100 + 1 * -32768 + -1 * 32767 + 127 * -32768 + -128 * 32767}
+
+
+def test_unicorn_executes_sxtb16_and_smlad_as_the_cortex_m4_does(bench, tmp_path: Path) -> None:
+    from unicorn import UC_ARCH_ARM, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
+    from unicorn import arm_const as arm
+
+    (tmp_path / "d.s").write_text(DSP_PROGRAM)
+    subprocess.run(["arm-none-eabi-as", "-mcpu=cortex-m4", "-mthumb", str(tmp_path / "d.s"), "-o",
+                    str(tmp_path / "d.o")], check=True)
+    subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "d.o"),
+                    str(tmp_path / "d.bin")], check=True)
+    uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
+    uc.ctl_set_cpu_model(arm.UC_CPU_ARM_CORTEX_M4)
+    uc.mem_map(bench.FLASH, bench.FLASH_SIZE)
+    uc.mem_write(bench.FLASH, (tmp_path / "d.bin").read_bytes())
+    counter = bench.BlockCounter(uc)
+    uc.reg_write(arm.UC_ARM_REG_LR, bench.STOP | 1)
+    uc.emu_start(bench.FLASH | 1, bench.STOP)
+
+    def signed(v: int, bits: int) -> int:
+        return v - (1 << bits) if v >> (bits - 1) & 1 else v
+
+    def reg(name: str) -> int:
+        return uc.reg_read(getattr(arm, f"UC_ARM_REG_{name.upper()}"))
+
+    for name in ("r1", "r2"):
+        v = reg(name)
+        assert (signed(v & 0xFFFF, 16), signed(v >> 16, 16)) == DSP_EXPECTED[name], (name, hex(v))
+    for name in ("r5", "r6"):
+        assert signed(reg(name), 32) == DSP_EXPECTED[name], (name, reg(name))
+    assert counter.total == 10
