@@ -176,6 +176,23 @@ def check_loops_to_recurrence(data: bytes, x: np.ndarray, want: np.ndarray, kera
     return found
 
 
+def unroll_checked(pass_name: str, op_type: str, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, ir.Model]:
+    """Run an unroll pass on `proto`: it changes the model, leaves no `op_type` node, a second run finds nothing,
+    and the result passes the checker. Returns the result serialized and in memory."""
+    model = ir.serde.deserialize_model(proto)
+    assert apply_pass(pass_name, model).modified
+    assert not any(n.op_type == op_type for n in model.graph)
+    assert not apply_pass(pass_name, model).modified  # a second run finds nothing
+    out = ir.serde.serialize_model(model)
+    onnx.checker.check_model(out)
+    return out, model
+
+
+@pytest.fixture(name="unroll_checked")
+def unroll_checked_fixture() -> Callable[..., tuple[onnx.ModelProto, ir.Model]]:
+    return unroll_checked
+
+
 @pytest.fixture(name="convert_keras_seeded", scope="session")
 def convert_keras_seeded_fixture() -> Callable[..., dict[str, tuple]]:
     return convert_keras_seeded
