@@ -51,12 +51,10 @@ from qpass.passes.unroll_lstm import (
     check_activations,
     parse_recurrence,
     refuser,
+    tag_keys,
 )
 
-GRU_KEY = "qpass.gru"
-GRU_DIRECTION_KEY = "qpass.gru.direction"
-GRU_STEP_KEY = "qpass.gru.step"
-GRU_ROLE_KEY = "qpass.gru.role"
+GRU_KEY, GRU_DIRECTION_KEY, GRU_STEP_KEY, GRU_ROLE_KEY = tag_keys("gru")
 
 _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh")
 

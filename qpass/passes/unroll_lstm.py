@@ -78,10 +78,14 @@ from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
 from qpass.passes._util import fresh_name as _unique  # the name unroll-gru imports from here
 
-LSTM_KEY = "qpass.lstm"
-DIRECTION_KEY = "qpass.lstm.direction"
-STEP_KEY = "qpass.lstm.step"
-ROLE_KEY = "qpass.lstm.role"
+
+def tag_keys(op: str) -> tuple[str, str, str, str]:
+    """The metadata keys an unroll pass tags its nodes with: `qpass.<op>` (the layer's name), and its
+    `.direction`, `.step` and `.role`."""
+    return f"qpass.{op}", f"qpass.{op}.direction", f"qpass.{op}.step", f"qpass.{op}.role"
+
+
+LSTM_KEY, DIRECTION_KEY, STEP_KEY, ROLE_KEY = tag_keys("lstm")
 
 _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 _MIN_OPSET = 13

@@ -40,12 +40,10 @@ from qpass.passes.unroll_lstm import (
     _nonzero_state,
     parse_recurrence,
     refuser,
+    tag_keys,
 )
 
-RNN_KEY = "qpass.rnn"
-RNN_DIRECTION_KEY = "qpass.rnn.direction"
-RNN_STEP_KEY = "qpass.rnn.step"
-RNN_ROLE_KEY = "qpass.rnn.role"
+RNN_KEY, RNN_DIRECTION_KEY, RNN_STEP_KEY, RNN_ROLE_KEY = tag_keys("rnn")
 _ACTS = {a.lower(): a for a in ACTIVATIONS}
 
 
