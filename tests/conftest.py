@@ -130,14 +130,21 @@ def apply_pass_fixture() -> Callable[..., ir.passes.PassResult]:
     return apply_pass
 
 
-def convert_keras_seeded(root: Path, models: dict[str, tuple], seed: int) -> dict[str, tuple]:
-    """name → (serialized converter output, the entry's tag, input [1, 12, 3], Keras' output on it) for models given
-    as name → (Keras model on [12, 3], file format, tag): weights N(0, 0.4) seeded `seed` + index, saved, converted
-    by qpass.converters.load_model (the keras-gru / keras-rnn tests' models)."""
+def convert_keras_seeded(root: Path, models: Callable[..., dict[str, tuple]], seed: int) -> dict[str, tuple]:
+    """name → (serialized converter output, the entry's tag, input [1, 12, 3], Keras' output on it) for the models
+    `models(L, seq)` gives as name → (Keras model, file format, tag), where L is keras.layers and seq(*layers) a
+    Sequential on a [12, 3] input: weights N(0, 0.4) seeded `seed` + index, saved, converted by
+    qpass.converters.load_model (the keras-gru / keras-rnn tests' models)."""
     from qpass.converters import load_model
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    def seq(*layers):
+        return keras.Sequential([keras.Input((12, 3)), *layers])
+
     out = {}
-    for index, (name, (model, fmt, tag)) in enumerate(models.items()):
+    for index, (name, (model, fmt, tag)) in enumerate(models(keras.layers, seq).items()):
         rng = np.random.default_rng(seed + index)
         for layer in model.layers:
             weights = [rng.normal(0.0, 0.4, w.shape).astype(np.float32) for w in layer.get_weights()]

@@ -7,8 +7,6 @@ unroll-gru) then reproduce Keras itself. reset_after=False becomes a GRU with li
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -16,16 +14,8 @@ RECURRENT_PASSES = ["fold-constants", "keras-lstm", "keras-gru", "fold-reverse-s
                     "unroll-gru", "fold-constants", "simplify-layout"]
 
 
-def _keras_models():
+def _keras_models(L, seq):
     """name → (Keras model, file format, GRU layers)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    L = keras.layers
-
-    def seq(*layers):
-        return keras.Sequential([keras.Input((12, 3)), *layers])
-
     return {
         "last": (seq(L.GRU(6), L.Dense(4)), "keras", 1),
         "stacked": (seq(L.GRU(6, return_sequences=True), L.GRU(5), L.Dense(4)), "h5", 2),
@@ -42,7 +32,7 @@ def _keras_models():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, convert_keras_seeded) -> dict[str, tuple[bytes, int, np.ndarray, np.ndarray]]:
     """name → (serialized converter output, GRU count, input batch, Keras' output on it)."""
-    return convert_keras_seeded(tmp_path_factory.mktemp("keras_gru"), _keras_models(), 200)
+    return convert_keras_seeded(tmp_path_factory.mktemp("keras_gru"), _keras_models, 200)
 
 
 @pytest.mark.parametrize("name", ["last", "stacked", "backwards", "bidirectional", "no_bias", "reset_before",

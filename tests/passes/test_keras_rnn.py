@@ -7,8 +7,6 @@ unroll-rnn) then reproduce Keras itself, and the early support check accepts eve
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -20,16 +18,8 @@ RECURRENT_PASSES = ["fold-constants", "keras-lstm", "keras-gru", "keras-rnn", "f
                     "simplify-layout", "unroll-rnn", "fold-constants", "simplify-layout"]
 
 
-def _keras_models():
+def _keras_models(L, seq):
     """name → (Keras model, file format, RNN layers, their activations)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    L = keras.layers
-
-    def seq(*layers):
-        return keras.Sequential([keras.Input((12, 3)), *layers])
-
     return {
         "last": (seq(L.SimpleRNN(6), L.Dense(4)), "keras", ["Tanh"]),
         "stacked_relu_backwards": (seq(L.SimpleRNN(6, activation="relu", return_sequences=True),
@@ -42,7 +32,7 @@ def _keras_models():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, convert_keras_seeded) -> dict[str, tuple[bytes, list[str], np.ndarray, np.ndarray]]:
     """name → (serialized converter output, activations, input batch, Keras' output on it)."""
-    return convert_keras_seeded(tmp_path_factory.mktemp("keras_rnn"), _keras_models(), 300)
+    return convert_keras_seeded(tmp_path_factory.mktemp("keras_rnn"), _keras_models, 300)
 
 
 @pytest.mark.parametrize("name", ["last", "stacked_relu_backwards", "bidirectional"])
