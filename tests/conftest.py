@@ -130,6 +130,86 @@ def apply_pass_fixture() -> Callable[..., ir.passes.PassResult]:
     return apply_pass
 
 
+def convert_keras_seeded(root: Path, models: Callable[..., dict[str, tuple]], seed: int) -> dict[str, tuple]:
+    """name → (serialized converter output, the entry's tag, input [1, 12, 3], Keras' output on it) for the models
+    `models(L, seq)` gives as name → (Keras model, file format, tag), where L is keras.layers and seq(*layers) a
+    Sequential on a [12, 3] input: weights N(0, 0.4) seeded `seed` + index, saved, converted by
+    qpass.converters.load_model (the keras-gru / keras-rnn tests' models)."""
+    from qpass.converters import load_model
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    def seq(*layers):
+        return keras.Sequential([keras.Input((12, 3)), *layers])
+
+    out = {}
+    for index, (name, (model, fmt, tag)) in enumerate(models(keras.layers, seq).items()):
+        rng = np.random.default_rng(seed + index)
+        for layer in model.layers:
+            weights = [rng.normal(0.0, 0.4, w.shape).astype(np.float32) for w in layer.get_weights()]
+            if weights:
+                layer.set_weights(weights)
+        path = root / f"{name}.{fmt}"
+        model.save(str(path))
+        x = np.cumsum(rng.normal(0, 0.5, (1, 12, 3)), axis=1).astype(np.float32)
+        out[name] = (ir.serde.serialize_model(load_model(path)).SerializeToString(), tag, x, np.asarray(model(x)))
+    return out
+
+
+def check_loops_to_recurrence(data: bytes, x: np.ndarray, want: np.ndarray, keras_pass: str, op_type: str,
+                              loops: int, passes: list[str]) -> list[ir.Node]:
+    """`keras_pass` turns the converter output's `loops` Loops into as many `op_type` nodes (checker, provenance,
+    onnxruntime = Keras, a second run finds nothing); then `passes` leave no Loop, recurrence or ReverseSequence,
+    still equal Keras, and the early support check accepts every node. Returns the recurrent nodes."""
+    from qpass.codegen.support import problems
+
+    model = ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+    assert sum(n.op_type == "Loop" for n in model.graph) == loops
+    assert apply_pass(keras_pass, model).modified
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    found = [n for n in model.graph if n.op_type == op_type]
+    assert len(found) == loops and not any(n.op_type == "Loop" for n in model.graph)
+    assert all(n.metadata_props["qpass.pass"] == keras_pass for n in found)
+    np.testing.assert_allclose(ort_run(model, x), want, rtol=RTOL, atol=ATOL)
+    assert not apply_pass(keras_pass, model).modified  # a second run finds nothing
+
+    unrolled = ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+    for p in passes:
+        resolve_pass(p)()(unrolled)
+    assert not any(n.op_type in ("Loop", op_type, "ReverseSequence") for n in unrolled.graph)
+    np.testing.assert_allclose(ort_run(unrolled, x), want, rtol=RTOL, atol=ATOL)
+    assert not problems(unrolled)  # the early support check accepts every node
+    return found
+
+
+def unroll_checked(pass_name: str, op_type: str, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, ir.Model]:
+    """Run an unroll pass on `proto`: it changes the model, leaves no `op_type` node, a second run finds nothing,
+    and the result passes the checker. Returns the result serialized and in memory."""
+    model = ir.serde.deserialize_model(proto)
+    assert apply_pass(pass_name, model).modified
+    assert not any(n.op_type == op_type for n in model.graph)
+    assert not apply_pass(pass_name, model).modified  # a second run finds nothing
+    out = ir.serde.serialize_model(model)
+    onnx.checker.check_model(out)
+    return out, model
+
+
+@pytest.fixture(name="unroll_checked")
+def unroll_checked_fixture() -> Callable[..., tuple[onnx.ModelProto, ir.Model]]:
+    return unroll_checked
+
+
+@pytest.fixture(name="convert_keras_seeded", scope="session")
+def convert_keras_seeded_fixture() -> Callable[..., dict[str, tuple]]:
+    return convert_keras_seeded
+
+
+@pytest.fixture(name="check_loops_to_recurrence")
+def check_loops_to_recurrence_fixture() -> Callable[..., list[ir.Node]]:
+    return check_loops_to_recurrence
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

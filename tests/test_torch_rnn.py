@@ -1,4 +1,4 @@
-"""PyTorch nn.RNN exports (tools/export_torch_rnn.py) through the whole integer pipeline; no torch needed here.
+"""PyTorch nn.RNN exports (tools/export_torch.py) through the whole integer pipeline; no torch needed here.
 
 The classic exporter writes ONNX RNN nodes (num_layers=2: two; bidirectional: one with both directions, relu), with
 zero initial states expanded from Shape(X), read through Squeeze → Transpose → Gather(-1). The dynamo exporter writes

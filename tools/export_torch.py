@@ -4,6 +4,7 @@ Needs PyTorch and onnxscript (not qpass dependencies; only this script uses them
 
     python tools/export_torch.py                       # writes tests/data/torch/*.onnx and expected.npz
     python tools/export_torch.py --only gru_stacked    # some models; the others' files stay
+    python tools/export_torch.py --only rnn_stacked rnn_dynamo     # the nn.RNN models (rnn_expected.npz)
 
 Every model is written twice: `NAME.classic.onnx` by the TorchScript exporter (`dynamo=False`, opset 17) and
 `NAME.dynamo.onnx` by the torch.export one (`dynamo=True`, its default opset, weights embedded rather than in a
@@ -38,6 +39,20 @@ first 8 test cases (key = model name), so the test can check both exports withou
                      Hardswish, Hardsigmoid, Sigmoid, Tanh, Softplus, SiLU → AdaptiveAvgPool1d(1) → Linear
     conv2d           Conv2d → BatchNorm2d → ReLU → residual block (Conv2d + Add) → depthwise Conv2d (stride 2)
                      → pointwise → MaxPool2d → AvgPool2d (padded) → AdaptiveAvgPool2d(1) → Linear
+
+The nn.RNN models, for tests/test_torch_rnn.py, are written once each, as `NAME.onnx` by the one exporter named
+below, from seed 0 (no seed search) on BasicMotions taken every 4th step (input [1, 25, 6]); rnn_expected.npz holds
+torch's outputs on the first 8 test cases. The dynamo ones use opset 18.
+
+    rnn_stacked        nn.RNN(6→12, tanh, num_layers=2) → last step → Linear(12→4) → Softmax
+                       classic exporter: two ONNX RNN nodes, zero states from Expand
+    rnn_bidirectional  nn.RNN(6→8, relu, bidirectional=True) → last step of both directions → Linear(16→4)
+                       → Softmax; classic exporter: one bidirectional ONNX RNN with activations [Relu, Relu]
+    rnn_dynamo         nn.RNN(6→12, tanh) → last step → Linear(12→4) → Softmax; the dynamo exporter, which writes
+                       no RNN node: the recurrence comes unrolled, one MatMul/Add/Tanh per step (T = 25) behind one
+                       input projection for all steps (roll-rnn rolls it back into an RNN)
+    rnn_dynamo_bidirectional  nn.RNN(6→8, relu, bidirectional=True), dynamo exporter: the backward half runs
+                       forward over a time-flipped projection, and its outputs are flipped back
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ OUT = ROOT / "tests" / "data" / "torch"
 HAR, RESNET8 = ROOT / "examples" / "har", ROOT / "examples" / "resnet8"
 CHANNELS, CLASSES = 6, 4
 EXPECTED_SAMPLES = 8
+RNN_STRIDE = 4  # the nn.RNN models read every 4th step
 EXPORTERS = ("classic", "dynamo")
 
 
@@ -192,6 +208,24 @@ class Conv2dNet(nn.Module):
         return torch.softmax(self.head(F.adaptive_avg_pool2d(h, 1).flatten(1)), dim=-1)
 
 
+class RnnClassifier(nn.Module):
+    def __init__(self, hidden: int, **rnn) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(CHANNELS, hidden, batch_first=True, **rnn)
+        self.fc = nn.Linear(hidden * (2 if rnn.get("bidirectional") else 1), CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return torch.softmax(self.fc(out[:, -1]), dim=-1)
+
+
+RNN_MODELS = {  # name: (hidden, nn.RNN options, exporter)
+    "rnn_stacked": (12, {"num_layers": 2}, "classic"),
+    "rnn_bidirectional": (8, {"bidirectional": True, "nonlinearity": "relu"}, "classic"),
+    "rnn_dynamo": (12, {}, "dynamo"),
+    "rnn_dynamo_bidirectional": (8, {"bidirectional": True, "nonlinearity": "relu"}, "dynamo"),
+}
+
 MODELS = {  # name: (factory, data, dynamic batch axis, the classic exporter's do_constant_folding)
     "conv_lstm": (ConvLstm, "har", False, False),
     "lstm_seq": (LstmSeq, "har", False, True),
@@ -243,7 +277,10 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> N
     model.eval()
 
 
-def _export(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str, dynamic: bool, fold: bool) -> None:
+def _export(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str, dynamic: bool, fold: bool,
+            opset: int | None = None) -> None:
+    """Write `path` with the classic (opset 17) or the dynamo exporter (its default opset, or `opset`), weights
+    embedded, without the dynamo exporter's per-node notes."""
     if exporter == "classic":
         torch.onnx.export(model, (sample,), str(path), dynamo=False, opset_version=17, input_names=["x"],
                           output_names=["prob"], do_constant_folding=fold,
@@ -252,7 +289,8 @@ def _export(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str, d
     shapes = {"x": {0: torch.export.Dim("batch", max=64)}} if dynamic else None
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         program = torch.onnx.export(model, (sample.repeat(2, *[1] * (sample.dim() - 1)) if dynamic else sample,),
-                                    dynamo=True, input_names=["x"], output_names=["prob"], dynamic_shapes=shapes)
+                                    dynamo=True, input_names=["x"], output_names=["prob"], dynamic_shapes=shapes,
+                                    **({} if opset is None else {"opset_version": opset}))
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
     for node in proto.graph.node:  # the exporter's per-node notes: stack traces with this machine's paths
@@ -292,21 +330,52 @@ def export(name: str, epochs: int, exporters: tuple[str, ...], seeds: int) -> np
     return prob[:EXPECTED_SAMPLES]
 
 
+def export_rnn(name: str, epochs: int) -> np.ndarray:
+    """One nn.RNN model (seed 0, every 4th step) written by its exporter; torch's outputs on the first test cases."""
+    hidden, options, exporter = RNN_MODELS[name]
+    torch.manual_seed(0)
+    model = RnnClassifier(hidden, **options)
+    x = torch.from_numpy(np.ascontiguousarray(np.load(HAR / "calib.npz")["x"][:, ::RNN_STRIDE]))
+    y = torch.from_numpy(np.load(HAR / "basicmotions.npz")["y_train"])
+    _train(model, x, y, epochs)
+    path = OUT / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(model, torch.zeros(1, x.shape[1], CHANNELS), path, exporter, False, True, opset=18)
+    test = np.load(HAR / "test.npz")
+    with torch.no_grad():
+        acc = float((model(x).argmax(-1) == y).float().mean())
+        prob = model(torch.from_numpy(np.ascontiguousarray(test["x"][:, ::RNN_STRIDE]))).numpy()
+    print(f"{name}: {path.relative_to(ROOT)} {path.stat().st_size} bytes, train acc {acc:.3f}, "
+          f"test acc {float((prob.argmax(-1) == test['y']).mean()):.3f}")
+    return prob[:EXPECTED_SAMPLES]
+
+
+def _save_expected(path: Path, keep_old: bool, new: dict[str, np.ndarray]) -> None:
+    """Write torch's outputs by model name; with `keep_old` (--only), the other models' entries stay."""
+    old = dict(np.load(path)) if keep_old and path.exists() else {}
+    np.savez(path, **(old | new))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=4, help="train with seeds 0..N-1, keep the fewest near-ties")
-    ap.add_argument("--only", nargs="+", choices=sorted(MODELS), help="export these; keep the others' files")
+    ap.add_argument("--only", nargs="+", choices=sorted([*MODELS, *RNN_MODELS]),
+                    help="export these; keep the others' files")
     ap.add_argument("--exporters", nargs="+", choices=EXPORTERS, default=list(EXPORTERS))
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # onnxscript's optimizer notes
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     OUT.mkdir(parents=True, exist_ok=True)
-    old = OUT / "expected.npz"
-    expected = dict(np.load(old)) if args.only and old.exists() else {}
-    expected |= {name: export(name, args.epochs, tuple(args.exporters), args.seeds) for name in (args.only or MODELS)}
-    np.savez(OUT / "expected.npz", **expected)
+    names = args.only or [*MODELS, *RNN_MODELS]
+    if any(n in MODELS for n in names):
+        _save_expected(OUT / "expected.npz", bool(args.only), {
+            name: export(name, args.epochs, tuple(args.exporters), args.seeds) for name in names if name in MODELS})
+    if any(n in RNN_MODELS for n in names):
+        _save_expected(OUT / "rnn_expected.npz", bool(args.only),
+                       {name: export_rnn(name, args.epochs) for name in names if name in RNN_MODELS})
 
 
 if __name__ == "__main__":

@@ -42,16 +42,18 @@ from qpass.codegen.emit import GeneratedC, comment
 from qpass.codegen.emit import write as write_c
 from qpass.codegen.layout_2d import fold_layout_transposes
 from qpass.codegen.lower import reduce_axes, same_pads, window_2d
+from qpass.codegen.lower_gru import TAGS as GRU_TAGS
 from qpass.codegen.lower_gru import gather_steps as gather_gru_steps
 from qpass.codegen.lower_gru import gru_key
+from qpass.codegen.lower_lstm import TAGS as LSTM_TAGS
 from qpass.codegen.lower_lstm import gather_steps, step_time
+from qpass.codegen.lower_recurrent import Tags, joins_directions
+from qpass.codegen.lower_rnn import TAGS as RNN_TAGS
 from qpass.codegen.lower_rnn import gather_rnn_steps, rnn_key
 from qpass.errors import CodegenError, UnsupportedOpError
 from qpass.passes._util import const_value
-from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY
 from qpass.passes.unroll_lstm import DIRECTION_KEY as DIR_KEY
-from qpass.passes.unroll_lstm import LSTM_KEY, ROLE_KEY
-from qpass.passes.unroll_rnn import RNN_DIRECTION_KEY, RNN_KEY, RNN_ROLE_KEY
+from qpass.passes.unroll_lstm import LSTM_KEY
 from qpass.runtime_ref.program import Program, QTensor, Step
 
 FLOAT_ARRAYS = ("weight", "weight_h", "bias")  # kernel params rendered as `static const float` arrays
@@ -457,37 +459,60 @@ def _transpose(fl: FloatLowering, node: ir.Node) -> None:
             strides=np.array([in_strides[p] for p in perm] + [0] * (6 - rank), dtype=np.int32))
 
 
-# -- the re-rolled LSTM -----------------------------------------------------------------------
+# -- the re-rolled LSTM, GRU and RNN ---------------------------------------------------------
+def _recurrent_input(fl: FloatLowering, nodes: list[ir.Node], tags: Tags,
+                     gather: Callable[[list[ir.Node]], tuple[dict[int, dict[str, ir.Node]], int, bool]]):
+    """One direction's name, steps by step and role, T, whether it runs backwards, and its [T, 1, I] / [1, T, I]
+    input (as the integer lowerings read them; shared by the LSTM, the GRU and the RNN)."""
+    name = nodes[0].metadata_props[tags.name]
+    if joins_directions(nodes, tags):
+        raise UnsupportedOpError(name, tags.op, f"bidirectional {tags.op}s are not in the float C baseline yet")
+    steps, t_len, reverse = gather(nodes)
+    x = fl.input_of(steps[0]["x"], 0)
+    if len(x.shape) != 3 or x.size != t_len * x.shape[-1]:
+        raise UnsupportedOpError(name, tags.op, f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
+    return name, steps, t_len, reverse, x
+
+
+def _find(steps: dict[int, dict[str, ir.Node]], role: str) -> ir.Node | None:
+    """The first step's node with `role` (step 0's recurrent product is folded away: it reads a zero h)."""
+    return next((st[role] for st in steps.values() if role in st), None)
+
+
+def _const_input(node: ir.Node | None, size: int) -> np.ndarray:
+    """A node's constant input (a bias Add's), flattened, or zeros [size] without one."""
+    consts = [const_value(v) for v in node.inputs] if node is not None else []
+    return next((c for c in consts if c is not None), np.zeros(size)).reshape(-1)
+
+
+def _recurrent_step(fl: FloatLowering, kernel: str, nodes: list[ir.Node], tags: Tags, x: QTensor, t_len: int,
+                    reverse: bool, steps: dict[int, dict[str, ir.Node]], weights: tuple[np.ndarray, ...],
+                    scratch: tuple[int, str] | None = None, **params) -> None:
+    """The `kernel` step from x to the h sequence [T, 1, H] (plus a scratch buffer), weights (W [I, gH], R [H, gH],
+    B) stored transposed as float arrays, and the views of its outputs."""
+    name = nodes[0].metadata_props[tags.name]
+    wx, wh, bias = weights
+    hid = wh.shape[0]
+    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
+    outs = [hseq] if scratch is None else [hseq, fl.new_tensor((scratch[0],), f"{name} {scratch[1]} (scratch)")]
+    fl.step(kernel, [x], outs, f"{tags.op} {name}", t=t_len, n_in=wx.shape[0], hidden=hid, reverse=int(reverse),
+            **params, weight=np.ascontiguousarray(wx.T, dtype=np.float32),
+            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
+    _map_outputs(fl, nodes, steps, hseq, hid, tags.role, tags.op)
+
+
 def lower_lstm_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     """One `lstm` step for the tagged nodes of one direction (as lower_lstm.py reads them), and its views."""
-    name = nodes[0].metadata_props[LSTM_KEY]
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "LSTM", "bidirectional LSTMs are not in the float C baseline yet")
-    steps, t_len, reverse = gather_steps(nodes)
-    first = steps[0]
-
-    x = fl.input_of(first["x"], 0)
+    name, steps, t_len, reverse, x = _recurrent_input(fl, nodes, LSTM_TAGS, gather_steps)
     n_in = x.shape[-1]
-    if len(x.shape) != 3 or x.size != t_len * n_in:
-        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
-    wx = fl.const(first["xw"], 1, "W")  # [I, 4H]
+    wx = fl.const(steps[0]["xw"], 1, "W")  # [I, 4H]
     hid = wx.shape[1] // 4
-    hr = next((st["hr"] for st in steps.values() if "hr" in st), None)
+    hr = _find(steps, "hr")
     wh = fl.const(hr, 1, "R") if hr is not None else np.zeros((hid, 4 * hid))  # [H, 4H]; T = 1: never used
-    gates = first.get("gates")
-    bias = np.zeros(4 * hid)
-    if gates is not None:
-        consts = [const_value(v) for v in gates.inputs]
-        bias = next((c for c in consts if c is not None), bias).reshape(-1)
+    bias = _const_input(steps[0].get("gates"), 4 * hid)
     if wx.shape != (n_in, 4 * hid) or wh.shape != (hid, 4 * hid) or bias.shape != (4 * hid,):
         raise UnsupportedOpError(name, "LSTM", f"W {wx.shape}, R {wh.shape}, B {bias.shape} do not fit I={n_in}")
-
-    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
-    cell = fl.new_tensor((hid,), f"{name} c (scratch)")
-    fl.step("lstm", [x], [hseq, cell], f"LSTM {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
-            weight=np.ascontiguousarray(wx.T, dtype=np.float32),
-            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
-    _map_outputs(fl, nodes, steps, hseq, hid, ROLE_KEY, "LSTM")
+    _recurrent_step(fl, "lstm", nodes, LSTM_TAGS, x, t_len, reverse, steps, (wx, wh, bias), (hid, "c"))
 
 
 def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[str, ir.Node]], hseq: QTensor,
@@ -512,74 +537,44 @@ def _map_outputs(fl: FloatLowering, nodes: list[ir.Node], steps: dict[int, dict[
                                              f"{what} {role!r} output is used outside the {what}; only Y and Y_h are")
 
 
-# -- the re-rolled GRU ------------------------------------------------------------------------
+
 def lower_gru_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     """One `gru` step for the tagged nodes of one direction (as lower_gru.py reads them), and its views."""
-    name = nodes[0].metadata_props[GRU_KEY]
-    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "GRU", "bidirectional ONNX GRUs are not in the float C baseline yet")
-    steps, t_len, reverse = gather_gru_steps(nodes)
-    first = steps[0]
+    name, steps, t_len, reverse, x = _recurrent_input(fl, nodes, GRU_TAGS, gather_gru_steps)
+    first, n_in = steps[0], x.shape[-1]
     lbr = any("rn" in st for st in steps.values())
-    x = fl.input_of(first["x"], 0)
-    n_in = x.shape[-1]
-    if len(x.shape) != 3 or x.size != t_len * n_in:
-        raise UnsupportedOpError(name, "GRU", f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
-
-    def find(role: str) -> ir.Node | None:
-        return next((st[role] for st in steps.values() if role in st), None)
-
-    def bias_of(node: ir.Node | None, size: int) -> np.ndarray:
-        consts = [const_value(v) for v in node.inputs] if node is not None else []
-        return next((c for c in consts if c is not None), np.zeros(size)).reshape(-1)
-
     wx = fl.const(first["xw"], 1, "W")  # [I, 3H]
     hid = wx.shape[1] // 3
-    hr, hn = find("hr"), find("hn")
+    hr, hn = _find(steps, "hr"), _find(steps, "hn")
     wh = fl.const(hr, 1, "R") if hr is not None else np.zeros((hid, 3 * hid if lbr else 2 * hid))
     if not lbr:
         wh = np.concatenate([wh, fl.const(hn, 1, "Rn") if hn is not None else np.zeros((hid, hid))], axis=1)
     if not lbr:
         bias_n = np.zeros(hid)
-    elif find("hb") is not None:
-        bias_n = bias_of(find("hb"), 3 * hid)[2 * hid:]
+    elif _find(steps, "hb") is not None:
+        bias_n = _const_input(_find(steps, "hb"), 3 * hid)[2 * hid:]
     else:  # T = 1, recurrent terms folded away: r multiplies Rn·0 + bn = bn, a constant
-        bias_n = bias_of(first["rn"], hid)
-    bias = np.concatenate([bias_of(first.get("xb"), 3 * hid), bias_n])
+        bias_n = _const_input(first["rn"], hid)
+    bias = np.concatenate([_const_input(first.get("xb"), 3 * hid), bias_n])
     if wx.shape != (n_in, 3 * hid) or wh.shape != (hid, 3 * hid) or bias.shape != (4 * hid,):
         raise UnsupportedOpError(name, "GRU", f"W {wx.shape}, R {wh.shape}, B {bias.shape} do not fit I={n_in}")
-    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
-    scratch = fl.new_tensor((3 * hid,), f"{name} gates (scratch)")
-    fl.step("gru", [x], [hseq, scratch], f"GRU {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
-            lbr=int(lbr), weight=np.ascontiguousarray(wx.T, dtype=np.float32),
-            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
-    _map_outputs(fl, nodes, steps, hseq, hid, GRU_ROLE_KEY, "GRU")
+    _recurrent_step(fl, "gru", nodes, GRU_TAGS, x, t_len, reverse, steps, (wx, wh, bias), (3 * hid, "gates"),
+                    lbr=int(lbr))
 
 
-# -- the re-rolled RNN ------------------------------------------------------------------------
 def lower_rnn_float(fl: FloatLowering, nodes: list[ir.Node]) -> None:
     """One `rnn` step for the tagged nodes of one direction (as lower_rnn.py reads them), and its views."""
-    name = nodes[0].metadata_props[RNN_KEY]
-    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
-        raise UnsupportedOpError(name, "RNN", "bidirectional ONNX RNNs are not in the float C baseline yet")
-    steps, t_len, reverse = gather_rnn_steps(nodes)
-    first = steps[0]
-    x = fl.input_of(first["x"], 0)
+    name, steps, t_len, reverse, x = _recurrent_input(fl, nodes, RNN_TAGS, gather_rnn_steps)
     n_in = x.shape[-1]
-    if len(x.shape) != 3 or x.size != t_len * n_in:
-        raise UnsupportedOpError(name, "RNN", f"input must be [T, 1, I] or [1, T, I] (batch 1); got {x.shape}")
-    wx = fl.const(first["xw"], 1, "W")  # [I, H]
+    wx = fl.const(steps[0]["xw"], 1, "W")  # [I, H]
     hid = wx.shape[1]
-    hr = next((st["hr"] for st in steps.values() if "hr" in st), None)
+    hr = _find(steps, "hr")
     wh = fl.const(hr, 1, "R") if hr is not None else np.zeros((hid, hid))  # T = 1: never used
-    bias = next((c for c in map(const_value, first["xb"].inputs) if c is not None), np.zeros(hid)).reshape(-1)
+    bias = _const_input(steps[0]["xb"], hid)
     if wx.shape != (n_in, hid) or wh.shape != (hid, hid) or bias.shape != (hid,):
         raise UnsupportedOpError(name, "RNN", f"W {wx.shape}, R {wh.shape}, B {bias.shape} do not fit I={n_in}")
-    hseq = fl.new_tensor((t_len, 1, hid), f"{name} h")
-    fl.step("rnn", [x], [hseq], f"RNN {name}", t=t_len, n_in=n_in, hidden=hid, reverse=int(reverse),
-            relu=int(first["h"].op_type == "Relu"), weight=np.ascontiguousarray(wx.T, dtype=np.float32),
-            weight_h=np.ascontiguousarray(wh.T, dtype=np.float32), bias=bias.astype(np.float32))
-    _map_outputs(fl, nodes, steps, hseq, hid, RNN_ROLE_KEY, "RNN")
+    _recurrent_step(fl, "rnn", nodes, RNN_TAGS, x, t_len, reverse, steps, (wx, wh, bias),
+                    relu=int(steps[0]["h"].op_type == "Relu"))
 
 
 # -- C ----------------------------------------------------------------------------------------

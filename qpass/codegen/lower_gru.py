@@ -19,12 +19,15 @@ import onnx_ir as ir
 from qpass.codegen.lower_lstm import gate_multipliers
 from qpass.codegen.lower_recurrent import (
     Tags,
+    check_recurrent_group,
     check_zero_state,
     gate_bias,
+    lower_join,
     map_outputs,
     produced_by,
     q_after,
     row_mode,
+    sequence_input,
     state_value,
 )
 from qpass.codegen.lower_recurrent import gather_steps as _gather
@@ -55,36 +58,21 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
 
 def check_gru_group(nodes: list[ir.Node]) -> None:
     """Refuse, by name, a tagged GRU group the kernel does not run (the early support check calls this)."""
-    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
-        for node in nodes:
-            if node.op_type != "Concat":
-                raise UnsupportedOpError(node.name or nodes[0].metadata_props[GRU_KEY], node.op_type,
-                                         "unexpected node joining GRU directions")
-        return
-    gather_steps(nodes)
+    check_recurrent_group(nodes, TAGS, gather_steps)
 
 
 def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     """Emit one `gru` step for the tagged nodes of one GRU direction, and map its visible outputs."""
     name = nodes[0].metadata_props[GRU_KEY]
     check_gru_group(nodes)
-    if nodes[0].metadata_props.get(GRU_DIRECTION_KEY, "0") == "-1":
-        from qpass.codegen.lower import EMITTERS
-
-        for node in nodes:
-            EMITTERS["Concat"](lw, node)
+    if lower_join(lw, nodes, TAGS):
         return
     steps, t_len, reverse = gather_steps(nodes)
     first = steps[0]
     lbr = "rn" in first
     check_zero_state(name, "GRU", [first["hd"].inputs[0]], "initial_h")  # hd = Sub(h_prev, n)
 
-    x = lw.input_of(first["x"], 0)
-    layout = first["x"].attributes.get_int("axis", 0)
-    x_steps = x.shape[layout] if len(x.shape) == 3 else 0
-    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
-        raise UnsupportedOpError(name, "GRU", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
-                                 f"batch 1; got {x.shape}")
+    x, x_steps = sequence_input(lw, first["x"], t_len, name, "GRU")
     wx, sw = lw.weight(first["xw"], 1)  # [I, 3H], per-column scales
     n_in, three_h = wx.shape
     hid = three_h // 3

@@ -21,12 +21,15 @@ import onnx_ir as ir
 
 from qpass.codegen.lower_recurrent import (
     Tags,
+    check_recurrent_group,
     check_zero_state,
     gate_bias,
+    lower_join,
     map_outputs,
     produced_by,
     q_after,
     row_mode,
+    sequence_input,
     step_time,
 )
 from qpass.codegen.lower_recurrent import gather_steps as _gather
@@ -70,15 +73,8 @@ def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], i
 
 
 def check_group(nodes: list[ir.Node]) -> None:
-    """Refuse, by name, a tagged LSTM group neither kernel runs (the early support check calls this): the
-    nodes joining a bidirectional LSTM's directions must be Concats; a direction's steps must be complete."""
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        for node in nodes:
-            if node.op_type != "Concat":
-                raise UnsupportedOpError(node.name or nodes[0].metadata_props[LSTM_KEY], node.op_type,
-                                         "unexpected node joining LSTM directions")
-        return
-    gather_steps(nodes)
+    """Refuse, by name, a tagged LSTM group neither kernel runs (the early support check calls this)."""
+    check_recurrent_group(nodes, TAGS, gather_steps)
 
 
 def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
@@ -88,11 +84,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     direction axis) run after both directions, as ordinary concat kernels."""
     name = nodes[0].metadata_props[LSTM_KEY]
     check_group(nodes)
-    if nodes[0].metadata_props.get(DIR_KEY, "0") == "-1":
-        from qpass.codegen.lower import EMITTERS
-
-        for node in nodes:
-            EMITTERS["Concat"](lw, node)
+    if lower_join(lw, nodes, TAGS):
         return
     steps, t_len, reverse = gather_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
@@ -101,12 +93,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
         states += [v for v in first["fc"].inputs if not produced_by(v, first["f"])]
     check_zero_state(name, "LSTM", states, "initial_h/initial_c")
 
-    x = lw.input_of(first["x"], 0)
-    layout = first["x"].attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
-    x_steps = x.shape[layout] if len(x.shape) == 3 else 0  # > t_len when the later steps were never read
-    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
-        raise UnsupportedOpError(name, "LSTM", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
-                                 f"batch 1; got {x.shape}")
+    x, x_steps = sequence_input(lw, first["x"], t_len, name, "LSTM")
     wx, sw = lw.weight(first["xw"], 1)  # [I, 4H], per-column scales
     n_in, four_h = wx.shape
     hid = four_h // 4

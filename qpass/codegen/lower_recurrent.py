@@ -1,4 +1,4 @@
-"""What the LSTM and GRU lowerings share (lower_lstm.py, lower_gru.py; a SimpleRNN lowering may use it too).
+"""What the LSTM, GRU and RNN lowerings share (lower_lstm.py, lower_gru.py, lower_rnn.py).
 
 `unroll-lstm` / `unroll-gru` tag every node they create with the layer's name, direction, step and role
 (`Tags` names the metadata keys). Re-rolling one direction reads those tags:
@@ -8,11 +8,15 @@
                  ──row_mode──▶ which rows of h the kernel keeps (0: Y in time order, 1: by step, 2: two rows)
                  ──map_outputs──▶ Y, Y_h, one step's h (and the LSTM's Y_c) as views of the kernel's outputs
     bias Add ──gate_bias──▶ int32 bias and its per-row shift k (scale s_in·s_W·2^k)
+    group ──check_recurrent_group──▶ refuses, by name, what the kernel does not run
+          ──lower_join──▶ the Concats joining two directions (direction "-1")
+    step 0's Gather ──sequence_input──▶ the [T, 1, I] / [1, T, I] input and its time-axis length
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +28,7 @@ from qpass.passes._util import const_value
 
 if TYPE_CHECKING:
     from qpass.codegen.lower import Lowering
+    from qpass.runtime_ref.program import QTensor
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,46 @@ def gather_steps(nodes: list[ir.Node], tags: Tags) -> tuple[dict[int, dict[str, 
         raise UnsupportedOpError(name, tags.op, "the unrolled steps are incomplete")
     t0 = step_time(steps[0]["x"])  # a reverse layer starts at the last time step (T = 1: forward either way)
     return steps, t_len, t0 != 0 or (t_len > 1 and step_time(steps[1]["x"]) < t0)
+
+
+def joins_directions(nodes: list[ir.Node], tags: Tags) -> bool:
+    """Is this group the nodes that join a bidirectional layer's two directions (direction "-1")?"""
+    return nodes[0].metadata_props.get(tags.direction, "0") == "-1"
+
+
+def check_recurrent_group(nodes: list[ir.Node], tags: Tags, gather: Callable[[list[ir.Node]], object]) -> None:
+    """Refuse, by name, a tagged group the kernel does not run (the early support check calls this): the nodes
+    joining two directions must be Concats; one direction's steps must pass `gather` (its gather_steps)."""
+    if not joins_directions(nodes, tags):
+        gather(nodes)
+        return
+    for node in nodes:
+        if node.op_type != "Concat":
+            raise UnsupportedOpError(node.name or nodes[0].metadata_props[tags.name], node.op_type,
+                                     f"unexpected node joining {tags.op} directions")
+
+
+def lower_join(lw: Lowering, nodes: list[ir.Node], tags: Tags) -> bool:
+    """Emit the Concats that join both directions (they run after both), when this group is them; else False."""
+    if not joins_directions(nodes, tags):
+        return False
+    from qpass.codegen.lower import EMITTERS
+
+    for node in nodes:
+        EMITTERS["Concat"](lw, node)
+    return True
+
+
+def sequence_input(lw: Lowering, x_node: ir.Node, t_len: int, name: str, op: str) -> tuple[QTensor, int]:
+    """The quantized input X read by step 0's Gather, batch 1, and its length along the time axis (more than
+    t_len when the later steps were never read); UnsupportedOpError otherwise."""
+    x = lw.input_of(x_node, 0)
+    layout = x_node.attributes.get_int("axis", 0)  # the time axis: 0 = [T, B, I], 1 = [B, T, I]
+    x_steps = x.shape[layout] if len(x.shape) == 3 else 0
+    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
+        raise UnsupportedOpError(name, op, f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
+                                 f"batch 1; got {x.shape}")
+    return x, x_steps
 
 
 def step_time(x_node: ir.Node) -> int:

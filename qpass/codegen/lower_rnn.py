@@ -18,12 +18,15 @@ import onnx_ir as ir
 
 from qpass.codegen.lower_recurrent import (
     Tags,
+    check_recurrent_group,
     check_zero_state,
     gate_bias,
+    lower_join,
     map_outputs,
     produced_by,
     q_after,
     row_mode,
+    sequence_input,
 )
 from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
@@ -58,35 +61,20 @@ def gather_rnn_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]
 
 def check_rnn_group(nodes: list[ir.Node]) -> None:
     """Refuse, by name, a tagged RNN group the kernel does not run (the early support check calls this)."""
-    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
-        for node in nodes:
-            if node.op_type != "Concat":
-                raise UnsupportedOpError(node.name or nodes[0].metadata_props[RNN_KEY], node.op_type,
-                                         "unexpected node joining RNN directions")
-        return
-    gather_rnn_steps(nodes)
+    check_recurrent_group(nodes, TAGS, gather_rnn_steps)
 
 
 def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
     """Emit one `rnn` step for the tagged nodes of one RNN direction, and map its visible outputs."""
     name = nodes[0].metadata_props[RNN_KEY]
     check_rnn_group(nodes)
-    if nodes[0].metadata_props.get(RNN_DIRECTION_KEY, "0") == "-1":
-        from qpass.codegen.lower import EMITTERS
-
-        for node in nodes:
-            EMITTERS["Concat"](lw, node)
+    if lower_join(lw, nodes, TAGS):
         return
     steps, t_len, reverse = gather_rnn_steps(nodes)
     first, later = steps[0], steps[min(1, t_len - 1)]
     _check_zero_initial_state(name, first)
 
-    x = lw.input_of(first["x"], 0)
-    layout = first["x"].attributes.get_int("axis", 0)
-    x_steps = x.shape[layout] if len(x.shape) == 3 else 0
-    if len(x.shape) != 3 or x.shape[1 - layout] != 1 or x_steps < t_len:
-        raise UnsupportedOpError(name, "RNN", f"input must be [T, 1, I] (layout 0) or [1, T, I] (layout 1): "
-                                 f"batch 1; got {x.shape}")
+    x, x_steps = sequence_input(lw, first["x"], t_len, name, "RNN")
     wx, sw = lw.weight(first["xw"], 1)  # [I, H], per-column scales
     n_in, hid = wx.shape
     sw = np.broadcast_to(sw, (hid,))

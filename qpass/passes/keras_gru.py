@@ -36,7 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import const_value, new_initializer
+from qpass.passes._util import const_value
 from qpass.passes.keras_lstm import _STD, _Match, _Matcher, _need, _Rewrite, _static, rewrite_loops
 
 log = logging.getLogger(__name__)
@@ -189,33 +189,12 @@ class _GruMatcher(_Matcher):
                 b_rec = np.concatenate([np.zeros(2 * hidden, np.float32) if b_rec is None else b_rec,
                                         np.zeros(hidden, np.float32) if bn is None else bn])
         _need(r_w.shape == (hidden, 3 * hidden), "the recurrent kernel is not [H,3H]")
-        for s in range(self.scans):
-            _need(self._unwrap_identity(self.body.outputs[1 + self.carried + s]) is h_new,
-                  f"scan output {s} is not h'")
-        state = self.loop.inputs[2 + h_slot]
-        _need(state is not None and _static(state) == (batch, hidden), "the initial state is not [B,H]")
-
-        gather = x_t.producer()
-        _need(self._in_body(gather) and gather.op_type == "Gather" and gather.domain in _STD
-              and gather.attributes.get_int("axis", 0) == 0, "the input step is not Gather(X, t, axis=0)")
-        self.seen.add(gather)
-        x = self._outer(gather.inputs[0])
-        _need(not self._in_body(x.producer()) and not (x.producer() is None and x.graph is self.body),
-              "the sequence is not defined outside the loop")
-        xshape = _static(x)
-        _need(xshape is not None and len(xshape) == 3 and xshape[1:] == (batch, w.shape[0]),
-              "the sequence is not [T,B,I]")
-        _need(x.dtype == ir.DataType.FLOAT, "the sequence is not float32")
-        controls = [k for k in range(self.carried) if k not in self.invariant and k != h_slot]
-        final = self._simulate(gather.inputs[1], controls, xshape[0])
-        for node in self.body:
-            _need(node in self.seen or node in self.evaluate.seen,
-                  f"body node {node.op_type} {node.name!r} is neither the cell nor its bookkeeping")
+        x, steps, final = self._finish_match(x_t, h_new, (h_slot,), batch, hidden, w.shape[0])
         bias = None
         if b_in is not None or b_rec is not None:
             zeros = np.zeros(3 * hidden, np.float32)
             bias = np.stack([zeros if b_in is None else b_in, zeros if b_rec is None else b_rec])
-        return _GruMatch(x=x, w=w, r=r_w, b=bias, h_slot=h_slot, c_slot=-1, steps=xshape[0], batch=batch,
+        return _GruMatch(x=x, w=w, r=r_w, b=bias, h_slot=h_slot, c_slot=-1, steps=steps, batch=batch,
                          hidden=hidden, invariant=self.invariant, control_final=final, lbr=lbr)
 
     def _const_expr(self, value: ir.Value) -> np.ndarray | None:
@@ -274,20 +253,9 @@ class _GruMatcher(_Matcher):
 class _GruRewrite(_Rewrite):
     def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
         """The ONNX GRU node for the match (linear_before_reset as matched): its Y, Y_h."""
-        m, graph = self.m, self.graph
-        steps, batch, hidden = m.steps, m.batch, m.hidden
-        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(m.w.T[None]).astype(np.float32))
-        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(m.r.T[None]).astype(np.float32))
-        b = None if m.b is None else new_initializer(graph, f"{self.base}_B", m.b.reshape(1, 6 * hidden))
-        inputs = [x, w, r, b, None, self._state(m.h_slot, "h0")]
-        while inputs[-1] is None:
-            inputs.pop()
-        attrs = {"hidden_size": hidden, "direction": direction, "linear_before_reset": m.lbr}
-        if self.opset >= 14:
-            attrs["layout"] = 0
-        gru = self._add("GRU", inputs, attrs, num_outputs=2, shapes=[[steps, 1, batch, hidden], [1, batch, hidden]])
-        y, y_h = gru.outputs
-        y.name, y_h.name = f"{self.base}_Y", f"{self.base}_Y_h"
+        m = self.m
+        y, y_h = self._add_recurrence("GRU", x, m.w.T[None], m.r.T[None], m.b, [m.h_slot], {
+            "hidden_size": m.hidden, "direction": direction, "linear_before_reset": m.lbr})
         return y, y_h, None
 
 

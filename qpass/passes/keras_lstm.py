@@ -203,12 +203,21 @@ class _Matcher:
               "the recurrent MatMul does not read a carried hidden state")
         _need(self._unwrap_identity(self.body.outputs[1 + h_slot]) is h_new, "the carried h is not updated to h'")
         _need(self._unwrap_identity(self.body.outputs[1 + c_slot]) is c_new, "the carried c is not updated to c'")
+        x, steps, final = self._finish_match(x_t, h_new, (h_slot, c_slot), batch, hidden, w.shape[0])
+        return _Match(x=x, w=w, r=r, b=bias, h_slot=h_slot, c_slot=c_slot, steps=steps, batch=batch,
+                      hidden=hidden, invariant=self.invariant, control_final=final)
+
+    def _finish_match(self, x_t: ir.Value, h_new: ir.Value, slots: tuple[int, ...], batch: int, hidden: int,
+                      n_in: int) -> tuple[ir.Value, int, dict[int, np.ndarray]]:
+        """The checks every cell shares once its h' and carried states (`slots`) are known: every scan output is
+        h', the initial states are [B,H], the input step is Gather(X, t) of a float [T,B,I] sequence from outside,
+        and nothing in the body is left unexplained. Returns X, T and the control slots' final values."""
         for s in range(self.scans):
             _need(self._unwrap_identity(self.body.outputs[1 + self.carried + s]) is h_new,
                   f"scan output {s} is not h'")
-        for k, state in ((h_slot, self.loop.inputs[2 + h_slot]), (c_slot, self.loop.inputs[2 + c_slot])):
+        for k in slots:
+            state = self.loop.inputs[2 + k]
             _need(state is not None and _static(state) == (batch, hidden), f"initial state {k} is not [B,H]")
-
         gather = x_t.producer()
         _need(self._in_body(gather) and gather.op_type == "Gather" and gather.domain in _STD
               and gather.attributes.get_int("axis", 0) == 0, "the input step is not Gather(X, t, axis=0)")
@@ -217,17 +226,14 @@ class _Matcher:
         _need(not self._in_body(x.producer()) and not (x.producer() is None and x.graph is self.body),
               "the sequence is not defined outside the loop")
         xshape = _static(x)
-        _need(xshape is not None and len(xshape) == 3 and xshape[1:] == (batch, w.shape[0]),
-              "the sequence is not [T,B,I]")
+        _need(xshape is not None and len(xshape) == 3 and xshape[1:] == (batch, n_in), "the sequence is not [T,B,I]")
         _need(x.dtype == ir.DataType.FLOAT, "the sequence is not float32")
-
-        controls = [k for k in range(self.carried) if k not in self.invariant and k not in (h_slot, c_slot)]
+        controls = [k for k in range(self.carried) if k not in self.invariant and k not in slots]
         final = self._simulate(gather.inputs[1], controls, xshape[0])
         for node in self.body:
             _need(node in self.seen or node in self.evaluate.seen,
                   f"body node {node.op_type} {node.name!r} is neither the cell nor its bookkeeping")
-        return _Match(x=x, w=w, r=r, b=bias, h_slot=h_slot, c_slot=c_slot, steps=xshape[0], batch=batch,
-                      hidden=hidden, invariant=self.invariant, control_final=final)
+        return x, xshape[0], final
 
     def _sum_terms(self, value: ir.Value, target: tuple[int, ...]) -> list:
         """Flatten the sum that forms the gate pre-activation into MatMul terms and other leaves."""
@@ -470,32 +476,38 @@ class _Rewrite:
         else:
             ir.convenience.replace_all_uses_with(old, new)
 
-    def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
-        """The ONNX LSTM node for the match: its Y, Y_h, Y_c."""
+    def _add_recurrence(self, op_type: str, x: ir.Value, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None,
+                        slots: list[int], attrs: dict) -> list[ir.Value]:
+        """The ONNX LSTM/GRU/RNN node reading X: W [1, gH, I], R [1, gH, H] and B [2gH] as initializers, the
+        initial states of the carried `slots` (h0, then c0); its outputs Y [T,1,B,H], Y_h and Y_c [1,B,H]."""
         m, graph = self.m, self.graph
         steps, batch, hidden = m.steps, m.batch, m.hidden
+        w_init = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(w).astype(np.float32))
+        r_init = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(r).astype(np.float32))
+        b = None if bias is None else new_initializer(graph, f"{self.base}_B",
+                                                       bias.reshape(1, -1).astype(np.float32))
+        inputs = [x, w_init, r_init, b, None, *(self._state(k, f"{s}0") for k, s in zip(slots, "hc", strict=False))]
+        while inputs[-1] is None:
+            inputs.pop()
+        if self.opset >= 14:
+            attrs = {**attrs, "layout": 0}
+        shapes = [[steps, 1, batch, hidden]] + [[1, batch, hidden]] * len(slots)
+        node = self._add(op_type, inputs, attrs, num_outputs=1 + len(slots), shapes=shapes)
+        for value, suffix in zip(node.outputs, ("Y", "Y_h", "Y_c"), strict=False):
+            value.name = f"{self.base}_{suffix}"
+        return list(node.outputs)
+
+    def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+        """The ONNX LSTM node for the match: its Y, Y_h, Y_c."""
+        m, hidden = self.m, self.m.hidden
 
         def gates(a: np.ndarray) -> np.ndarray:
             return a.reshape(4, hidden, -1)[_KERAS_TO_ONNX_GATES].reshape(1, 4 * hidden, -1)
 
-        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(gates(m.w.T)).astype(np.float32))
-        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(gates(m.r.T)).astype(np.float32))
-        b = None
-        if m.b is not None:
-            bias = np.concatenate([gates(m.b.reshape(-1, 1)).reshape(-1), np.zeros(4 * hidden, np.float32)])
-            b = new_initializer(graph, f"{self.base}_B", bias.reshape(1, 8 * hidden).astype(np.float32))
-        h0, c0 = self._state(m.h_slot, "h0"), self._state(m.c_slot, "c0")
-        inputs = [x, w, r, b, None, h0, c0]
-        while inputs[-1] is None:
-            inputs.pop()
-        attrs = {"hidden_size": hidden, "direction": direction}
-        if self.opset >= 14:
-            attrs["layout"] = 0
-        lstm = self._add("LSTM", inputs, attrs, num_outputs=3,
-                         shapes=[[steps, 1, batch, hidden], [1, batch, hidden], [1, batch, hidden]])
-        y, y_h, y_c = lstm.outputs
-        y.name, y_h.name, y_c.name = f"{self.base}_Y", f"{self.base}_Y_h", f"{self.base}_Y_c"
-
+        bias = None if m.b is None else np.concatenate([gates(m.b.reshape(-1, 1)).reshape(-1),
+                                                        np.zeros(4 * hidden, np.float32)])
+        y, y_h, y_c = self._add_recurrence("LSTM", x, gates(m.w.T), gates(m.r.T), bias, [m.h_slot, m.c_slot],
+                                           {"hidden_size": hidden, "direction": direction})
         return y, y_h, y_c
 
     def apply(self) -> None:

@@ -24,7 +24,6 @@ import numpy as np
 import onnx_ir as ir
 
 from qpass.passes import QPass, register_pass
-from qpass.passes._util import new_initializer
 from qpass.passes.keras_lstm import _STD, _Match, _Matcher, _need, _Rewrite, _static, rewrite_loops
 
 ACTIVATIONS = ("Tanh", "Relu")  # the cell activations keras-rnn, unroll-rnn and the rnn kernel run
@@ -55,52 +54,18 @@ class _RnnMatcher(_Matcher):
               "the recurrent MatMul does not read a carried hidden state")
         h_new = act.outputs[0]
         _need(self._unwrap_identity(self.body.outputs[1 + h_slot]) is h_new, "the carried h is not updated to h'")
-        for s in range(self.scans):
-            _need(self._unwrap_identity(self.body.outputs[1 + self.carried + s]) is h_new,
-                  f"scan output {s} is not h'")
-        state = self.loop.inputs[2 + h_slot]
-        _need(state is not None and _static(state) == (batch, hidden), "the initial state is not [B,H]")
-
-        gather = x_t.producer()
-        _need(self._in_body(gather) and gather.op_type == "Gather" and gather.domain in _STD
-              and gather.attributes.get_int("axis", 0) == 0, "the input step is not Gather(X, t, axis=0)")
-        self.seen.add(gather)
-        x = self._outer(gather.inputs[0])
-        _need(not self._in_body(x.producer()) and not (x.producer() is None and x.graph is self.body),
-              "the sequence is not defined outside the loop")
-        xshape = _static(x)
-        _need(xshape is not None and len(xshape) == 3 and xshape[1:] == (batch, w.shape[0]),
-              "the sequence is not [T,B,I]")
-        _need(x.dtype == ir.DataType.FLOAT, "the sequence is not float32")
-        controls = [k for k in range(self.carried) if k not in self.invariant and k != h_slot]
-        final = self._simulate(gather.inputs[1], controls, xshape[0])
-        for node in self.body:
-            _need(node in self.seen or node in self.evaluate.seen,
-                  f"body node {node.op_type} {node.name!r} is neither the cell nor its bookkeeping")
-        return _RnnMatch(x=x, w=w, r=r, b=bias, h_slot=h_slot, c_slot=-1, steps=xshape[0], batch=batch,
+        x, steps, final = self._finish_match(x_t, h_new, (h_slot,), batch, hidden, w.shape[0])
+        return _RnnMatch(x=x, w=w, r=r, b=bias, h_slot=h_slot, c_slot=-1, steps=steps, batch=batch,
                          hidden=hidden, invariant=self.invariant, control_final=final, act=act.op_type)
 
 
 class _RnnRewrite(_Rewrite):
     def _recurrence(self, x: ir.Value, direction: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
         """The ONNX RNN node for the match: its Y, Y_h."""
-        m, graph = self.m, self.graph
-        steps, batch, hidden = m.steps, m.batch, m.hidden
-        w = new_initializer(graph, f"{self.base}_W", np.ascontiguousarray(m.w.T[None]).astype(np.float32))
-        r = new_initializer(graph, f"{self.base}_R", np.ascontiguousarray(m.r.T[None]).astype(np.float32))
-        b = None
-        if m.b is not None:
-            bias = np.concatenate([m.b.reshape(-1), np.zeros(hidden, np.float32)]).reshape(1, 2 * hidden)
-            b = new_initializer(graph, f"{self.base}_B", bias.astype(np.float32))
-        inputs = [x, w, r, b, None, self._state(m.h_slot, "h0")]
-        while inputs[-1] is None:
-            inputs.pop()
-        attrs = {"hidden_size": hidden, "direction": direction, "activations": [m.act]}
-        if self.opset >= 14:
-            attrs["layout"] = 0
-        rnn = self._add("RNN", inputs, attrs, num_outputs=2, shapes=[[steps, 1, batch, hidden], [1, batch, hidden]])
-        y, y_h = rnn.outputs
-        y.name, y_h.name = f"{self.base}_Y", f"{self.base}_Y_h"
+        m = self.m
+        bias = None if m.b is None else np.concatenate([m.b.reshape(-1), np.zeros(m.hidden, np.float32)])
+        y, y_h = self._add_recurrence("RNN", x, m.w.T[None], m.r.T[None], bias, [m.h_slot], {
+            "hidden_size": m.hidden, "direction": direction, "activations": [m.act]})
         return y, y_h, None
 
 

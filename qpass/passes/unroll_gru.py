@@ -42,25 +42,19 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qpass.errors import UnsupportedOpError
 from qpass.passes import register_pass
-from qpass.passes._util import const_value
 from qpass.passes.unroll_lstm import (
-    _MIN_OPSET,
     UnrollLstmPass,
-    _all_names,
     _Builder,
-    _input,
     _Lstm,
     _nonzero_state,
-    _unique,
-    recurrence_shapes,
+    check_activations,
+    parse_recurrence,
+    refuser,
+    tag_keys,
 )
 
-GRU_KEY = "qpass.gru"
-GRU_DIRECTION_KEY = "qpass.gru.direction"
-GRU_STEP_KEY = "qpass.gru.step"
-GRU_ROLE_KEY = "qpass.gru.role"
+GRU_KEY, GRU_DIRECTION_KEY, GRU_STEP_KEY, GRU_ROLE_KEY = tag_keys("gru")
 
 _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh")
 
@@ -72,73 +66,27 @@ class _GruBuilder(_Builder):
 def _parse(node: ir.Node, name: str) -> tuple[_Lstm, bool]:
     """A GRU node as the shared recurrence record (w [dirs, 3H, I], r [dirs, 3H, H], bias [dirs, 6H]) and its
     linear_before_reset, or UnsupportedOpError saying why it cannot be unrolled."""
-
-    def refuse(message: str) -> UnsupportedOpError:
-        return UnsupportedOpError(node.name or name, "GRU", f"unroll-gru: {message}")
-
-    attrs = node.attributes
-    direction = attrs.get_string("direction", "forward")
-    if direction not in ("forward", "reverse", "bidirectional"):
-        raise refuse(f"unknown direction {direction!r}")
-    dirs = 2 if direction == "bidirectional" else 1
-    layout = attrs.get_int("layout", 0)
-    if layout not in (0, 1):
-        raise refuse(f"unknown layout {layout}")
-    acts = attrs.get_strings("activations", None)
-    if acts is not None and tuple(a.lower() for a in acts) != _DEFAULT_ACTIVATIONS * dirs:
-        raise refuse(f"activations {list(acts)} are not the defaults Sigmoid, Tanh")
-    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=3, dirs=dirs, layout=layout)
-    dtype = np.dtype(x.dtype.numpy() if x.dtype is not None else w.dtype)
-    b_in = _input(node, 3)
-    bias = np.zeros((dirs, 6 * hidden), dtype) if b_in is None else const_value(b_in)
-    if bias is None or bias.shape != (dirs, 6 * hidden):
-        raise refuse(f"B must be a constant [{dirs}, {6 * hidden}]")
-    seq_in = _input(node, 4)
-    if seq_in is not None:
-        seq = const_value(seq_in)
-        if seq is None or seq.size != batch or not np.all(seq == steps):
-            raise refuse(f"sequence_lens must be a constant equal to T={steps} for every batch entry")
-    state = _input(node, 5)
-    state_shape = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
-    if state is not None and (state.shape is None or tuple(state.shape) != state_shape):
-        raise refuse(f"initial_h must have the static shape {list(state_shape)}, got {state.shape}")
-    reverse = (False, True) if dirs == 2 else (direction == "reverse",)
-    gru = _Lstm(node, name, dirs, reverse, layout, steps, batch, n_in, hidden, dtype, w.astype(dtype),
-                r.astype(dtype), bias.astype(dtype), None, attrs.get_float("clip", None))
-    return gru, attrs.get_int("linear_before_reset", 0) != 0
+    refuse = refuser(node, name, "unroll-gru")
+    gru = parse_recurrence(node, name, refuse, gates=3, states=1, sum_bias=False)
+    check_activations(node, refuse, gru.dirs, _DEFAULT_ACTIVATIONS)
+    return gru, node.attributes.get_int("linear_before_reset", 0) != 0
 
 
 @register_pass("unroll-gru")
 class UnrollGruPass(UnrollLstmPass):
     """Unroll every GRU into per-timestep MatMul/Add/Split/Sigmoid/Tanh/Mul/Sub ops tagged for re-rolling."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        grus = [n for n in graph if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
-        if not grus:
-            return ir.passes.PassResult(model, False)
-        taken = _all_names(graph)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        parsed = []
-        for node in grus:
-            name = node.name or _unique(taken, "GRU")
-            if opset < _MIN_OPSET:
-                raise UnsupportedOpError(node.name or name, "GRU",
-                                         f"unroll-gru needs opset >= {_MIN_OPSET}, the model has {opset}")
-            parsed.append(_parse(node, name))  # check every GRU before changing anything
-        for gru, lbr in parsed:
-            self._unroll_gru(graph, gru, lbr, taken)
-        return ir.passes.PassResult(model, True)
+    op_type = "GRU"
+    _parse = staticmethod(_parse)  # type: ignore[assignment]
 
-    def _unroll_gru(self, graph: ir.Graph, gru: _Lstm, lbr: bool, taken: set[str]) -> None:
+    def _unroll(self, graph: ir.Graph, parsed: tuple[_Lstm, bool], taken: set[str]) -> None:  # type: ignore[override]
+        gru, lbr = parsed
         node, H, T = gru.node, gru.hidden, gru.steps
         b = _GruBuilder(self, graph, gru, taken)
         x, h_init = node.inputs[0], _nonzero_state(node, 5)
         split3 = b.const("split3", np.array([H] * 3, np.int64))
         split_h = split3 if lbr else b.const("split2", np.array([H] * 2, np.int64))
-        clip = None if gru.clip is None else (b.const("clip_lo", np.array(-gru.clip, gru.dtype)),
-                                              b.const("clip_hi", np.array(gru.clip, gru.dtype)))
-        time_index = [b.const(f"t{t}", np.array(t, np.int64)) for t in range(T)]
+        clip, time_index = b.clip_bounds(), b.time_index()
         hs: list[list[ir.Value]] = []
         for d in range(gru.dirs):
             wb, rb = gru.bias[d, :3 * H], gru.bias[d, 3 * H:]

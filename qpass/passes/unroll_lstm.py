@@ -68,6 +68,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -77,10 +78,14 @@ from qpass.passes import QPass, register_pass
 from qpass.passes._util import const_value, new_initializer, single_consumer
 from qpass.passes._util import fresh_name as _unique  # the name unroll-gru imports from here
 
-LSTM_KEY = "qpass.lstm"
-DIRECTION_KEY = "qpass.lstm.direction"
-STEP_KEY = "qpass.lstm.step"
-ROLE_KEY = "qpass.lstm.role"
+
+def tag_keys(op: str) -> tuple[str, str, str, str]:
+    """The metadata keys an unroll pass tags its nodes with: `qpass.<op>` (the layer's name), and its
+    `.direction`, `.step` and `.role`."""
+    return f"qpass.{op}", f"qpass.{op}.direction", f"qpass.{op}.step", f"qpass.{op}.role"
+
+
+LSTM_KEY, DIRECTION_KEY, STEP_KEY, ROLE_KEY = tag_keys("lstm")
 
 _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 _MIN_OPSET = 13
@@ -143,12 +148,20 @@ class _Lstm:
     clip: float | None
 
 
-def _parse(node: ir.Node, name: str) -> _Lstm:
-    """Read an LSTM node, or raise UnsupportedOpError saying why it cannot be unrolled."""
+def refuser(node: ir.Node, name: str, pass_name: str) -> Callable[[str], UnsupportedOpError]:
+    """The error a pass raises when it cannot unroll `node`: it names the node (or its generated name)."""
 
     def refuse(message: str) -> UnsupportedOpError:
-        return UnsupportedOpError(node.name or name, "LSTM", f"unroll-lstm: {message}")
+        return UnsupportedOpError(node.name or name, node.op_type, f"{pass_name}: {message}")
 
+    return refuse
+
+
+def parse_recurrence(node: ir.Node, name: str, refuse: Callable[[str], UnsupportedOpError], *, gates: int,
+                     states: int, sum_bias: bool) -> _Lstm:
+    """The checks an ONNX LSTM/GRU/RNN shares: direction, layout, X/W/R (`recurrence_shapes`), B a constant
+    [dirs, 2·gates·H] (zeros when absent; summed to Wb + Rb [dirs, gates·H] with `sum_bias`), sequence_lens equal
+    to T, the `states` initial states (inputs 5, 6, ...) of static shape. The record has no peephole."""
     attrs = node.attributes
     direction = attrs.get_string("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
@@ -157,48 +170,51 @@ def _parse(node: ir.Node, name: str) -> _Lstm:
     layout = attrs.get_int("layout", 0)
     if layout not in (0, 1):
         raise refuse(f"unknown layout {layout}")
-    if attrs.get_int("input_forget", 0) != 0:
-        raise refuse("input_forget=1 (coupled input and forget gates) is not supported")
-    acts = attrs.get_strings("activations", None)
-    if acts is not None and tuple(a.lower() for a in acts) != _DEFAULT_ACTIVATIONS * dirs:
-        raise refuse(f"activations {list(acts)} are not the defaults Sigmoid, Tanh, Tanh")
-
-    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=4, dirs=dirs, layout=layout)
-
-    dtype = x.dtype.numpy() if x.dtype is not None else w.dtype
+    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=gates, dirs=dirs, layout=layout)
+    dtype = np.dtype(x.dtype.numpy() if x.dtype is not None else w.dtype)
     b_in = _input(node, 3)
-    if b_in is None:
-        bias = np.zeros((dirs, 4 * hidden), dtype)
-    else:
-        b = const_value(b_in)
-        if b is None or b.shape != (dirs, 8 * hidden):
-            raise refuse(f"B must be a constant [{dirs}, {8 * hidden}]")
-        bias = b[:, : 4 * hidden] + b[:, 4 * hidden:]
-
+    bias = np.zeros((dirs, 2 * gates * hidden), dtype) if b_in is None else const_value(b_in)
+    if bias is None or bias.shape != (dirs, 2 * gates * hidden):
+        raise refuse(f"B must be a constant [{dirs}, {2 * gates * hidden}]")
+    if sum_bias:
+        bias = bias[:, :gates * hidden] + bias[:, gates * hidden:]
     seq_in = _input(node, 4)
     if seq_in is not None:
         seq = const_value(seq_in)
         if seq is None or seq.size != batch or not np.all(seq == steps):
             raise refuse(f"sequence_lens must be a constant equal to T={steps} for every batch entry")
-
     state_shape = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
-    for k, what in ((5, "initial_h"), (6, "initial_c")):
+    for k, what in zip(range(5, 5 + states), ("initial_h", "initial_c"), strict=False):
         state = _input(node, k)
         if state is not None and (state.shape is None or tuple(state.shape) != state_shape):
             raise refuse(f"{what} must have the static shape {list(state_shape)}, got {state.shape}")
+    reverse = (False, True) if dirs == 2 else (direction == "reverse",)
+    return _Lstm(node, name, dirs, reverse, layout, steps, batch, n_in, hidden, dtype, w.astype(dtype),
+                 r.astype(dtype), bias.astype(dtype), None, attrs.get_float("clip", None))
 
-    peep = None
+
+def check_activations(node: ir.Node, refuse: Callable[[str], UnsupportedOpError], dirs: int,
+                      defaults: tuple[str, ...]) -> None:
+    """Refuse `activations` other than `defaults` (lower case, one direction's) for every direction."""
+    acts = node.attributes.get_strings("activations", None)
+    if acts is not None and tuple(a.lower() for a in acts) != defaults * dirs:
+        raise refuse(f"activations {list(acts)} are not the defaults {', '.join(a.title() for a in defaults)}")
+
+
+def _parse(node: ir.Node, name: str) -> _Lstm:
+    """Read an LSTM node, or raise UnsupportedOpError saying why it cannot be unrolled."""
+    refuse = refuser(node, name, "unroll-lstm")
+    lstm = parse_recurrence(node, name, refuse, gates=4, states=2, sum_bias=True)
+    if node.attributes.get_int("input_forget", 0) != 0:
+        raise refuse("input_forget=1 (coupled input and forget gates) is not supported")
+    check_activations(node, refuse, lstm.dirs, _DEFAULT_ACTIVATIONS)
     p_in = _input(node, 7)
     if p_in is not None:
         peep = const_value(p_in)
-        if peep is None or peep.shape != (dirs, 3 * hidden):
-            raise refuse(f"P must be a constant [{dirs}, {3 * hidden}]")
-
-    clip = attrs.get_float("clip", None)
-    reverse = (False, True) if dirs == 2 else (direction == "reverse",)
-    return _Lstm(node, name, dirs, reverse, layout, steps, batch, n_in, hidden, np.dtype(dtype),
-                 w.astype(dtype), r.astype(dtype), bias.astype(dtype),
-                 None if peep is None else peep.astype(dtype), clip)
+        if peep is None or peep.shape != (lstm.dirs, 3 * lstm.hidden):
+            raise refuse(f"P must be a constant [{lstm.dirs}, {3 * lstm.hidden}]")
+        lstm.peep = peep.astype(lstm.dtype)
+    return lstm
 
 
 class _Builder:
@@ -230,37 +246,52 @@ class _Builder:
         self.nodes.append(self.qpass.mark(node))
         return values
 
+    def clip_bounds(self) -> tuple[ir.Value, ir.Value] | None:
+        """The constants -clip and clip, or None without `clip`."""
+        clip, dtype = self.lstm.clip, self.lstm.dtype
+        if clip is None:
+            return None
+        return self.const("clip_lo", np.array(-clip, dtype)), self.const("clip_hi", np.array(clip, dtype))
+
+    def time_index(self) -> list[ir.Value]:
+        """One int64 scalar constant per time step, the Gather index of X."""
+        return [self.const(f"t{t}", np.array(t, np.int64)) for t in range(self.lstm.steps)]
+
 
 @register_pass("unroll-lstm")
 class UnrollLstmPass(QPass):
     """Unroll every LSTM into per-timestep MatMul/Add/Split/Sigmoid/Tanh/Mul ops tagged for re-rolling."""
 
+    op_type: ClassVar[str] = "LSTM"  # the recurrence this pass unrolls: unroll-gru and unroll-rnn set theirs
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        lstms = [n for n in graph if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
-        if not lstms:
+        found = [n for n in graph if n.op_type == self.op_type and n.domain in ("", "ai.onnx")]
+        if not found:
             return ir.passes.PassResult(model, False)
         taken = _all_names(graph)
         parsed = []
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        for node in lstms:
-            name = node.name or _unique(taken, "LSTM")
+        for node in found:
+            name = node.name or _unique(taken, self.op_type)
             if opset < _MIN_OPSET:
-                raise UnsupportedOpError(node.name or name, "LSTM",
-                                         f"unroll-lstm needs opset >= {_MIN_OPSET}, the model has {opset}")
-            parsed.append(_parse(node, name))  # check every LSTM before changing anything
-        for lstm in parsed:
-            self._unroll(graph, lstm, taken)
+                raise UnsupportedOpError(node.name or name, self.op_type,
+                                         f"{self.name} needs opset >= {_MIN_OPSET}, the model has {opset}")
+            parsed.append(self._parse(node, name))  # check every node before changing anything
+        for one in parsed:
+            self._unroll(graph, one, taken)
         return ir.passes.PassResult(model, True)
+
+    @staticmethod
+    def _parse(node: ir.Node, name: str) -> _Lstm:
+        return _parse(node, name)
 
     def _unroll(self, graph: ir.Graph, lstm: _Lstm, taken: set[str]) -> None:
         node, H, T = lstm.node, lstm.hidden, lstm.steps
         b = _Builder(self, graph, lstm, taken)
         x, h_init, c_init = node.inputs[0], _nonzero_state(node, 5), _nonzero_state(node, 6)
         split = b.const("split", np.array([H] * 4, np.int64))
-        clip = None if lstm.clip is None else (b.const("clip_lo", np.array(-lstm.clip, lstm.dtype)),
-                                               b.const("clip_hi", np.array(lstm.clip, lstm.dtype)))
-        time_index = [b.const(f"t{t}", np.array(t, np.int64)) for t in range(T)]
+        clip, time_index = b.clip_bounds(), b.time_index()
         hs: list[list[ir.Value]] = []  # per direction, h in processing order
         last_c: list[ir.Value] = []
         for d in range(lstm.dirs):

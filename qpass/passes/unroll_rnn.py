@@ -31,26 +31,19 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qpass.errors import UnsupportedOpError
 from qpass.passes import register_pass
-from qpass.passes._util import const_value
 from qpass.passes.keras_rnn import ACTIVATIONS
 from qpass.passes.unroll_lstm import (
-    _MIN_OPSET,
     UnrollLstmPass,
-    _all_names,
     _Builder,
-    _input,
     _Lstm,
     _nonzero_state,
-    _unique,
-    recurrence_shapes,
+    parse_recurrence,
+    refuser,
+    tag_keys,
 )
 
-RNN_KEY = "qpass.rnn"
-RNN_DIRECTION_KEY = "qpass.rnn.direction"
-RNN_STEP_KEY = "qpass.rnn.step"
-RNN_ROLE_KEY = "qpass.rnn.role"
+RNN_KEY, RNN_DIRECTION_KEY, RNN_STEP_KEY, RNN_ROLE_KEY = tag_keys("rnn")
 _ACTS = {a.lower(): a for a in ACTIVATIONS}
 
 
@@ -61,40 +54,11 @@ class _RnnBuilder(_Builder):
 def _parse(node: ir.Node, name: str) -> tuple[_Lstm, tuple[str, ...]]:
     """An RNN node as the shared recurrence record (w [dirs, H, I], r [dirs, H, H], bias [dirs, H]: Wb + Rb) and
     its activation per direction, or UnsupportedOpError saying why it cannot be unrolled."""
-
-    def refuse(message: str) -> UnsupportedOpError:
-        return UnsupportedOpError(node.name or name, "RNN", f"unroll-rnn: {message}")
-
-    attrs = node.attributes
-    direction = attrs.get_string("direction", "forward")
-    if direction not in ("forward", "reverse", "bidirectional"):
-        raise refuse(f"unknown direction {direction!r}")
-    dirs = 2 if direction == "bidirectional" else 1
-    layout = attrs.get_int("layout", 0)
-    if layout not in (0, 1):
-        raise refuse(f"unknown layout {layout}")
-    acts = attrs.get_strings("activations", None) or ["Tanh"] * dirs
-    if len(acts) != dirs or any(a.lower() not in _ACTS for a in acts):
+    refuse = refuser(node, name, "unroll-rnn")
+    rnn = parse_recurrence(node, name, refuse, gates=1, states=1, sum_bias=True)
+    acts = node.attributes.get_strings("activations", None) or ["Tanh"] * rnn.dirs
+    if len(acts) != rnn.dirs or any(a.lower() not in _ACTS for a in acts):
         raise refuse(f"activations {list(acts)}: one of {list(ACTIVATIONS)} per direction is supported")
-    x, w, r, steps, batch, n_in, hidden = recurrence_shapes(node, refuse, gates=1, dirs=dirs, layout=layout)
-    dtype = np.dtype(x.dtype.numpy() if x.dtype is not None else w.dtype)
-    b_in = _input(node, 3)
-    bias = np.zeros((dirs, 2 * hidden), dtype) if b_in is None else const_value(b_in)
-    if bias is None or bias.shape != (dirs, 2 * hidden):
-        raise refuse(f"B must be a constant [{dirs}, {2 * hidden}]")
-    seq_in = _input(node, 4)
-    if seq_in is not None:
-        seq = const_value(seq_in)
-        if seq is None or seq.size != batch or not np.all(seq == steps):
-            raise refuse(f"sequence_lens must be a constant equal to T={steps} for every batch entry")
-    state = _input(node, 5)
-    state_shape = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
-    if state is not None and (state.shape is None or tuple(state.shape) != state_shape):
-        raise refuse(f"initial_h must have the static shape {list(state_shape)}, got {state.shape}")
-    reverse = (False, True) if dirs == 2 else (direction == "reverse",)
-    bsum = bias[:, :hidden] + bias[:, hidden:]
-    rnn = _Lstm(node, name, dirs, reverse, layout, steps, batch, n_in, hidden, dtype, w.astype(dtype),
-                r.astype(dtype), bsum.astype(dtype), None, attrs.get_float("clip", None))
     return rnn, tuple(_ACTS[a.lower()] for a in acts)
 
 
@@ -102,31 +66,16 @@ def _parse(node: ir.Node, name: str) -> tuple[_Lstm, tuple[str, ...]]:
 class UnrollRnnPass(UnrollLstmPass):
     """Unroll every RNN (Tanh or Relu) into per-timestep MatMul/Add/Tanh|Relu ops tagged for re-rolling."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        rnns = [n for n in graph if n.op_type == "RNN" and n.domain in ("", "ai.onnx")]
-        if not rnns:
-            return ir.passes.PassResult(model, False)
-        taken = _all_names(graph)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        parsed = []
-        for node in rnns:
-            name = node.name or _unique(taken, "RNN")
-            if opset < _MIN_OPSET:
-                raise UnsupportedOpError(node.name or name, "RNN",
-                                         f"unroll-rnn needs opset >= {_MIN_OPSET}, the model has {opset}")
-            parsed.append(_parse(node, name))  # check every RNN before changing anything
-        for rnn, acts in parsed:
-            self._unroll_rnn(graph, rnn, acts, taken)
-        return ir.passes.PassResult(model, True)
+    op_type = "RNN"
+    _parse = staticmethod(_parse)  # type: ignore[assignment]
 
-    def _unroll_rnn(self, graph: ir.Graph, rnn: _Lstm, acts: tuple[str, ...], taken: set[str]) -> None:
+    def _unroll(self, graph: ir.Graph, parsed: tuple[_Lstm, tuple[str, ...]],  # type: ignore[override]
+                taken: set[str]) -> None:
+        rnn, acts = parsed
         node, T = rnn.node, rnn.steps
         b = _RnnBuilder(self, graph, rnn, taken)
         x, h_init = node.inputs[0], _nonzero_state(node, 5)
-        clip = None if rnn.clip is None else (b.const("clip_lo", np.array(-rnn.clip, rnn.dtype)),
-                                              b.const("clip_hi", np.array(rnn.clip, rnn.dtype)))
-        time_index = [b.const(f"t{t}", np.array(t, np.int64)) for t in range(T)]
+        clip, time_index = b.clip_bounds(), b.time_index()
         bh = (rnn.batch, rnn.hidden)
         hs: list[list[ir.Value]] = []
         for d in range(rnn.dirs):

@@ -109,45 +109,39 @@ def test_lstm_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_
     assert source.count("qf_lstm(") == 2  # its definition and one call: one loop body for every step
 
 
+def _check_recurrent(tmp: Path, t_len: int, direction: str, read_y: bool, op: str, gates: int, seed: int,
+                     **attrs) -> None:
+    """The LSTM model with its LSTM turned into a GRU or RNN (`gates` weight blocks, random W/R/B, `attrs`): its
+    float C agrees with onnxruntime on the original node and runs one kernel call for every step."""
+    proto = _lstm_model(t_len, direction, read_y)
+    node = proto.graph.node[1]
+    node.op_type = op
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    rng = np.random.default_rng(seed)
+    dims = {"W": [1, gates * H, I_IN], "R": [1, gates * H, H], "B": [1, 2 * gates * H]}
+    for init in proto.graph.initializer:
+        if init.name in dims:
+            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.4, dims[init.name]).astype(np.float32), init.name))
+    model = _passes(proto, [f"unroll-{op.lower()}", "fold-constants", "simplify-layout", "matmul-to-gemm"])
+    x = np.random.default_rng(1).normal(0, 1, (40, 1, t_len, I_IN)).astype(np.float32)
+    y_c, source = _float_c(model, "seq", tmp, x)
+    assert np.abs(y_c - _ort(proto, x)).max() < TOL
+    assert source.count(f"qf_{op.lower()}(") == 2  # its definition and one call
+
+
 @pytest.mark.parametrize(("direction", "t_len", "read_y", "lbr"),
                          [("forward", 20, False, 1), ("reverse", 9, True, 1), ("forward", 12, True, 0),
                           ("reverse", 7, False, 0), ("forward", 1, False, 1)])
 def test_gru_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_len: int, read_y: bool,
                                              lbr: int) -> None:
-    proto = _lstm_model(t_len, direction, read_y)
-    node = proto.graph.node[1]
-    node.op_type = "GRU"
-    node.attribute.append(helper.make_attribute("linear_before_reset", lbr))
-    rng = np.random.default_rng(2)
-    for init in proto.graph.initializer:
-        if init.name in ("W", "R", "B"):
-            dims = [1, 3 * H, I_IN] if init.name == "W" else [1, 3 * H, H] if init.name == "R" else [1, 6 * H]
-            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.4, dims).astype(np.float32), init.name))
-    model = _passes(proto, ["unroll-gru", "fold-constants", "simplify-layout", "matmul-to-gemm"])
-    x = np.random.default_rng(1).normal(0, 1, (40, 1, t_len, I_IN)).astype(np.float32)
-    y_c, source = _float_c(model, "seq", tmp_path, x)
-    assert np.abs(y_c - _ort(proto, x)).max() < TOL
-    assert source.count("qf_gru(") == 2  # its definition and one call
+    _check_recurrent(tmp_path, t_len, direction, read_y, "GRU", 3, seed=2, linear_before_reset=lbr)
 
 
 @pytest.mark.parametrize(("direction", "t_len", "read_y", "act"),
                          [("forward", 20, False, "Tanh"), ("reverse", 7, True, "Relu"), ("forward", 1, False, "Tanh")])
 def test_rnn_matches_onnxruntime_in_one_loop(tmp_path: Path, direction: str, t_len: int, read_y: bool,
                                              act: str) -> None:
-    proto = _lstm_model(t_len, direction, read_y)
-    node = proto.graph.node[1]
-    node.op_type = "RNN"
-    node.attribute.append(helper.make_attribute("activations", [act]))
-    rng = np.random.default_rng(3)
-    for init in proto.graph.initializer:
-        if init.name in ("W", "R", "B"):
-            dims = [1, H, I_IN] if init.name == "W" else [1, H, H] if init.name == "R" else [1, 2 * H]
-            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.4, dims).astype(np.float32), init.name))
-    model = _passes(proto, ["unroll-rnn", "fold-constants", "simplify-layout", "matmul-to-gemm"])
-    x = np.random.default_rng(1).normal(0, 1, (40, 1, t_len, I_IN)).astype(np.float32)
-    y_c, source = _float_c(model, "seq", tmp_path, x)
-    assert np.abs(y_c - _ort(proto, x)).max() < TOL
-    assert source.count("qf_rnn(") == 2  # its definition and one call
+    _check_recurrent(tmp_path, t_len, direction, read_y, "RNN", 1, seed=3, activations=[act])
 
 
 def test_lstm_code_size_does_not_grow_with_t() -> None:

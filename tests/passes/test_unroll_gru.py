@@ -33,16 +33,6 @@ def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return sess.run(None, feeds)
 
 
-def _unrolled(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, ir.Model]:
-    model = ir.serde.deserialize_model(proto)
-    assert UnrollGruPass()(model).modified
-    assert not any(n.op_type == "GRU" for n in model.graph)
-    assert not UnrollGruPass()(model).modified  # a second run finds nothing
-    out = ir.serde.serialize_model(model)
-    onnx.checker.check_model(out)
-    return out, model
-
-
 def _gru_model(x_shape: tuple[int, ...], consts: dict[str, np.ndarray], slots: list[str], outputs: list[str],
                **attrs) -> onnx.ModelProto:
     node = oh.make_node("GRU", ["x", *slots], outputs, name="gru", **attrs)
@@ -74,11 +64,11 @@ def _random(direction: str, lbr: int, with_b: bool, with_h0: bool, clip: float |
     (d, lbr, b, h0, c) for d, lbr, (b, h0, c) in itertools.product(
         ("forward", "reverse", "bidirectional"), (0, 1),
         ((True, False, None), (False, True, None), (True, True, 0.7)))])
-def test_random_gru_matches_onnxruntime(direction: str, lbr: int, with_b: bool, with_h0: bool,
+def test_random_gru_matches_onnxruntime(unroll_checked, direction: str, lbr: int, with_b: bool, with_h0: bool,
                                         clip: float | None) -> None:
     proto, x = _random(direction, lbr, with_b, with_h0, clip)
     want = _run(proto, {"x": x})
-    out, model = _unrolled(proto)
+    out, model = unroll_checked("unroll-gru", "GRU", proto)
     got = _run(out, {"x": x})
     for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
@@ -89,12 +79,12 @@ def test_random_gru_matches_onnxruntime(direction: str, lbr: int, with_b: bool, 
 
 
 @pytest.mark.parametrize("lbr", [0, 1])
-def test_layout1_equals_layout0(lbr: int) -> None:
+def test_layout1_equals_layout0(unroll_checked, lbr: int) -> None:
     """onnxruntime refuses layout=1: the unrolled layout-1 GRU must equal the layout-0 GRU on transposed data."""
     ref, x0 = _random("bidirectional", lbr, True, True, None, layout=0, seed=5)
     proto, _ = _random("bidirectional", lbr, True, True, None, layout=1, seed=5)
     want = _run(ref, {"x": x0})
-    got = _run(_unrolled(proto)[0], {"x": np.transpose(x0, (1, 0, 2))})
+    got = _run(unroll_checked("unroll-gru", "GRU", proto)[0], {"x": np.transpose(x0, (1, 0, 2))})
     np.testing.assert_allclose(got[0], np.transpose(want[0], (2, 0, 1, 3)), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got[1], np.transpose(want[1], (1, 0, 2)), rtol=RTOL, atol=ATOL)
 
@@ -116,7 +106,7 @@ CASES = _conformance_cases()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_onnx_conformance_case(case: str) -> None:
+def test_onnx_conformance_case(unroll_checked, case: str) -> None:
     """Each test_gru_* case, its weights as constants: same outputs as onnxruntime on the original node."""
     node, inputs = CASES[case]
     x = inputs[0].astype(np.float32)
@@ -131,7 +121,7 @@ def test_onnx_conformance_case(case: str) -> None:
                      list(node.input[1:]), outputs, **attrs)  # onnxruntime runs layout 0 only
     want = _run(ref, {"x": swap(x)})
     real = _gru_model(x.shape, consts, list(node.input[1:]), outputs, layout=layout, **attrs)
-    got = _run(_unrolled(real)[0], {"x": x})
+    got = _run(unroll_checked("unroll-gru", "GRU", real)[0], {"x": x})
     for w, g in zip(want, got, strict=True):
         w = w if not layout else np.transpose(w, (2, 0, 1, 3) if w.ndim == 4 else (1, 0, 2))
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)

@@ -52,14 +52,9 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     ("forward", "Tanh", True, False, None), ("reverse", "Relu", True, False, None),
     ("bidirectional", "Tanh", True, False, None), ("forward", "Tanh", False, True, None),
     ("bidirectional", "Relu", True, True, 0.8)])
-def test_unrolled_rnn_equals_the_node(direction, act, with_b, with_h0, clip):
+def test_unrolled_rnn_equals_the_node(unroll_checked, direction, act, with_b, with_h0, clip):
     proto, x = _model(direction, act, with_b, with_h0, clip)
-    model = ir.serde.deserialize_model(proto)
-    assert UnrollRnnPass()(model).modified
-    assert not any(n.op_type == "RNN" for n in model.graph)
-    assert not UnrollRnnPass()(model).modified  # a second run finds nothing
-    out = ir.serde.serialize_model(model)
-    onnx.checker.check_model(out)
+    out, model = unroll_checked("unroll-rnn", "RNN", proto)
     for got, want in zip(_run(out, x), _run(proto, x), strict=True):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     tagged = [n for n in model.graph if RNN_KEY in n.metadata_props]
