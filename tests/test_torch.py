@@ -55,11 +55,12 @@ MODELS = {
     "lstm_seq": Model(kernels={"lstm": 1, "linear": 2}),
     "lstm_zero_state": Model(kernels={"lstm": 1}, exported={"classic": {"ConstantOfShape", "Shape"},
                                                             "dynamo": {"Shape", "Expand", "Slice"}}),
-    # 100 steps of an integer LSTM drift further from float than onnxruntime's QDQ simulation of the plan does
-    # (measured, max error on the probabilities: stacked a16w16 0.095 vs 0.021, bidirectional a8w8 0.134 vs
-    # 0.060); the argmax agrees on every case
-    "lstm_stacked": Model(kernels={"lstm": 2}, error_ratio=5),
-    "lstm_bidirectional": Model(kernels={"lstm": 2, "concat": 1}, error_ratio=5),  # both directions' h side by side
+    # 100 LSTM steps: max error on the probabilities, C vs QDQ simulation (both vs float): stacked a16w16 0.034 vs
+    # 0.021 (0.095 before the int16 tables spanned only where sigmoid/tanh change; exact tables would give 0.009),
+    # bidirectional a8w8 0.123 vs 0.060 from one sample (the exact quantized LSTM math gives the same 0.123; on
+    # the 80 har windows the C's 95th percentile is 0.059, the QDQ's 0.061); the argmax agrees on every case
+    "lstm_stacked": Model(kernels={"lstm": 2}, error_ratio=2),
+    "lstm_bidirectional": Model(kernels={"lstm": 2, "concat": 1}, error_ratio=2),  # both directions' h side by side
     "lstm_hn": Model(kernels={"lstm": 4, "concat": 2}, exported={"classic": {"Split", "Slice"}, "dynamo": {"Slice"}}),
     "gru_stacked": Model(kernels={"gru": 2}),
     "gru_bidirectional": Model(kernels={"gru": 2, "concat": 1}, exported={"classic": {"Split"}, "dynamo": {"Slice"}}),
@@ -78,11 +79,12 @@ MODELS = {
     "conv2d": Model(data="digits", kernels={"conv2d": 4, "pool2d": 2, "add": 1},
                     agreement={"int8": 0.98, "int16": 0.999}),
 }
-# (model, exporter, activations) run in the default test run (about 90 s in all; the external-data test below runs
+# (model, exporter, activations) run in the default test run (about 100 s in all; the external-data test below runs
 # activations-dynamo-int8); every other combination is marked slow: `pytest -m slow tests/test_torch.py` runs them
 DEFAULT = {("conv1d", "classic", "int8"), ("conv1d", "dynamo", "int16"), ("activations", "classic", "int16"),
            ("conv2d", "dynamo", "int8"), ("conv_lstm", "classic", "int8"), ("lstm_zero_state", "dynamo", "int16"),
-           ("gru_lstm", "classic", "int8"), ("gru_bidirectional", "dynamo", "int8")}
+           ("gru_lstm", "classic", "int8"), ("gru_bidirectional", "dynamo", "int8"),
+           ("lstm_stacked", "classic", "int16")}  # the int16 tables' accuracy (error_ratio 2: 0.095 failed it)
 
 
 def _cases() -> list:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from qpass.codegen.lower_lstm import gate_multipliers
+from qpass.codegen.lower_lstm import gate_multipliers, gate_table
 from qpass.codegen.lower_recurrent import (
     Tags,
     check_recurrent_group,
@@ -33,7 +33,7 @@ from qpass.codegen.lower_recurrent import (
 from qpass.codegen.lower_recurrent import gather_steps as _gather
 from qpass.errors import UnsupportedOpError
 from qpass.passes.unroll_gru import GRU_DIRECTION_KEY, GRU_KEY, GRU_ROLE_KEY, GRU_STEP_KEY
-from qpass.runtime_ref.intmath import QMAX, QMIN, build_lut, build_lut16, quantize_multiplier, shared_shift_multipliers
+from qpass.runtime_ref.intmath import QMAX, QMIN, quantize_multiplier, shared_shift_multipliers
 from qpass.solver.plan import FIXED
 
 if TYPE_CHECKING:
@@ -186,17 +186,17 @@ def gru_params(name: str, *, wx: np.ndarray, sw: np.ndarray, wh: np.ndarray, sr:
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "GRU", "the gate rescale may overflow int64")
 
-    luts = []
+    luts, gate_sh = [], []
     for k, (s_g, zp_g, _) in enumerate(gates):
         fn = np.tanh if k == 2 else (lambda v: 1.0 / (1.0 + np.exp(-v)))
-        scale, zp = FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype]
-        luts.append(build_lut(fn, s_g, zp_g, scale, zp, "int8", a_dtype) if g_dtype == "int8"
-                    else build_lut16(fn, s_g, scale, zp, a_dtype))
+        table, sh = gate_table(fn, s_g, zp_g, g_dtype, *FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype], a_dtype)
+        luts.append(table)
+        gate_sh.append(sh)
     # h = (1 − z)·n + z·h: (S − a_z)·a_n at s_sig·s_tanh, a_z·(h − zp_h) at s_sig·s_h, both to s_h
     (m1, m2), h_shift = shared_shift_multipliers([s_sig * s_tanh / h_q[0], s_sig], 30)
     act_zp = [FIXED["Tanh" if k == 2 else "Sigmoid"][a_dtype][1] for k in range(3)]
     params.update(t=t_len, n_in=n_in, hidden=hid, x_zp=x_q[1], h_zp=h_q[1], reverse=int(reverse),
-                  gate_zp=[g[1] for g in gates], act_zp=act_zp, g_lo=QMIN[g_dtype], g_hi=QMAX[g_dtype],
+                  gate_zp=[g[1] for g in gates], act_zp=act_zp, gate_sh=gate_sh, g_lo=QMIN[g_dtype], g_hi=QMAX[g_dtype],
                   h_lo=QMIN[h_q[2]], h_hi=QMAX[h_q[2]], lut_n=luts[0].size, one=round(1 / s_sig), m1=m1, m2=m2,
                   h_shift=h_shift, rows=rows, x_steps=x_steps, row_mode=mode)
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "lbr", "g_lo", "g_hi", "h_lo",

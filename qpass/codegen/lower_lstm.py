@@ -14,6 +14,7 @@ stored at s_x·s_W·2^k per row and shifted back into the (int64) accumulator, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,8 @@ from qpass.runtime_ref.intmath import (
     QMIN,
     build_lut,
     build_lut16,
+    lut16_shift,
+    quantize,
     quantize_multiplier,
     shared_shift_multipliers,
 )
@@ -60,10 +63,24 @@ def group_key(node: ir.Node) -> tuple[str, str] | None:
     return None if key is None else (key, node.metadata_props.get(DIR_KEY, "0"))
 
 
-def tanh_table(scale_c: float) -> np.ndarray:
-    """tanh at q = k·256 − 32768 for k = 0..256, in Q15, for an int16 input of scale scale_c."""
-    q = np.arange(257, dtype=np.float64) * 256 - 32768
-    return np.clip(np.rint(np.tanh(q * scale_c) * 32768), -32768, 32767).astype(np.int16)
+def tanh_q15(scale_c: float) -> Callable[[np.ndarray], np.ndarray]:
+    """tanh of int16 cell codes of scale scale_c, in Q15 (the cell's tanh table values)."""
+    return lambda q: np.clip(np.rint(np.tanh(q * scale_c) * 32768), -32768, 32767).astype(np.int16)
+
+
+def tanh_table(scale_c: float, sh: int = 8) -> np.ndarray:
+    """tanh at q = (k − 128)·2^sh for k = 0..256, in Q15, for an int16 input of scale scale_c (lut16's layout)."""
+    return tanh_q15(scale_c)((np.arange(257, dtype=np.float64) - 128) * (1 << sh))
+
+
+def gate_table(fn: Callable[[np.ndarray], np.ndarray], s_g: float, zp_g: int, g_dtype: str, out_scale: float,
+               out_zp: int, a_dtype: str) -> tuple[np.ndarray, int]:
+    """A recurrent gate's activation table and its window shift: 256 entries for an int8 pre-activation; for an
+    int16 one 257 samples over the narrowest window outside which the quantized activation no longer changes."""
+    if g_dtype == "int8":
+        return build_lut(fn, s_g, zp_g, out_scale, out_zp, "int8", a_dtype), 8
+    sh = lut16_shift(lambda q: quantize(fn(q * s_g), out_scale, out_zp, a_dtype))
+    return build_lut16(fn, s_g, out_scale, out_zp, a_dtype, sh), sh
 
 
 def gather_steps(nodes: list[ir.Node]) -> tuple[dict[int, dict[str, ir.Node]], int, bool]:
@@ -133,14 +150,13 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     if int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) >= 2**62:
         raise UnsupportedOpError(name, "LSTM", "the gate rescale may overflow int64")
 
-    luts = []
+    luts, gate_sh = [], []
     for k, (s_g, zp_g, _) in enumerate(gates):
         fn = np.tanh if k == 3 else (lambda v: 1.0 / (1.0 + np.exp(-v)))
-        scale, zp = FIXED["Tanh" if k == 3 else "Sigmoid"][a_dtype]
-        if g_dtype == "int8":
-            luts.append(build_lut(fn, s_g, zp_g, scale, zp, "int8", a_dtype))
-        else:
-            luts.append(build_lut16(fn, s_g, scale, zp, a_dtype))
+        table, sh = gate_table(fn, s_g, zp_g, g_dtype, *FIXED["Tanh" if k == 3 else "Sigmoid"][a_dtype], a_dtype)
+        luts.append(table)
+        gate_sh.append(sh)
+    tc_sh = lut16_shift(tanh_q15(c_q[0]))
     s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
     fc_m, fc_s = quantize_multiplier(s_sig)  # a_f · c: c keeps its scale
     ig_m, ig_s = quantize_multiplier(s_sig * s_tanh / c_q[0])
@@ -157,7 +173,8 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
     params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x.zero_point, "h_zp": h_q[1], "reverse": int(reverse),
               "fc_mult": fc_m, "fc_shift": fc_s, "ig_mult": ig_m, "ig_shift": ig_s, "h_mult": h_m, "h_shift": h_s,
               "gate_zp": [g[1] for g in gates], "act_zp": [acts[r][1] for r in ("i", "o", "f", "g")],
-              "tc_shift": tc_shift, "g_lo": QMIN[g_dtype], "g_hi": QMAX[g_dtype], "h_lo": QMIN[h_q[2]],
+              "tc_shift": tc_shift,
+              "tc_sh": tc_sh, "gate_sh": gate_sh, "g_lo": QMIN[g_dtype], "g_hi": QMAX[g_dtype], "h_lo": QMIN[h_q[2]],
               "h_hi": QMAX[h_q[2]], "lut_n": luts[0].size, "tc_lo": QMIN[a_dtype], "tc_hi": QMAX[a_dtype]}
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
                                 "ig_mult", "ig_shift", "h_mult", "h_shift")]
@@ -169,7 +186,7 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
                    bias_shift=bias_shift.astype(np.int32),
                    mx=np.array(mx, dtype=np.int64), mh=np.array(mh, dtype=np.int64),
                    shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
-                   tanh_table=tanh_table(c_q[0]), dims=np.array(dims, dtype=np.int32),
+                   tanh_table=tanh_table(c_q[0], tc_sh), dims=np.array(dims, dtype=np.int32),
                    acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     step.outputs.append(cell.id)
     step.origin = f"LSTM {name}"
@@ -193,4 +210,5 @@ def gate_multipliers(x_scales: list[float], h_scales: list[float], gate_scales: 
     return mx, mh, shifts
 
 
-__all__ = ["check_group", "gate_multipliers", "gather_steps", "group_key", "lower_lstm", "step_time", "tanh_table"]
+__all__ = ["check_group", "gate_multipliers", "gate_table", "gather_steps", "group_key", "lower_lstm", "step_time",
+           "tanh_table"]

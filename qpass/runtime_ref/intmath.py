@@ -107,7 +107,33 @@ def softmax_exp_table(in_scale: float, in_dtype: str = "int8") -> tuple[np.ndarr
 
 
 def build_lut16(fn: Callable[[np.ndarray], np.ndarray], in_scale: float, out_scale: float, out_zp: int,
-                out_dtype: str) -> np.ndarray:
-    """257 samples of fn at x = k·256 − 32768 (int16 input, zero point 0), interpolated by the kernel."""
-    codes = np.arange(257, dtype=np.float64) * 256 - 32768
+                out_dtype: str, sh: int = 8) -> np.ndarray:
+    """257 samples of fn at x = (k − 128)·2^sh (int16 input, zero point 0), interpolated by the kernel (lut16).
+
+    sh = 8 spans the whole int16 range; a smaller sh (lut16_shift) spans only the codes where fn still moves."""
+    codes = (np.arange(257, dtype=np.float64) - 128) * (1 << sh)
     return quantize(fn(codes * in_scale), out_scale, out_zp, out_dtype)
+
+
+def lut16_shift(table_of: Callable[[np.ndarray], np.ndarray]) -> int:
+    """The least sh (0..8) for a 257-entry int16 table whose window [−128·2^sh, 128·2^sh] holds every change of the
+    function: `table_of(codes)` gives the exact table value of each int16 code, and outside the window it must be
+    the value at the window's edge (a saturated sigmoid or tanh). The step between samples is then 2^sh codes, not
+    256: the interpolation error shrinks by (256 / 2^sh)^2."""
+    codes = np.arange(-32768, 32768, dtype=np.int64)
+    v = np.asarray(table_of(codes))
+    for sh in range(8):
+        lo, hi = -(128 << sh), 128 << sh
+        if np.all(v[: lo + 32768] == v[lo + 32768]) and np.all(v[hi + 32768:] == v[hi + 32768]):
+            return sh
+    return 8
+
+
+def lut16(q: np.ndarray, table: np.ndarray, sh: int = 8) -> np.ndarray:
+    """Interpolated lookup of int16 codes q in a 257-entry table sampled every 2^sh codes (build_lut16): q is
+    clamped to the window, u = q + 128·2^sh, k = u >> sh, and a + ((b − a)·frac + 2^(sh−1)) >> sh (round half up)."""
+    table = np.asarray(table).astype(np.int64)
+    u = np.clip(np.asarray(q, dtype=np.int64), -(128 << sh), 128 << sh) + (128 << sh)
+    k, frac = u >> sh, u & ((1 << sh) - 1)
+    a, b = table[k], table[np.minimum(k + 1, 256)]
+    return a + (((b - a) * frac + ((1 << sh) >> 1)) >> sh)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qpass.runtime_ref.intmath import requantize, saturate
+from qpass.runtime_ref.intmath import lut16, requantize, saturate
 from qpass.runtime_ref.program import QTensor, Step
 
 Kernel = Callable[[Step, list[np.ndarray], QTensor], np.ndarray]
@@ -85,10 +85,7 @@ def lut(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     x = inputs[0].astype(np.int64)
     if table.size == 256:
         return table[x + 128]
-    u = x + 32768
-    k, frac = u >> 8, u & 255
-    lo, hi = table[k], table[np.minimum(k + 1, 256)]
-    return lo + (((hi - lo) * frac + 128) >> 8)
+    return lut16(x, table)
 
 
 def softmax_exp(d: np.ndarray, table: np.ndarray, sh: int) -> np.ndarray:
@@ -160,25 +157,20 @@ def transpose(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
     return np.transpose(inputs[0].reshape(tuple(p["in_dims"])), tuple(p["perm"]))
 
 
-def tanh16(c: np.ndarray, table: np.ndarray, out_shift: int, lo: int, hi: int) -> np.ndarray:
-    """tanh of the int16 cell state: 257-entry Q15 table, interpolated, then >> out_shift (8 → int8 /128)."""
-    u = c.astype(np.int64) + 32768
-    k, frac = u >> 8, u & 255
-    a, b = table.astype(np.int64)[k], table.astype(np.int64)[np.minimum(k + 1, 256)]
-    v = a + (((b - a) * frac + 128) >> 8)
+def tanh16(c: np.ndarray, table: np.ndarray, sh: int, out_shift: int, lo: int, hi: int) -> np.ndarray:
+    """tanh of the int16 cell state: 257-entry Q15 table over the window of sh (lut16), then >> out_shift (8 → int8
+    /128)."""
+    v = lut16(c, table, sh)
     if out_shift:
         v = (v + (1 << (out_shift - 1))) >> out_shift
     return np.clip(v, lo, hi)
 
 
-def _gate_act(q: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """A gate's activation: 256-entry table for int8 pre-activations, 257 interpolated for int16."""
-    table = table.astype(np.int64)
+def _gate_act(q: np.ndarray, table: np.ndarray, sh: int = 8) -> np.ndarray:
+    """A gate's activation: 256-entry table for int8 pre-activations, 257 interpolated (lut16) for int16."""
     if table.size == 256:
-        return table[q + 128]
-    u = q + 32768
-    k, frac = u >> 8, u & 255
-    return table[k] + (((table[np.minimum(k + 1, 256)] - table[k]) * frac + 128) >> 8)
+        return table.astype(np.int64)[q + 128]
+    return lut16(q, table, sh)
 
 
 @kernel("lstm")
@@ -211,11 +203,11 @@ def lstm(step: Step, inputs: list[np.ndarray], out: QTensor) -> tuple[np.ndarray
         acc_h = wh @ (h - p["h_zp"])
         pre = (acc_x * p["mx"] + acc_h * p["mh"] + (np.int64(1) << (shift - 1))) >> shift
         g = np.clip(pre + gate_zp, p["g_lo"], p["g_hi"]).reshape(4, hid)
-        act = np.stack([_gate_act(g[k], luts[k]) for k in range(4)]) - act_zp
+        act = np.stack([_gate_act(g[k], luts[k], p["gate_sh"][k]) for k in range(4)]) - act_zp
         ai, ao, af, ag = act
         c = np.clip(requantize(af * c, p["fc_mult"], p["fc_shift"])
                     + requantize(ai * ag, p["ig_mult"], p["ig_shift"]), -32768, 32767)
-        tc = tanh16(c, p["tanh_table"], p["tc_shift"], p["tc_lo"], p["tc_hi"])
+        tc = tanh16(c, p["tanh_table"], p["tc_sh"], p["tc_shift"], p["tc_lo"], p["tc_hi"])
         h = np.clip(requantize(ao * tc, p["h_mult"], p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
         hseq[(t, s, s & 1)[mode]] = h
     return hseq, c  # c: the cell state after the last step (Y_c)
@@ -251,8 +243,8 @@ def gru(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
         acc_x = wx @ x[t] + bias[:3 * hid]
         pre = (acc_x[:2 * hid] * mx[:2 * hid] + (wh[:2 * hid] @ hc) * mh[:2 * hid] + rnd[:2 * hid]) >> shift[:2 * hid]
         g = np.clip(pre + gate_zp[:2 * hid], p["g_lo"], p["g_hi"])
-        a_z = _gate_act(g[:hid], luts[0]) - act_zp[0]
-        a_r = _gate_act(g[hid:], luts[1]) - act_zp[1]
+        a_z = _gate_act(g[:hid], luts[0], p["gate_sh"][0]) - act_zp[0]
+        a_r = _gate_act(g[hid:], luts[1], p["gate_sh"][1]) - act_zp[1]
         if p["lbr"]:
             hn = np.clip(requantize(wh[2 * hid:] @ hc + bias[3 * hid:], p["mult"], p["hn_shift"]) + p["hn_zp"],
                          p["hn_lo"], p["hn_hi"])
@@ -261,7 +253,7 @@ def gru(step: Step, inputs: list[np.ndarray], out: QTensor) -> np.ndarray:
             rh = np.clip(requantize(a_r * hc, p["rh_mult"], p["rh_shift"]) + p["rh_zp"], p["rh_lo"], p["rh_hi"])
             hterm = wh[2 * hid:] @ (rh - p["rh_zp"])
         pre_n = (acc_x[2 * hid:] * mx[2 * hid:] + hterm * mh[2 * hid:] + rnd[2 * hid:]) >> shift[2 * hid:]
-        a_n = _gate_act(np.clip(pre_n + gate_zp[2 * hid:], p["g_lo"], p["g_hi"]), luts[2]) - act_zp[2]
+        a_n = _gate_act(np.clip(pre_n + gate_zp[2 * hid:], p["g_lo"], p["g_hi"]), luts[2], p["gate_sh"][2]) - act_zp[2]
         acc = (p["one"] - a_z) * a_n * p["m1"] + a_z * hc * p["m2"] + (np.int64(1) << (p["h_shift"] - 1))
         h = np.clip((acc >> p["h_shift"]) + p["h_zp"], p["h_lo"], p["h_hi"])
         hseq[(t, s, s & 1)[mode]] = h

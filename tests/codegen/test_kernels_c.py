@@ -31,6 +31,7 @@ from qpass.runtime_ref.intmath import (
     QMIN,
     build_lut,
     build_lut16,
+    lut16_shift,
     quantize_multiplier,
     shared_shift_multipliers,
     softmax_exp_table,
@@ -753,8 +754,8 @@ def transpose_int16(rng):
 def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, x_dtype="int8",
                   w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
                   x_steps: int = 0, pow2: bool = False, per_row: bool = False,
-                  c_scale: float = 2.0**-10) -> Program:
-    from qpass.codegen.lower_lstm import gate_multipliers, tanh_table
+                  c_scale: float = 2.0**-10, g_scale: float = 1.0) -> Program:
+    from qpass.codegen.lower_lstm import gate_multipliers, gate_table, tanh_q15, tanh_table
     from qpass.solver.plan import FIXED
 
     narrow = {"int8": 1.0, "int16": 1 / 256}
@@ -770,8 +771,8 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     if w_dtype == "int16":  # a bias stored at s_x·s_w·2^k (too large for int32 at s_x·s_w)
         bias_shift[::3] = rng.integers(1, 4, size=bias_shift[::3].size)
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
-    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
-              else 0) for _ in range(4)]
+    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype] * g_scale, int(rng.integers(-10, 10))
+              if g_dtype == "int8" else 0) for _ in range(4)]
     if pow2:  # every scale a power of two (an a8w8-pow2 plan): the multipliers are powers of two too
         x_scale, h_scale, sw, sr = (2.0 ** np.round(np.log2(v)) for v in (x_scale, h_scale, sw, sr))
         gates = [(2.0 ** round(float(np.log2(g))), zp) for g, zp in gates]
@@ -791,12 +792,13 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     else:
         mx, mh, shifts = gate_multipliers(list(x_scale * sw), list(h_scale * sr), [g[0] for g in gates], bits)
     assert int((bound_x * np.array(mx) + bound_h * np.array(mh)).max()) < 2**62
-    luts = []
+    luts, gate_sh = [], []
     for k, (s_g, zp_g) in enumerate(gates):
         fn = np.tanh if k == 3 else (lambda v: 1.0 / (1.0 + np.exp(-v)))
-        scale, zp = FIXED["Tanh" if k == 3 else "Sigmoid"][a_dtype]
-        luts.append(build_lut(fn, s_g, zp_g, scale, zp, "int8", a_dtype) if g_dtype == "int8"
-                    else build_lut16(fn, s_g, scale, zp, a_dtype))
+        table, sh = gate_table(fn, s_g, zp_g, g_dtype, *FIXED["Tanh" if k == 3 else "Sigmoid"][a_dtype], a_dtype)
+        luts.append(table)
+        gate_sh.append(sh)
+    tc_sh = lut16_shift(tanh_q15(c_scale))
     s_sig, s_tanh = FIXED["Sigmoid"][a_dtype][0], FIXED["Tanh"][a_dtype][0]
     fc_m, fc_s = quantize_multiplier(s_sig)
     ig_m, ig_s = quantize_multiplier(s_sig * s_tanh / c_scale)
@@ -805,6 +807,7 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
     params = {"t": t_len, "n_in": n_in, "hidden": hid, "x_zp": x_zp, "h_zp": h_zp, "reverse": int(reverse),
               "fc_mult": fc_m, "fc_shift": fc_s, "ig_mult": ig_m, "ig_shift": ig_s, "h_mult": h_m, "h_shift": h_s,
               "gate_zp": [g[1] for g in gates], "act_zp": act_zp, "tc_shift": 8 if a_dtype == "int8" else 0,
+              "tc_sh": tc_sh, "gate_sh": gate_sh,
               "g_lo": QMIN[g_dtype], "g_hi": QMAX[g_dtype], "h_lo": QMIN[h_dtype], "h_hi": QMAX[h_dtype],
               "lut_n": luts[0].size, "tc_lo": QMIN[a_dtype], "tc_hi": QMAX[a_dtype]}
     dims = [params[k] for k in ("t", "n_in", "hidden", "x_zp", "h_zp", "reverse", "fc_mult", "fc_shift",
@@ -817,7 +820,7 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
                   bias=bias.astype(np.int32), bias_shift=bias_shift, mx=np.array(mx, dtype=np.int64),
                   mh=np.array(mh, dtype=np.int64),
                   shift=np.array(shifts, dtype=np.int32), gate_lut=np.concatenate(luts),
-                  tanh_table=tanh_table(c_scale), dims=np.array(dims, dtype=np.int32),
+                  tanh_table=tanh_table(c_scale, tc_sh), dims=np.array(dims, dtype=np.int32),
                   acc_bits=32 if acc_bound < 2**31 else 64, gate_bits=g_dtype, act_bits=a_dtype)
     tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_scale, x_zp, dtype=x_dtype),
                _t("t1", (rows or t_len, 1, hid), h_scale, h_zp, dtype=h_dtype),
@@ -831,14 +834,18 @@ def _lstm_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: b
 
 def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bool, lbr: bool, x_dtype="int8",
                  w_dtype="int8", g_dtype="int8", a_dtype="int8", h_dtype="int8", rows: int = 0,
-                 x_steps: int = 0, pow2: bool = False) -> Program:
+                 x_steps: int = 0, pow2: bool = False, h_scale: float = 0.0, mid_scale: float = 0.0,
+                 zp16: int = 0, r_offset: int = 0, g_scale: float = 1.0) -> Program:
+    """h_scale, mid_scale: h's and hn's (or r·h's) scales instead of the usual ones; zp16: their zero point when
+    int16; r_offset: added to r's table (so |a_r| may pass 2^15), as a plan from elsewhere could have it; g_scale:
+    wider gate pre-activations."""
     from qpass.codegen.lower_gru import gru_params
 
     narrow = {"int8": 1.0, "int16": 1 / 256}
     x_q = (0.04 * narrow[x_dtype], int(rng.integers(-20, 20)) if x_dtype == "int8" else 0, x_dtype)
-    h_q = (1.01 / (QMAX[h_dtype] + 1), int(rng.integers(-4, 5)) if h_dtype == "int8" else 0, h_dtype)
-    mid_q = (float(rng.uniform(0.01, 0.03)) * narrow[h_dtype], int(rng.integers(-6, 6)) if h_dtype == "int8" else 0,
-             h_dtype)
+    h_q = (h_scale or 1.01 / (QMAX[h_dtype] + 1), int(rng.integers(-4, 5)) if h_dtype == "int8" else zp16, h_dtype)
+    mid_q = (mid_scale or float(rng.uniform(0.01, 0.03)) * narrow[h_dtype],
+             int(rng.integers(-6, 6)) if h_dtype == "int8" else zp16, h_dtype)
     three_h = 3 * hid
     wx, wh = _weights(rng, (n_in, three_h), w_dtype), _weights(rng, (hid, three_h), w_dtype)
     sw = rng.uniform(0.002, 0.01, three_h) * narrow[w_dtype]
@@ -848,8 +855,8 @@ def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bo
     if w_dtype == "int16":  # a bias stored at s·s_w·2^k (too large for int32 at s·s_w)
         shifts[::3] = rng.integers(1, 4, size=shifts[::3].size)
         bias[::3] = rng.integers(-2**30, 2**30, size=bias[::3].size)
-    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype], int(rng.integers(-10, 10)) if g_dtype == "int8"
-              else 0, g_dtype) for _ in range(3)]
+    gates = [(float(rng.uniform(0.03, 0.08)) * narrow[g_dtype] * g_scale, int(rng.integers(-10, 10))
+              if g_dtype == "int8" else 0, g_dtype) for _ in range(3)]
     if pow2:  # every scale a power of two (an a8w8-pow2 plan)
         p2 = lambda v: 2.0 ** np.round(np.log2(v))  # noqa: E731
         x_q, h_q, mid_q = ((float(p2(q[0])), *q[1:]) for q in (x_q, h_q, mid_q))
@@ -859,6 +866,7 @@ def _gru_program(rng, name: str, *, t_len: int, n_in: int, hid: int, reverse: bo
                         bias=(bias[:three_h], shifts[:three_h], bias[three_h:], shifts[three_h:]), x_q=x_q, h_q=h_q,
                         gates=gates, a_dtype=a_dtype, mid_q=mid_q, lbr=lbr, t_len=t_len, reverse=reverse,
                         rows=rows or t_len, x_steps=x_steps or t_len, mode=2 if rows else 0)
+    params["act_zp"][1] -= r_offset
     tensors = [_t("t0", (x_steps or t_len, 1, n_in), x_q[0], x_q[1], dtype=x_dtype),
                _t("t1", (rows or t_len, 1, hid), h_q[0], h_q[1], dtype=h_dtype),
                _t("t2", (three_h,), 1.0, 0, dtype="int16")]
@@ -900,6 +908,27 @@ def gru_int16_everything(rng):
                         w_dtype="int16", g_dtype="int16", a_dtype="int16", h_dtype="int16")
 
 
+# the GRU's rarer C forms (test_gru_rare_forms_are_reached proves each case takes its form)
+def gru_hn_64bit(rng):  # hn's scale near the R accumulator's unit: hn_shift < 33, a 64-bit hn rescale
+    return _gru_program(rng, "k_gru_hn64", t_len=6, n_in=3, hid=4, reverse=False, lbr=True, mid_scale=4e-5)
+
+
+def gru_h_64bit(rng):  # a small h scale: h_shift < 33, the h update's 64-bit rescale (no high word)
+    return _gru_program(rng, "k_gru_h64", t_len=6, n_in=3, hid=4, reverse=False, lbr=True, h_scale=1.3e-4)
+
+
+def gru_hterm_64bit(rng):  # |a_r| up to 2^15 + 1 times a full int16 hn span: the n row's h term needs int64
+    return _gru_program(rng, "k_gru_ht64", t_len=5, n_in=3, hid=4, reverse=True, lbr=True, x_dtype="int16",
+                        w_dtype="int16", g_dtype="int16", a_dtype="int16", h_dtype="int16", zp16=-32768,
+                        r_offset=2, g_scale=40.0)
+
+
+def gru_rh_wide(rng):  # |a_r| up to 2^15 + 1 times a full int16 h span: r·h's rescale is qp_requantize ("wide")
+    return _gru_program(rng, "k_gru_rhw", t_len=5, n_in=3, hid=4, reverse=False, lbr=False, x_dtype="int16",
+                        w_dtype="int16", g_dtype="int16", a_dtype="int16", h_dtype="int16", zp16=-32768,
+                        r_offset=2, g_scale=40.0)
+
+
 def lstm_forward(rng):
     return _lstm_program(rng, "k_lstm", t_len=8, n_in=3, hid=5, reverse=False)
 
@@ -928,6 +957,11 @@ def lstm_pow2(rng):  # power-of-two multipliers: 32-bit gate rescale, c and h up
 def lstm_int16_gates(rng):
     return _lstm_program(rng, "k_lstm_g16", t_len=5, n_in=3, hid=4, reverse=False, g_dtype="int16",
                          a_dtype="int16", h_dtype="int16")
+
+
+def lstm_int16_windows(rng):  # wide int16 gates and cell: each table spans only where its function moves (sh < 8)
+    return _lstm_program(rng, "k_lstm_win", t_len=6, n_in=3, hid=4, reverse=False, g_dtype="int16",
+                         a_dtype="int16", h_dtype="int16", g_scale=40.0, c_scale=2.0**-9)
 
 
 def lstm_int16_everything(rng):
@@ -1174,11 +1208,14 @@ CASES: dict[str, dict[str, Case]] = {
     "lstm": {"forward": Case(lstm_forward), "reverse": Case(lstm_reverse),
              "row-shifts": Case(lstm_row_shifts),
              "two-rows": Case(lstm_two_rows), "one-step": Case(lstm_single_step, 5),
-             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2)},
+             "int16-gates": Case(lstm_int16_gates), "int16": Case(lstm_int16_everything), "pow2": Case(lstm_pow2),
+             "int16-windows": Case(lstm_int16_windows)},
     "gru": {"forward": Case(gru_forward), "reset-before": Case(gru_reset_before),
             "reverse-two-rows": Case(gru_reverse_two_rows), "one-step": Case(gru_single_step, 5),
             "pow2": Case(gru_pow2), "pow2-reset-before": Case(gru_pow2_reset_before),
-            "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything)},
+            "int16-gates": Case(gru_int16_gates), "int16": Case(gru_int16_everything),
+            "hn-64bit": Case(gru_hn_64bit), "h-64bit": Case(gru_h_64bit), "hterm-64bit": Case(gru_hterm_64bit),
+            "rh-wide": Case(gru_rh_wide)},
     "rnn": {"forward": Case(rnn_forward), "relu-reverse-two-rows": Case(rnn_relu_reverse_two_rows),
             "one-step": Case(rnn_single_step, 5), "int16": Case(rnn_int16),
             "relu-w16-acc64": Case(rnn_int16_w16_acc64)},
@@ -1210,6 +1247,19 @@ def test_kernel_c_equals_runtime_ref(kernel, case, tmp_path):
     tin = program.tensors[program.input]
     x = _samples(rng, tin.size, tin.dtype)
     _check_c_equals_ref(program, x, tmp_path, min_distinct=spec.min_distinct)
+
+
+@pytest.mark.parametrize(("case", "form"), [("hn-64bit", {"hn_hi": False, "hn_shift32": None}),
+                                            ("h-64bit", {"h_hi": False, "upd32": None}),
+                                            ("hterm-64bit", {"hterm": "int64_t"}), ("rh-wide", {"rh": "wide"})])
+def test_gru_rare_forms_are_reached(case, form):
+    """Each of the GRU's rarer C forms has a C == runtime_ref case above that takes it (prepare.gru_gates decides)."""
+    from qpass.codegen.prepare import gru_gates
+
+    program = CASES["gru"][case].build(np.random.default_rng(zlib.crc32(f"gru/{case}".encode())))
+    g = gru_gates(program, program.steps[0])
+    got = {k: (g[k]["kind"] if k == "rh" else g[k]) for k in form}
+    assert got == form, got
 
 
 def test_every_case_names_a_registered_kernel():

@@ -16,6 +16,9 @@ from qpass.runtime_ref.intmath import (
     SOFTMAX_ONE,
     build_lut,
     build_lut16,
+    lut16,
+    lut16_shift,
+    quantize,
     quantize_multiplier,
     requantize,
     shared_shift_multipliers,
@@ -193,6 +196,26 @@ def test_build_lut16_samples_every_256th_code(out_dtype):
     expected = np.clip(np.rint(np.tanh(x) / out_scale), QMIN[out_dtype], QMAX[out_dtype])
     assert np.array_equal(table.astype(np.int64), expected.astype(np.int64))
     assert table[128] == 0 and table[0] == QMIN[out_dtype] and table[256] == QMAX[out_dtype]  # saturated ends
+
+
+@pytest.mark.parametrize(("fn", "in_scale", "sh"), [(np.tanh, 2.0**-9, 5), (np.tanh, 2.0**-12, 8),
+                                                    (lambda v: 1 / (1 + np.exp(-v)), 2.0**-8, 5),
+                                                    (lambda v: 1 / (1 + np.exp(-v)), 0.01, 4)])
+def test_lut16_window_holds_every_change_and_interpolates_closer(fn, in_scale, sh):
+    """lut16_shift picks the least window outside which the quantized function is flat (a wide input scale: a
+    narrow window); lut16 over that window is exact beyond it and closer to the function inside than the table
+    over the whole int16 range (sh = 8), which it equals when the window is the whole range."""
+    out_scale = 2.0**-15
+    exact = lambda q: quantize(fn(q * in_scale), out_scale, 0, "int16")  # noqa: E731
+    assert lut16_shift(exact) == sh
+    codes = np.arange(-32768, 32768)
+    want = exact(codes).astype(np.int64)
+    windowed = lut16(codes, build_lut16(fn, in_scale, out_scale, 0, "int16", sh), sh)
+    full = lut16(codes, build_lut16(fn, in_scale, out_scale, 0, "int16"))
+    outside = np.abs(codes) > (128 << sh)
+    assert np.array_equal(windowed[outside], want[outside])
+    err_w, err_f = np.abs(windowed - want).max(), np.abs(full - want).max()
+    assert np.array_equal(windowed, full) if sh == 8 else err_w * 8 < err_f, (err_w, err_f)
 
 
 # -- softmax_exp_table -----------------------------------------------------------------------------
