@@ -24,8 +24,8 @@ SimpleRNN converted with a batch of None):
 
     Loop(..., h0: [1,H]) { body(h: [unk,H]) ... }   →   Loop(..., h0: [1,H]) { body(h: [1,H]) ... }
 
-The body input takes the initial value's static shape; if shape inference then gives the body's state output
-another shape (a state that grows), the pin is undone and the body's shapes are inferred again from scratch.
+The body input takes the initial value's static shape; if shape inference then gives some body's state output
+another shape (a state that grows), every pin is undone and the Loops' shapes are restored as they were.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _static_shape(value: ir.Value) -> list[int] | None:
 def _pin_loop_states(model: ir.Model, infer: ir.passes.PassBase) -> bool:
     """Give Loop bodies' state inputs their initial values' static shapes where the body's are symbolic, keeping
     only the pins the body's state output agrees with after shape inference (module docstring)."""
-    pinned: list[tuple[ir.Graph, ir.Value, ir.Value, ir.Shape]] = []
+    pinned: list[tuple[ir.Node, ir.Value, ir.Value, list[int]]] = []  # Loop, body input, body output, shape
     for node in model.graph.all_nodes():
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx") or "body" not in node.attributes:
             continue
@@ -65,20 +65,21 @@ def _pin_loop_states(model: ir.Model, infer: ir.passes.PassBase) -> bool:
             shape = _static_shape(outer) if outer is not None else None
             if shape is None or inner.shape is None or len(inner.shape) != len(shape) or _static_shape(inner):
                 continue
-            pinned.append((body, inner, body.outputs[1 + k], inner.shape))
-            inner.shape = ir.Shape(shape)
+            pinned.append((node, inner, body.outputs[1 + k], shape))
     if not pinned:
         return False
+    loops = {id(node): node for node, *_ in pinned}.values()
+    values = [v for loop in loops for n in [loop, *loop.attributes["body"].as_graph().all_nodes()] for v in n.outputs]
+    values += [inner for _, inner, _, _ in pinned]
+    saved = [(v, v.shape) for v in values]  # restored when a pin does not hold
+    for _, inner, _, shape in pinned:
+        inner.shape = ir.Shape(shape)
     infer(model)
-    undone = [(body, inner, old) for body, inner, out, old in pinned if out.shape != inner.shape]
-    for body, inner, old in undone:
-        inner.shape = old
-        for sub in body.all_nodes():
-            for value in sub.outputs:
-                value.shape = None
-    if undone:
-        infer(model)
-    return len(undone) < len(pinned)
+    if all(out.shape == inner.shape for _, inner, out, _ in pinned):
+        return True
+    for value, shape in saved:
+        value.shape = shape
+    return False
 
 
 @register_pass("fold-constants")
