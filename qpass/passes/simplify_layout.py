@@ -243,8 +243,9 @@ class SimplifyLayoutPass(QPass):
                 new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
                 graph.insert_before(node, new)
                 cur = new.outputs[0]
+            was_output = out.is_graph_output()
             ir.convenience.replace_all_uses_with(out, cur, replace_graph_outputs=True)
-            if cur.is_graph_output():  # the replacement takes the output's place, and its name
+            if was_output:  # the replacement (a node's, made above) takes the output's place, and its name
                 out_name, out.name = out.name, None
                 cur.name = out_name
         graph.remove(node, safe=True)
