@@ -340,6 +340,7 @@ passes:                  # float graph rewrites, in order (`qpass passes` lists 
   - keras-rnn
   - roll-rnn             # PyTorch's dynamo export of nn.RNN: its unrolled steps back into one RNN
   - fold-reverse-sequence  # go_backwards / Bidirectional halves run as reverse recurrences
+  - fold-constants       # again: Shape chains behind a Keras GRU/SimpleRNN Loop (an .onnx with batch None)
   - simplify-layout
   - fold-time-distributed
   - unroll-lstm

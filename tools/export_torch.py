@@ -31,6 +31,7 @@ first 8 test cases (key = model name), so the test can check both exports withou
     gru_stacked      MaxPool1d(2) → GRU(num_layers=2) → out[:, -1]
     gru_bidirectional  MaxPool1d(2) → GRU(bidirectional) → h_n (both directions)
     gru_lstm         MaxPool1d(2) → GRU → LSTM → h_n
+    gru_lstm_last    MaxPool1d(2) → GRU → LSTM(4) → out[:, -1] as the model's output (4 logits, no Linear after)
     conv1d           Conv1d padding='same' → causal Conv1d via F.pad (dilation 2, no bias) → depthwise Conv1d
                      (groups=C, stride 2) → BatchNorm1d → pointwise Conv1d → MaxPool1d then mean over time,
                      AvgPool1d then AdaptiveAvgPool1d(1), AdaptiveMaxPool1d(1) → Linear; LeakyReLU, ReLU6,
@@ -123,14 +124,16 @@ class LstmZeroState(nn.Module):
 
 class Recurrent(nn.Module):
     """An optional MaxPool1d(2) over time, one or two recurrent layers, the last step read from the output
-    sequence (`out[:, -1]`) or from h_n (the last layer's state, both directions side by side)."""
+    sequence (`out[:, -1]`) or from h_n (the last layer's state, both directions side by side), then a Linear
+    and softmax, or (head=False) that last step itself is the output: CLASSES logits (trained as such)."""
 
-    def __init__(self, layers: list[nn.Module], *, pool: bool, last: str, width: int) -> None:
+    def __init__(self, layers: list[nn.Module], *, pool: bool, last: str, width: int, head: bool = True) -> None:
         super().__init__()
         self.pool = nn.MaxPool1d(2) if pool else None
         self.layers = nn.ModuleList(layers)
         self.last = last
-        self.fc = nn.Linear(width, CLASSES)
+        self.fc = nn.Linear(width, CLASSES) if head else None
+        self.logits = not head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool is not None:
@@ -144,7 +147,7 @@ class Recurrent(nn.Module):
             last = self.layers[-1]
             dirs = 2 if last.bidirectional else 1
             h = torch.cat(list(h_n[-dirs:]), dim=-1)
-        return torch.softmax(self.fc(h), dim=-1)
+        return h if self.fc is None else torch.softmax(self.fc(h), dim=-1)
 
 
 class Conv1dNet(nn.Module):
@@ -242,6 +245,9 @@ MODELS = {  # name: (factory, data, dynamic batch axis, the classic exporter's d
                                             pool=True, last="h_n", width=16), "har", False, True),
     "gru_lstm": (lambda: Recurrent([nn.GRU(CHANNELS, 12, batch_first=True), nn.LSTM(12, 12, batch_first=True)],
                                    pool=True, last="h_n", width=12), "har", False, True),
+    "gru_lstm_last": (lambda: Recurrent([nn.GRU(CHANNELS, 12, batch_first=True),
+                                         nn.LSTM(12, CLASSES, batch_first=True)],
+                                        pool=True, last="out", width=CLASSES, head=False), "har", False, True),
     "conv1d": (Conv1dNet, "har", False, True),
     "activations": (Activations, "har", False, True),
     "conv2d": (Conv2dNet, "digits", False, True),
@@ -271,7 +277,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> N
     model.train()
     for _ in range(epochs):
         opt.zero_grad()
-        loss = F.nll_loss(torch.log(model(x) + 1e-7), y)  # the models end in softmax: train on its log
+        out = model(x)  # most models end in softmax: train on its log
+        loss = F.cross_entropy(out, y) if getattr(model, "logits", False) else F.nll_loss(torch.log(out + 1e-7), y)
         loss.backward()
         opt.step()
     model.eval()

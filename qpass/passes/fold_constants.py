@@ -16,6 +16,16 @@ initial state would become an anonymous constant that the LSTM lowering could no
 A folded Reshape/Unsqueeze target can make shapes further down static, which lets more `Shape` nodes
 fold: after a round that folded something, ONNX shape inference runs and another round follows, at
 most `MAX_ROUNDS` rounds in all. Whatever is still foldable after that stays for a later run.
+
+A Loop's state keeps the shape of its initial value when the body gives it back in that shape (a recurrent
+cell's h). ONNX shape inference does not assume so (it clears the state shapes it passes into the body), so an
+exporter's symbolic batch, pinned since, stays symbolic inside the body (tf2onnx's Loop for a Keras GRU or
+SimpleRNN converted with a batch of None):
+
+    Loop(..., h0: [1,H]) { body(h: [unk,H]) ... }   →   Loop(..., h0: [1,H]) { body(h: [1,H]) ... }
+
+The body input takes the initial value's static shape; if shape inference then gives some body's state output
+another shape (a state that grows), every pin is undone and the Loops' shapes are restored as they were.
 """
 
 from __future__ import annotations
@@ -43,6 +53,35 @@ def _static_shape(value: ir.Value) -> list[int] | None:
     return [int(d) for d in value.shape]
 
 
+def _pin_loop_states(model: ir.Model, infer: ir.passes.PassBase) -> bool:
+    """Give Loop bodies' state inputs their initial values' static shapes where the body's are symbolic, keeping
+    only the pins the body's state output agrees with after shape inference (module docstring)."""
+    pinned: list[tuple[ir.Node, ir.Value, ir.Value, list[int]]] = []  # Loop, body input, body output, shape
+    for node in model.graph.all_nodes():
+        if node.op_type != "Loop" or node.domain not in ("", "ai.onnx") or "body" not in node.attributes:
+            continue
+        body = node.attributes["body"].as_graph()
+        for k, (outer, inner) in enumerate(zip(node.inputs[2:], body.inputs[2:], strict=False)):
+            shape = _static_shape(outer) if outer is not None else None
+            if shape is None or inner.shape is None or len(inner.shape) != len(shape) or _static_shape(inner):
+                continue
+            pinned.append((node, inner, body.outputs[1 + k], shape))
+    if not pinned:
+        return False
+    loops = {id(node): node for node, *_ in pinned}.values()
+    values = [v for loop in loops for n in [loop, *loop.attributes["body"].as_graph().all_nodes()] for v in n.outputs]
+    values += [inner for _, inner, _, _ in pinned]
+    saved = [(v, v.shape) for v in values]  # restored when a pin does not hold
+    for _, inner, _, shape in pinned:
+        inner.shape = ir.Shape(shape)
+    infer(model)
+    if all(out.shape == inner.shape for _, inner, out, _ in pinned):
+        return True
+    for value, shape in saved:
+        value.shape = shape
+    return False
+
+
 @register_pass("fold-constants")
 class FoldConstantsPass(QPass):
     """Evaluate nodes whose inputs are all constant; fold Shape of static tensors and no-op Casts."""
@@ -52,6 +91,8 @@ class FoldConstantsPass(QPass):
         modified = lifted(model).modified
         infer = ir.passes.common.ShapeInferencePass()
         float_model = not any(n.op_type == "QuantizeLinear" for n in model.graph.all_nodes())
+        if _pin_loop_states(model, infer):
+            modified = True
         for _ in range(MAX_ROUNDS):
             if not self._fold_round(model.graph, float_model):
                 break

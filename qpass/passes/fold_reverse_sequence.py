@@ -9,12 +9,13 @@ Keras `go_backwards` layers (the backward half of `Bidirectional`) reverse their
 
 since running forward over the reversed sequence is running backward over X, and the reversed output is
 then in time order (Y_h and Y_c, the last processed state, are the same). The output side needs every reader
-of Y to be such a chain of pure reshapes (Reshape, Squeeze, Unsqueeze, Flatten, Identity; other readers
-of their outputs may only be Shape nodes, tf2onnx's way of computing `lens`) ending in a
-ReverseSequence whose time axis has only unit dimensions in front of it, so that reversing it reverses
-Y's rows in memory; Y unread needs nothing. LSTM, GRU and RNN nodes (layout 0) qualify. `lens` must be
-known to equal T everywhere: a constant, or a Shape of a static tensor through Gather/Expand/Cast/Slice/
-Squeeze/Unsqueeze/Concat (what tf2onnx writes). Anything else is left as it is.
+of Y to be such a chain of pure reshapes (Reshape, Squeeze, Unsqueeze, Flatten, Identity, and a Transpose that
+moves only unit dimensions, as tf2onnx's [T,1,H] ↔ [1,T,H] pairs at batch 1; other readers of their outputs may
+only be Shape nodes, tf2onnx's way of computing `lens`) ending in a ReverseSequence whose time axis has only unit
+dimensions in front of it, so that reversing it reverses Y's rows in memory; Y unread needs nothing. LSTM, GRU
+and RNN nodes (layout 0) qualify. `lens` must be known to equal T everywhere: a constant, or a Shape of a static
+tensor through Gather/Expand/Cast/Slice/Squeeze/Unsqueeze/Concat (what tf2onnx writes). Anything else is left
+as it is.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def _full_reversal(node: ir.Node) -> bool:
         np.all(lens == t))
 
 
+def _unit_transpose(node: ir.Node) -> bool:
+    """A Transpose that moves only unit dimensions: it keeps the order of the elements in memory (tf2onnx's
+    [T,B,H] ↔ [B,T,H] pairs at batch 1)."""
+    shape = node.inputs[0].shape if node.op_type == "Transpose" and node.inputs else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return False
+    perm = node.attributes.get_ints("perm", list(reversed(range(len(shape)))))
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
+
+
 def _data_reader(value: ir.Value) -> ir.Node | None:
     """The one reader of `value` besides Shape nodes (which read only its static shape), if there is one."""
     readers = [n for n in {id(n): n for n in value.consumers()}.values() if n.op_type != "Shape"]
@@ -83,7 +95,7 @@ def _output_reversal(y: ir.Value) -> list[tuple[ir.Node, ir.Value]] | None:
     ends = []
     for reader in {id(n): n for n in y.consumers()}.values():
         node, cur = reader, y
-        while node is not None and node.op_type in _RESHAPES and node.inputs[0] is cur:
+        while node is not None and (node.op_type in _RESHAPES or _unit_transpose(node)) and node.inputs[0] is cur:
             cur = node.outputs[0]
             node = _data_reader(cur)
         if node is None or node.op_type != "ReverseSequence" or node.inputs[0] is not cur or not _full_reversal(node):

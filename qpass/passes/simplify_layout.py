@@ -10,14 +10,20 @@ Gather with constant indices that keeps every element (a permutation, as PyTorch
 indices come out in order it is a Reshape (or nothing, when the shape is unchanged); otherwise the permutation
 of the input that produces them is searched, giving Transpose (+ Reshape when the shape still differs).
 
-First, a Slice or a one-piece Split that keeps its whole axis goes (`h_n[-1:]` of a one-layer RNN, `list()` of
-it), and a Slice (step 1, constant bounds, on one axis), a Split or a constant scalar-index Gather that takes
-exactly whole inputs of a Concat on the same axis reads those inputs (PyTorch's `h_n[-2:]` and `unbind` of the
-states of a stacked or bidirectional LSTM/GRU):
+First, a one-input Concat goes (the classic exporter's `torch.cat(list(h_n[-1:]))`), so does a Slice or a
+one-piece Split that keeps its whole axis (`h_n[-1:]` of a one-layer RNN, `list()` of it), and a Slice (step 1,
+constant bounds, on one axis), a Split or a constant scalar-index Gather whose every output holds exactly the
+elements of a run of whole Concat inputs, in order, reads those inputs: the Concat may be behind order-keeping
+reshapes and on another axis (PyTorch's `h_n[-2:]` and `unbind` of a stacked or bidirectional LSTM/GRU's states;
+`out[:, -1]` of an unrolled LSTM's steps, the graph output itself). Index arrays decide it:
 
-    c = Concat(a: [1,B,H], b: [1,B,H], axis=0)  →   y = b          z = Squeeze(a, [0])
+    c = Concat(a: [1,B,H], b: [1,B,H], axis=0)  →   y = b          z = Reshape(a, [B,H])
     y = Slice(c, [1], [2], [0])                     (Concat removed when nothing else reads it)
     z = Gather(c, 0, axis=0)
+
+    c = Concat(y0..y49: [1,1,1,H], axis=0)      →   out = Reshape(y49, [1,H])   (the graph output, by its name)
+    r = Reshape(c, [1,50,H])
+    out = Gather(r, -1, axis=1)
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from qpass.passes import QPass, register_pass
 from qpass.passes._util import bypass, const_value, fresh_name, new_initializer, single_consumer
 
 LAYOUT_OPS = {"Unsqueeze", "Squeeze", "Transpose", "Reshape", "Flatten", "Identity"}
+_VIEWS = LAYOUT_OPS - {"Transpose"}  # they keep the elements' order
 MAX_PERM_RANK = 6
 
 
@@ -78,14 +85,24 @@ def _is_layout(node: ir.Node) -> bool:
     return node.op_type in LAYOUT_OPS or (node.op_type == "Gather" and const_value(node.inputs[1]) is not None)
 
 
-def _concat_parts(node: ir.Node) -> tuple[ir.Node, int, list[int]] | None:
-    """(the Concat `node` reads, its axis, the offsets of its inputs along it) when the sizes are static."""
-    concat = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    shapes = [_static(v) for v in concat.inputs] if concat is not None and concat.op_type == "Concat" else [None]
-    if any(s is None for s in shapes):
+def _view_source(value: ir.Value) -> ir.Value:
+    """The value `value` is an order-keeping reshape of (through any number of them, static shapes)."""
+    while value.producer() is not None and value.producer().op_type in _VIEWS and \
+            _static(value.producer().inputs[0]) is not None:
+        value = value.producer().inputs[0]
+    return value
+
+
+def _concat_source(value: ir.Value | None) -> ir.Node | None:
+    """The Concat (static shapes) that `value` is, directly or through order-keeping reshapes (Reshape, Squeeze,
+    Unsqueeze, Flatten, Identity with static shapes)."""
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in _VIEWS and not _recurrent(node) \
+            and _static(node.inputs[0]) is not None and _static(node.outputs[0]) is not None:
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "Concat" or not node.inputs:
         return None
-    axis = concat.attributes.get_int("axis", 0) % len(shapes[0])
-    return concat, axis, [int(o) for o in np.cumsum([0] + [s[axis] for s in shapes])]
+    return node if all(_static(v) is not None for v in [*node.inputs, node.outputs[0]]) else None
 
 
 def _select_ranges(node: ir.Node, rank: int, total: int) -> tuple[int, list[tuple[int, int | None]]] | None:
@@ -119,15 +136,47 @@ def _select_ranges(node: ir.Node, rank: int, total: int) -> tuple[int, list[tupl
     return axis, [(start, end)]
 
 
-def _whole_axis(node: ir.Node) -> bool:
-    """A one-axis step-1 Slice, or a Split in one piece, that keeps all of its axis (PyTorch's h_n[-1:] of a
-    one-layer RNN, and `list()` of it)."""
+def _selection(node: ir.Node) -> tuple[int, list[tuple[int, int | None]]] | None:
+    """`_select_ranges` of a Slice/Split/Gather on its own static input."""
     shape = _static(node.inputs[0])
     for axis, size in enumerate(shape or ()):
         got = _select_ranges(node, len(shape), size)
         if got is not None and got[0] == axis:
-            return got[1] == [(0, size)]
-    return False
+            return got
+    return None
+
+
+def _whole_axis(node: ir.Node) -> bool:
+    """A one-axis step-1 Slice, or a Split in one piece, that keeps all of its axis (PyTorch's h_n[-1:] of a
+    one-layer RNN, and `list()` of it)."""
+    got = _selection(node)
+    return got is not None and got[1] == [(0, _static(node.inputs[0])[got[0]])]
+
+
+def _concat_runs(node: ir.Node, concat: ir.Node) -> list[tuple[int, int]] | None:
+    """For each output of the selection `node` over (reshapes of) `concat`: the run [first, last) of Concat inputs
+    whose concatenation holds exactly its elements in order, found on index arrays; None if one has no such run."""
+    picked = _selection(node)
+    if picked is None:
+        return None
+    axis, ranges = picked
+    shapes = [_static(v) for v in concat.inputs]
+    caxis = concat.attributes.get_int("axis", 0) % len(shapes[0])
+    index = np.arange(int(np.prod(_static(concat.outputs[0])))).reshape(_static(concat.outputs[0]))
+    owner = np.concatenate([np.full(sh, k) for k, sh in enumerate(shapes)], axis=caxis).reshape(-1)
+    offsets = np.cumsum([0] + [sh[caxis] for sh in shapes])
+    seen = index.reshape(_static(node.inputs[0]))
+    runs = []
+    for start, end in ranges:
+        got = np.take(seen, start if end is None else np.arange(start, end), axis=axis).reshape(-1)
+        if got.size == 0:
+            return None
+        first, last = int(owner[got].min()), int(owner[got].max()) + 1
+        whole = np.take(index, np.arange(offsets[first], offsets[last]), axis=caxis).reshape(-1)
+        if not np.array_equal(whole, got):
+            return None
+        runs.append((first, last))
+    return runs
 
 
 def _find_perm(src_shape: tuple[int, ...], result: np.ndarray) -> tuple[int, ...] | None:
@@ -152,7 +201,10 @@ class SimplifyLayoutPass(QPass):
         modified = False
         taken = {n.name for n in graph if n.name}  # new nodes get names no other node has
         for node in list(graph):
-            if node.op_type in ("Slice", "Split", "Gather") and node.graph is not None and not _recurrent(node):
+            if node.op_type == "Concat" and len(node.inputs) == 1 and node.graph is not None and not _recurrent(node):
+                bypass(node, node.inputs[0])  # one input: a copy (torch.cat(list(h_n[-1:])))
+                modified |= node.graph is None
+            elif node.op_type in ("Slice", "Split", "Gather") and node.graph is not None and not _recurrent(node):
                 modified |= self._select_concat(graph, node, taken)
         for node in list(graph):
             if node.graph is None or not _is_layout(node):
@@ -164,38 +216,38 @@ class SimplifyLayoutPass(QPass):
         return ir.passes.PassResult(model, modified)
 
     def _select_concat(self, graph: ir.Graph, node: ir.Node, taken: set[str]) -> bool:
-        """A Slice/Split/Gather that takes whole inputs of a Concat on its axis reads them (module docstring)."""
-        if any(v.is_graph_output() for v in node.outputs):
-            return False
+        """A Slice/Split/Gather that takes whole inputs of a Concat reads them (module docstring)."""
         if node.op_type in ("Slice", "Split") and len(node.outputs) == 1 and _whole_axis(node):
             bypass(node, node.inputs[0])
-            return True
-        found = _concat_parts(node)
-        if found is None:
+            return node.graph is None
+        concat = _concat_source(node.inputs[0])
+        runs = _concat_runs(node, concat) if concat is not None else None
+        if runs is None:
             return False
-        concat, axis, offsets = found
-        picked = _select_ranges(node, len(_static(concat.inputs[0])), offsets[-1])
-        if picked is None or picked[0] != axis or any(a not in offsets or (b is not None and b not in offsets)
-                                                      for a, b in picked[1]):
-            return False
-        parts = [(offsets.index(a), offsets.index(b) if b is not None else None) for a, b in picked[1]]
-        if any(b is None and offsets[a + 1] - offsets[a] != 1 or b is not None and b <= a for a, b in parts):
-            return False  # a Gather of an input wider than 1, or an empty piece
         name = node.name or node.outputs[0].name or "select"
-        for out, (first, end) in zip(node.outputs, parts, strict=True):
-            if end == first + 1:
-                ir.convenience.replace_all_uses_with(out, concat.inputs[first])
-                continue
-            if end is None:  # a Gather: that input without the axis
-                axes = new_initializer(graph, f"{name}_axes", np.array([axis], np.int64))
-                new = self.mark(ir.node("Squeeze", [concat.inputs[first], axes],
-                                        name=fresh_name(taken, f"{name}_squeeze")))
-            else:
-                new = self.mark(ir.node("Concat", list(concat.inputs[first:end]), {"axis": axis},
+        caxis = concat.attributes.get_int("axis", 0) % len(_static(concat.outputs[0]))
+        for out, (first, last) in zip(node.outputs, runs, strict=True):
+            cur, made = concat.inputs[first], False
+            if last > first + 1:
+                new = self.mark(ir.node("Concat", list(concat.inputs[first:last]), {"axis": caxis},
                                         name=fresh_name(taken, f"{name}_concat")))
-            new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
-            graph.insert_before(node, new)
-            ir.convenience.replace_all_uses_with(out, new.outputs[0])
+                shape = list(_static(cur))
+                shape[caxis] = sum(_static(v)[caxis] for v in new.inputs)
+                new.outputs[0].shape, new.outputs[0].type = ir.Shape(shape), out.type
+                graph.insert_before(node, new)
+                cur, made = new.outputs[0], True
+            if _static(cur) != _static(out) or (out.is_graph_output() and not made):  # an output keeps a node
+                cur = _view_source(cur)  # a Reshape of a reshape reads its source (an unrolled step's h)
+                target = new_initializer(graph, f"{name}_shape", np.array(_static(out), np.int64))
+                new = self.mark(ir.node("Reshape", [cur, target], name=fresh_name(taken, f"{name}_reshape")))
+                new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
+                graph.insert_before(node, new)
+                cur = new.outputs[0]
+            was_output = out.is_graph_output()
+            ir.convenience.replace_all_uses_with(out, cur, replace_graph_outputs=True)
+            if was_output:  # the replacement (a node's, made above) takes the output's place, and its name
+                out_name, out.name = out.name, None
+                cur.name = out_name
         graph.remove(node, safe=True)
         return True
 

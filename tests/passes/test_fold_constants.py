@@ -206,3 +206,42 @@ def test_an_unrolled_lstms_constant_initial_state_is_not_folded(parse_onnx, appl
     check_pass("fold-constants", model, rng.normal(size=(3, 1, 2)).astype(np.float32), modified=False)
     roles = Counter(n.metadata_props.get("qpass.lstm.role") for n in model.graph)
     assert roles["h0"] == roles["c0"] == 1
+
+
+# ---------------------------------------------------------------------------------- Loop state shapes
+
+
+def _loop(step: str, scan: bool = True) -> str:
+    """A Loop over 3 steps whose body states its h with an exporter's symbolic batch N (and scans it out)."""
+    outs, results = ("float[1, 3] y, float[3, 1, 3] s", "y, s") if scan else ("float[8, 3] y", "y")
+    body_outs = "bool c_out, float[N, 3] h2" + (", float[N, 3] h3" if scan else "")
+    return f"""
+    {OPSET}
+    g (float[1, 3] x) => ({outs}) {{
+        {results} = Loop(trip, cond, x) <body = step (int64 i, bool c_in, float[N, 3] h) => ({body_outs}) {{
+            c_out = Identity(c_in)
+            h2 = {step}
+            {"h3 = Identity(h2)" if scan else ""}
+        }}>
+    }}
+    """
+
+
+def _body_state(model: ir.Model) -> ir.Value:
+    return next(n for n in model.graph if n.op_type == "Loop").attributes["body"].as_graph().inputs[2]
+
+
+def test_loop_state_takes_the_initial_values_static_shape(parse_onnx, check_pass, rng):
+    model = parse_onnx(_loop("Tanh(h)"), trip=np.array(3, np.int64), cond=np.array(True))
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    check_pass("fold-constants", model, x, modified=True)
+    body = next(n for n in model.graph if n.op_type == "Loop").attributes["body"].as_graph()
+    assert _body_state(model).shape == ir.Shape([1, 3])
+    assert all(v.shape == ir.Shape([1, 3]) for n in body for v in n.outputs if v.name != "c_out")
+
+
+def test_a_growing_loop_state_keeps_its_symbolic_shape(parse_onnx, check_pass, rng):
+    # h doubles every step ([1,3] → [8,3]): the pin would be wrong, so nothing changes
+    model = parse_onnx(_loop("Concat<axis = 0>(h, h)", scan=False), trip=np.array(3, np.int64), cond=np.array(True))
+    check_pass("fold-constants", model, rng.normal(size=(1, 3)).astype(np.float32), modified=False)
+    assert _body_state(model).shape[0] == ir.SymbolicDim("N")

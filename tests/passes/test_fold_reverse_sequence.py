@@ -67,3 +67,17 @@ def test_near_misses_are_left_alone(lens, reader, why, parse_onnx, check_pass, r
     result = check_pass("fold-reverse-sequence", model, rng.normal(0, 1, (T, 1, I_IN)).astype(np.float32),
                         modified=False)
     assert result.after["ReverseSequence"] >= 1, why
+
+
+@pytest.mark.parametrize(("perm", "folds"), [([1, 0, 2], True), ([2, 1, 0], False)])
+def test_the_output_reversal_is_read_through_transposes_of_unit_dims(perm, folds, parse_onnx, check_pass, rng):
+    # tf2onnx's [T,1,H] → [1,T,H] → [T,1,H] pair (a GRU/SimpleRNN Loop's output); [2,1,0] reorders memory
+    back = "Transpose<perm = [1, 0, 2]>(t1)" if folds else "Reshape(t1, tshape)"
+    text, consts = _text("GRU", "lens", "ReverseSequence<time_axis = 0, batch_axis = 1>(t2, lens)")
+    text = text.replace("y3 = Squeeze(y, axis1)", f"""y3 = Squeeze(y, axis1)
+        t1 = Transpose<perm = {perm}>(y3)
+        t2 = {back}""")
+    model = parse_onnx(text, **consts, tshape=np.array([T, 1, H], np.int64))
+    result = check_pass("fold-reverse-sequence", model, rng.normal(0, 1, (T, 1, I_IN)).astype(np.float32),
+                        modified=folds)
+    assert result.after["ReverseSequence"] == (0 if folds else 2)

@@ -1,6 +1,7 @@
 """simplify-layout: the nodes it writes get names no other node has (even for unnamed chains); its reads of
-whole Concat inputs (Slice, Split, Gather) and its permuting constant Gathers, on
-tiny graphs and on the h_n of a real PyTorch export; the function does not change and a second run does nothing."""
+whole Concat inputs (Slice, Split, Gather; through a Reshape, as the graph output), one-input Concats and its
+permuting constant Gathers, on tiny graphs and on the h_n of a real PyTorch export; the function does not change
+and a second run does nothing."""
 
 from __future__ import annotations
 
@@ -127,3 +128,47 @@ def test_new_nodes_have_unique_names(parse_onnx, check_pass, rng) -> None:
     assert all(n.name for n in model.graph if n.op_type == "Reshape")
     names = Counter(n.name for n in model.graph if n.name)  # the parsed Add has none
     assert all(count == 1 for count in names.values()), names
+
+
+def test_a_gather_through_a_reshape_of_concat_as_the_graph_output(parse_onnx, check_pass, rng):
+    # out[:, -1] of unrolled steps, the model's output itself: Concat(steps) → Reshape [T,1,1,H]→[1,T,H] → Gather
+    model = parse_onnx(OPSET + """
+        g (float[1,4] x) => (float[1,4] out) {
+            a = Relu(x)
+            b = Tanh(x)
+            ua = Unsqueeze(a, axes)
+            ub = Unsqueeze(b, axes)
+            c = Concat<axis=0>(ua, ub)
+            r = Reshape(c, shape)
+            out = Gather<axis=1>(r, last)
+        }""", axes=np.array([0, 1], np.int64), shape=np.array([1, 2, 4], np.int64), last=np.array(-1, np.int64))
+    res = check_pass("simplify-layout", model, rng.normal(size=(1, 4)).astype(np.float32), modified=True)
+    assert res.after["Gather"] == 0, res.after  # the Concat, unread now, goes in the runner's cleanup
+    out = model.graph.outputs[0]
+    assert out.name == "out" and out.producer().op_type == "Tanh"  # the step itself (same shape: no Reshape left)
+
+
+def test_a_one_input_concat_goes(parse_onnx, check_pass, rng):
+    # the classic exporter's torch.cat(list(h_n[-1:])) of a one-layer RNN
+    model = parse_onnx(OPSET + """
+        g (float[1,4] x) => (float[1,4] y) {
+            a = Relu(x)
+            c = Concat<axis=1>(a)
+            y = Tanh(c)
+        }""")
+    res = check_pass("simplify-layout", model, rng.normal(size=(1, 4)).astype(np.float32), modified=True)
+    assert res.after == {"Relu": 1, "Tanh": 1}, res.after
+
+
+def test_a_gather_of_part_of_a_reshaped_concat_input_stays(parse_onnx, check_pass, rng):
+    # each input holds two steps ([2,1,4]): one step of them is no whole input
+    model = parse_onnx(OPSET + """
+        g (float[2,1,4] x) => (float[1,4] out) {
+            a = Relu(x)
+            b = Tanh(x)
+            c = Concat<axis=0>(a, b)
+            r = Reshape(c, shape)
+            out = Gather<axis=1>(r, last)
+        }""", shape=np.array([1, 4, 4], np.int64), last=np.array(-1, np.int64))
+    res = check_pass("simplify-layout", model, rng.normal(size=(2, 1, 4)).astype(np.float32), modified=False)
+    assert res.after["Gather"] == 1
