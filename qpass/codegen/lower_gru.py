@@ -22,8 +22,8 @@ from qpass.codegen.lower_recurrent import (
     check_recurrent_group,
     check_zero_state,
     gate_bias,
-    lower_join,
     map_outputs,
+    open_group,
     produced_by,
     q_after,
     row_mode,
@@ -63,11 +63,10 @@ def check_gru_group(nodes: list[ir.Node]) -> None:
 
 def lower_gru(lw: Lowering, nodes: list[ir.Node]) -> None:
     """Emit one `gru` step for the tagged nodes of one GRU direction, and map its visible outputs."""
-    name = nodes[0].metadata_props[GRU_KEY]
-    check_gru_group(nodes)
-    if lower_join(lw, nodes, TAGS):
+    group = open_group(lw, nodes, TAGS, gather_steps)
+    if group is None:
         return
-    steps, t_len, reverse = gather_steps(nodes)
+    name, steps, t_len, reverse = group
     first = steps[0]
     lbr = "rn" in first
     check_zero_state(name, "GRU", [first["hd"].inputs[0]], "initial_h")  # hd = Sub(h_prev, n)

@@ -25,8 +25,8 @@ from qpass.codegen.lower_recurrent import (
     check_recurrent_group,
     check_zero_state,
     gate_bias,
-    lower_join,
     map_outputs,
+    open_group,
     produced_by,
     q_after,
     row_mode,
@@ -99,11 +99,10 @@ def lower_lstm(lw: Lowering, nodes: list[ir.Node]) -> None:
 
     The nodes that join a bidirectional LSTM's two directions (direction "-1": the Concats of Y, Y_h on the
     direction axis) run after both directions, as ordinary concat kernels."""
-    name = nodes[0].metadata_props[LSTM_KEY]
-    check_group(nodes)
-    if lower_join(lw, nodes, TAGS):
+    group = open_group(lw, nodes, TAGS, gather_steps)
+    if group is None:
         return
-    steps, t_len, reverse = gather_steps(nodes)
+    name, steps, t_len, reverse = group
     first, later = steps[0], steps[min(1, t_len - 1)]
     states = [first["hr"].inputs[0]] if "hr" in first else []
     if "fc" in first and "f" in first:  # fc = Mul(f, c_prev): the input that is not f

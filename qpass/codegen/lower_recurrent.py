@@ -8,7 +8,7 @@
                  ──row_mode──▶ which rows of h the kernel keeps (0: Y in time order, 1: by step, 2: two rows)
                  ──map_outputs──▶ Y, Y_h, one step's h (and the LSTM's Y_c) as views of the kernel's outputs
     bias Add ──gate_bias──▶ int32 bias and its per-row shift k (scale s_in·s_W·2^k)
-    group ──check_recurrent_group──▶ refuses, by name, what the kernel does not run
+    group ──open_group──▶ (check_recurrent_group, then lower_join or gather_steps): one pass over the group
           ──lower_join──▶ the Concats joining two directions (direction "-1")
     step 0's Gather ──sequence_input──▶ the [T, 1, I] / [1, T, I] input and its time-axis length
 """
@@ -89,6 +89,19 @@ def lower_join(lw: Lowering, nodes: list[ir.Node], tags: Tags) -> bool:
     for node in nodes:
         EMITTERS["Concat"](lw, node)
     return True
+
+
+def open_group(lw: Lowering, nodes: list[ir.Node], tags: Tags,
+               gather: Callable[[list[ir.Node]], tuple[dict[int, dict[str, ir.Node]], int, bool]]
+               ) -> tuple[str, dict[int, dict[str, ir.Node]], int, bool] | None:
+    """Start lowering one tagged group: None when it is the Concats joining two directions (emitted here, after
+    the check that they are only Concats); else the layer's name and `gather`'s steps, T and reverse flag (which
+    refuses, by name, what the kernel does not run)."""
+    if joins_directions(nodes, tags):
+        check_recurrent_group(nodes, tags, gather)
+        lower_join(lw, nodes, tags)
+        return None
+    return (nodes[0].metadata_props[tags.name], *gather(nodes))
 
 
 def sequence_input(lw: Lowering, x_node: ir.Node, t_len: int, name: str, op: str) -> tuple[QTensor, int]:

@@ -21,8 +21,8 @@ from qpass.codegen.lower_recurrent import (
     check_recurrent_group,
     check_zero_state,
     gate_bias,
-    lower_join,
     map_outputs,
+    open_group,
     produced_by,
     q_after,
     row_mode,
@@ -66,11 +66,10 @@ def check_rnn_group(nodes: list[ir.Node]) -> None:
 
 def lower_rnn(lw: Lowering, nodes: list[ir.Node]) -> None:
     """Emit one `rnn` step for the tagged nodes of one RNN direction, and map its visible outputs."""
-    name = nodes[0].metadata_props[RNN_KEY]
-    check_rnn_group(nodes)
-    if lower_join(lw, nodes, TAGS):
+    group = open_group(lw, nodes, TAGS, gather_rnn_steps)
+    if group is None:
         return
-    steps, t_len, reverse = gather_rnn_steps(nodes)
+    name, steps, t_len, reverse = group
     first, later = steps[0], steps[min(1, t_len - 1)]
     _check_zero_initial_state(name, first)
 
